@@ -1,0 +1,299 @@
+//! The supervisor: opens the spool, builds one poller per account and the sink, runs them until
+//! shutdown (`run`) or for one cycle (`once`), and tells systemd what is going on.
+//!
+//! Shutdown is a [`CancellationToken`] parameter, so tests drive it. On shutdown every poller stops
+//! where it is (a page not yet committed is simply polled again next time: its window's cursor
+//! has not moved) and the sink abandons its in-flight request (the batch stays spooled).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
+
+use crate::config::Config;
+use crate::hec::{self, HecError, Sink};
+use crate::retry::RetryPolicy;
+use crate::ringcentral::poller::{PollError, WindowOutcome};
+use crate::ringcentral::{Poller, RcClient};
+use crate::spool::{Spool, SpoolError};
+use crate::telemetry::{Health, Stats};
+use crate::transform::Transformer;
+
+/// Failures that stop a command before or while it starts.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// The spool cannot be opened.
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+    /// The HEC client cannot be built (TLS settings).
+    #[error(transparent)]
+    Hec(#[from] HecError),
+    /// The RingCentral HTTP client cannot be built.
+    #[error("cannot build the RingCentral HTTP client: {0}")]
+    Http(String),
+}
+
+/// Knobs the commands do not expose but tests and the demo need.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Backoff for HEC and RingCentral retries.
+    pub retry: RetryPolicy,
+    /// Timeout of RingCentral requests.
+    pub rc_timeout: Duration,
+    /// How long to wait for in-flight work at shutdown.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            retry: RetryPolicy::default(),
+            rc_timeout: Duration::from_secs(60),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The wired pipeline.
+pub struct Pipeline {
+    /// The validated configuration.
+    pub config: Config,
+    /// The open spool (holds the state directory's lock).
+    pub spool: Spool,
+    /// Counters.
+    pub stats: Arc<Stats>,
+    /// Health per component.
+    pub health: Arc<Health>,
+    options: Options,
+    rc_http: reqwest::Client,
+}
+
+/// What `once` did.
+#[derive(Debug, Default)]
+pub struct OnceReport {
+    /// Accounts polled completely.
+    pub accounts_polled: usize,
+    /// Accounts that could not be polled: (name, reason, is a configuration problem).
+    pub account_errors: Vec<(String, String, bool)>,
+    /// Records newly spooled.
+    pub spooled: u64,
+    /// Events delivered.
+    pub delivered: u64,
+    /// Events still spooled at the end (HEC did not accept them in time).
+    pub remaining: u64,
+}
+
+impl Pipeline {
+    /// Opens the spool in `config.spool.dir` and prepares the clients.
+    pub fn open(config: Config, options: Options) -> Result<Pipeline, AppError> {
+        let spool = Spool::open(&config.spool.dir)?;
+        let rc_http = reqwest::Client::builder()
+            .timeout(options.rc_timeout)
+            .connect_timeout(Duration::from_secs(10))
+            .user_agent(concat!("rc-audit-hec/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| AppError::Http(e.to_string()))?;
+        Ok(Pipeline {
+            config,
+            spool,
+            stats: Arc::new(Stats::default()),
+            health: Arc::new(Health::default()),
+            options,
+            rc_http,
+        })
+    }
+
+    /// A RingCentral client for account `i`.
+    pub fn rc_client(&self, i: usize, max_attempts: Option<u32>) -> RcClient {
+        RcClient::new(
+            self.rc_http.clone(),
+            &self.config.accounts[i],
+            self.options.retry,
+            self.stats.clone(),
+        )
+        .with_max_attempts(max_attempts)
+    }
+
+    /// One poller per configured account.
+    pub fn pollers(&self, max_attempts: Option<u32>) -> Vec<Poller> {
+        self.config
+            .accounts
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                Poller::new(
+                    &a.name,
+                    self.rc_client(i, max_attempts),
+                    self.spool.clone(),
+                    Transformer::new(&self.config.hec, a),
+                    self.config.poll.clone(),
+                    self.config.spool.max_bytes,
+                    self.stats.clone(),
+                    self.health.clone(),
+                )
+            })
+            .collect()
+    }
+
+    /// The HEC sink.
+    pub fn sink(&self) -> Result<Sink, HecError> {
+        Sink::new(
+            &self.config.hec,
+            self.spool.clone(),
+            self.options.retry,
+            self.stats.clone(),
+            self.health.clone(),
+        )
+    }
+
+    /// The service: every poller and the sink until `shutdown`.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), AppError> {
+        let sink = self.sink()?;
+        let tracker = TaskTracker::new();
+        for poller in self.pollers(None) {
+            tracker.spawn(poller.run(shutdown.clone()));
+        }
+        tracker.spawn(sink.run(shutdown.clone()));
+        tracker.close();
+        let depth = self.spool.run(|s| s.depth()).await.unwrap_or(0);
+        info!(accounts = self.config.accounts.len(), spooled = depth, spool = %self.spool.path().display(), "rc-audit-hec running");
+        notify_systemd(&[sd_notify::NotifyState::Ready]);
+        let status_task = tokio::spawn(report_status(
+            self.spool.clone(),
+            self.stats.clone(),
+            shutdown.clone(),
+        ));
+        shutdown.cancelled().await;
+        info!("shutting down");
+        notify_systemd(&[sd_notify::NotifyState::Stopping]);
+        if tokio::time::timeout(self.options.shutdown_grace, tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                "some tasks did not stop within {:?}; the spool stays consistent",
+                self.options.shutdown_grace
+            );
+        }
+        status_task.abort();
+        Ok(())
+    }
+
+    /// One poll cycle for every account, then delivery for at most `max_wait`.
+    pub async fn once(
+        self,
+        max_wait: Duration,
+        shutdown: CancellationToken,
+    ) -> Result<OnceReport, AppError> {
+        let mut sink = self.sink()?;
+        let mut report = OnceReport::default();
+        let mut polls = JoinSet::new();
+        for mut poller in self.pollers(Some(5)) {
+            let stop = shutdown.clone();
+            polls.spawn(async move {
+                let name = poller.component();
+                tokio::select! {
+                    r = poller.poll_window() => (name, Some(r)),
+                    _ = stop.cancelled() => (name, None),
+                }
+            });
+        }
+        while let Some(joined) = polls.join_next().await {
+            let Ok((name, result)) = joined else { continue };
+            let name = name.trim_start_matches("account:").to_string();
+            match result {
+                None => report
+                    .account_errors
+                    .push((name, "interrupted".into(), false)),
+                Some(Ok(WindowOutcome::SpoolFull { used })) => report.account_errors.push((
+                    name,
+                    format!("spool full ({used} bytes): not polled"),
+                    false,
+                )),
+                Some(Ok(_)) => report.accounts_polled += 1,
+                Some(Err(e)) => {
+                    let config = matches!(&e, PollError::RingCentral(rc) if rc.is_config());
+                    error!(account = %name, "poll failed: {e}");
+                    report.account_errors.push((name, e.to_string(), config));
+                }
+            }
+        }
+        report.spooled = Stats::get(&self.stats.records_spooled);
+        sink.log_health().await;
+        let deadline = shutdown.child_token();
+        let timer = {
+            let deadline = deadline.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(max_wait).await;
+                deadline.cancel();
+            })
+        };
+        if let Err(e) = sink.drain(&deadline).await {
+            error!("delivery stopped: {e}");
+        }
+        timer.abort();
+        report.delivered = Stats::get(&self.stats.events_delivered);
+        report.remaining = self.spool.run(|s| s.depth()).await?;
+        if report.remaining > 0 {
+            let reason = self
+                .health
+                .snapshot()
+                .get(hec::COMPONENT)
+                .and_then(|h| h.reason.clone())
+                .unwrap_or_else(|| "delivery did not finish in time".into());
+            warn!(
+                remaining = report.remaining,
+                "records remain spooled after --max-wait ({reason}); the next run delivers them"
+            );
+        }
+        Ok(report)
+    }
+}
+
+/// Sends `STATUS=` to systemd every few seconds: spool depth and deliveries.
+async fn report_status(spool: Spool, stats: Arc<Stats>, shutdown: CancellationToken) {
+    loop {
+        let depth = spool.run(|s| s.depth()).await.unwrap_or(0);
+        let line = format!(
+            "spooled {depth}, delivered {}, dead letters {}",
+            Stats::get(&stats.events_delivered),
+            Stats::get(&stats.events_dead_lettered)
+        );
+        notify_systemd(&[sd_notify::NotifyState::Status(&line)]);
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// Tells systemd (no-op outside systemd).
+fn notify_systemd(states: &[sd_notify::NotifyState]) {
+    if std::env::var_os("NOTIFY_SOCKET").is_some() {
+        if let Err(e) = sd_notify::notify(states) {
+            warn!("cannot notify systemd: {e}");
+        }
+    }
+}
+
+/// Cancels `token` on SIGTERM or SIGINT.
+pub fn cancel_on_signals(token: CancellationToken) {
+    tokio::spawn(async move {
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = term => info!("SIGTERM received"),
+            _ = tokio::signal::ctrl_c() => info!("SIGINT received"),
+        }
+        token.cancel();
+    });
+}

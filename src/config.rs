@@ -1,0 +1,1071 @@
+//! Configuration: TOML file plus `RC_AUDIT_HEC_*` environment overrides, validated before anything
+//! starts.
+//!
+//! Loading is two steps. [figment] merges the file and the environment (`__` separates nesting,
+//! so `RC_AUDIT_HEC_HEC__BATCH_MAX_BYTES` is `hec.batch_max_bytes`) into the `Raw*` structs, which
+//! deny unknown keys; figment's errors already name the key and where it came from. Then
+//! [`Config::from_figment`] checks every value and resolves secrets (inline or `*_file`, relative
+//! paths looked up in `$CREDENTIALS_DIRECTORY`); its errors name the key and its origin too.
+//!
+//! Secrets live in [`Secret`] from here on: its `Debug` and `Serialize` print `[REDACTED]`, so the
+//! `config` command, logs and error messages cannot show them.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Where `--config` points when it is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/rc-audit-hec/config.toml";
+/// Prefix of environment overrides; `__` separates nesting levels.
+pub const ENV_PREFIX: &str = "RC_AUDIT_HEC_";
+/// RingCentral keeps 180 days of audit trail; asking for more is pointless.
+pub const MAX_LOOKBACK: Duration = Duration::from_secs(180 * 24 * 3600);
+/// The audit-trail search pages at most 1000 records.
+pub const MAX_PAGE_SIZE: u32 = 1000;
+/// The production RingCentral platform.
+pub const DEFAULT_SERVER_URL: &str = "https://platform.ringcentral.com";
+/// The sourcetype the Splunk app defines its knowledge for.
+pub const DEFAULT_SOURCETYPE: &str = "ringcentral:audit";
+
+/// A configuration problem. Every variant names the key and where its value came from, and the
+/// message says how to fix it. The process exits 78 (`EX_CONFIG`) on any of these.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file is not there.
+    #[error(
+        "config file {0} does not exist: create it (see examples/config.example.toml) or pass --config FILE"
+    )]
+    MissingFile(PathBuf),
+    /// The file or the environment does not parse into the schema (unknown key, wrong type...).
+    #[error("{0}")]
+    Parse(String),
+    /// A value parsed but is not acceptable.
+    #[error("{key} (from {origin}): {problem}")]
+    Invalid {
+        /// Dotted key, e.g. `hec.batch_max_events`.
+        key: String,
+        /// File or environment variable the value came from.
+        origin: String,
+        /// What is wrong and what to do.
+        problem: String,
+    },
+}
+
+/// A secret (token, client secret, JWT). Cheap to clone, never printed.
+#[derive(Clone)]
+pub struct Secret(Arc<SecretString>);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(Arc::new(SecretString::from(value.into())))
+    }
+    /// The secret itself: call only where a request header or body is built.
+    pub fn expose(&self) -> &str {
+        self.0.expose_secret()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[REDACTED]")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("[REDACTED]")
+    }
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone, Serialize)]
+pub struct Config {
+    /// One entry per RingCentral account; names are unique.
+    pub accounts: Vec<AccountConfig>,
+    /// How and how often the audit trail is polled.
+    pub poll: PollConfig,
+    /// Where and how events are delivered.
+    pub hec: HecConfig,
+    /// The durable buffer between poller and sink.
+    pub spool: SpoolConfig,
+    /// The admin HTTP endpoint.
+    pub admin: AdminConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// One RingCentral account to poll.
+#[derive(Debug, Clone, Serialize)]
+pub struct AccountConfig {
+    /// Short unique name: in `source`, the `rc_account` field, logs and spool cursors.
+    pub name: String,
+    /// RingCentral platform base URL.
+    pub server_url: String,
+    /// `~` means the JWT user's own account.
+    pub account_id: String,
+    /// App client id (not secret, but not printed in full either is unnecessary).
+    pub client_id: String,
+    /// App client secret.
+    pub client_secret: Secret,
+    /// JWT credential of the (admin) user the app acts as.
+    pub jwt: Secret,
+    /// Overrides `hec.index` for this account's events.
+    pub index: Option<String>,
+    /// Overrides `hec.sourcetype` for this account's events.
+    pub sourcetype: Option<String>,
+}
+
+/// Polling schedule and search options.
+#[derive(Debug, Clone, Serialize)]
+pub struct PollConfig {
+    /// Pause between polls of one account.
+    #[serde(serialize_with = "ser_duration")]
+    pub interval: Duration,
+    /// How far each window reaches back before the cursor, for records that become visible late.
+    #[serde(serialize_with = "ser_duration")]
+    pub overlap: Duration,
+    /// How far behind "now" a window ends, so records still being written are not missed.
+    #[serde(serialize_with = "ser_duration")]
+    pub settle_delay: Duration,
+    /// Records per page, 1..=1000.
+    pub page_size: u32,
+    /// Where the first poll of a new account starts (at most 180 days back).
+    #[serde(serialize_with = "ser_duration")]
+    pub initial_lookback: Duration,
+    /// Sent as RingCentral's own sample does; not in the spec.
+    pub include_admins: bool,
+    /// Sent as RingCentral's own sample does; not in the spec.
+    pub include_hidden: bool,
+}
+
+/// Splunk HEC delivery.
+#[derive(Debug, Clone, Serialize)]
+pub struct HecConfig {
+    /// Base URLs (`https://host:8088`); the sink fails over between them.
+    pub urls: Vec<String>,
+    /// HEC token.
+    pub token: Secret,
+    /// Default index; `None` uses the token's default index.
+    pub index: Option<String>,
+    /// Default sourcetype.
+    pub sourcetype: String,
+    /// `host` of every event.
+    pub host: String,
+    /// Gzip request bodies.
+    pub gzip: bool,
+    /// Events per request at most.
+    pub batch_max_events: usize,
+    /// Uncompressed bytes per request at most (a single larger event is sent alone).
+    pub batch_max_bytes: usize,
+    /// Request timeout; generous so a loaded Splunk is not sent duplicates.
+    #[serde(serialize_with = "ser_duration")]
+    pub timeout: Duration,
+    /// Indexer acknowledgement.
+    pub use_ack: bool,
+    /// Extra PEM trust root for a private CA.
+    pub tls_ca_file: Option<PathBuf>,
+    /// Verify the server certificate (false only for testing, with a warning).
+    pub tls_verify: bool,
+    /// Index/sourcetype routing by `actionId` glob; first match wins.
+    pub routes: Vec<Route>,
+}
+
+/// A routing rule.
+#[derive(Debug, Clone, Serialize)]
+pub struct Route {
+    /// Glob over `actionId` (`*` and `?`, ASCII case-insensitive).
+    pub action_id: String,
+    /// Index for matching events.
+    pub index: Option<String>,
+    /// Sourcetype for matching events.
+    pub sourcetype: Option<String>,
+}
+
+/// The spool.
+#[derive(Debug, Clone, Serialize)]
+pub struct SpoolConfig {
+    /// State directory holding `spool.db`.
+    pub dir: PathBuf,
+    /// Polling pauses when the spool file reaches this size.
+    pub max_bytes: u64,
+}
+
+/// The admin HTTP endpoint.
+#[derive(Debug, Clone, Serialize)]
+pub struct AdminConfig {
+    /// Listen address; `None` when configured as `""`.
+    pub listen: Option<SocketAddr>,
+}
+
+/// Log output.
+#[derive(Debug, Clone, Serialize)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    pub format: LogFormat,
+    /// An `EnvFilter` directive such as `info` or `rc_audit_hec=debug`.
+    pub level: String,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human readable, one line per event.
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// Facts from the process environment that affect loading; separate so tests can set them.
+#[derive(Debug, Clone, Default)]
+pub struct LoadEnv {
+    /// `$CREDENTIALS_DIRECTORY` (systemd `LoadCredential=`).
+    pub credentials_directory: Option<PathBuf>,
+    /// `$STATE_DIRECTORY` (systemd `StateDirectory=`).
+    pub state_directory: Option<PathBuf>,
+}
+
+impl LoadEnv {
+    /// Reads the variables from the process environment.
+    pub fn from_process() -> Self {
+        let dir = |name| {
+            std::env::var_os(name)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        };
+        LoadEnv {
+            credentials_directory: dir("CREDENTIALS_DIRECTORY"),
+            // systemd may pass several colon-separated directories; the first is ours.
+            state_directory: dir("STATE_DIRECTORY").map(|p| {
+                let s = p.to_string_lossy().into_owned();
+                PathBuf::from(s.split(':').next().unwrap_or_default())
+            }),
+        }
+    }
+}
+
+impl Config {
+    /// Loads `path` (which must exist) merged with `RC_AUDIT_HEC_*` environment variables.
+    pub fn load(path: &Path, env: &LoadEnv) -> Result<Config, ConfigError> {
+        if !path.exists() {
+            return Err(ConfigError::MissingFile(path.to_path_buf()));
+        }
+        let figment = Figment::new()
+            .merge(Toml::file_exact(path))
+            .merge(Env::prefixed(ENV_PREFIX).split("__"));
+        Config::from_figment(&figment, env)
+    }
+
+    /// Loads a TOML document given as a string (tests, the demo).
+    pub fn from_toml_str(toml: &str, env: &LoadEnv) -> Result<Config, ConfigError> {
+        Config::from_figment(&Figment::from(Toml::string(toml)), env)
+    }
+
+    /// Extracts and validates; see the module docs.
+    pub fn from_figment(figment: &Figment, env: &LoadEnv) -> Result<Config, ConfigError> {
+        let raw: RawConfig = figment.extract().map_err(|e| {
+            ConfigError::Parse(
+                e.into_iter()
+                    .map(|e| describe_figment_error(&e))
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            )
+        })?;
+        Validator { figment, env }.config(raw)
+    }
+
+    /// The effective configuration as TOML, secrets shown as `[REDACTED]`.
+    pub fn to_redacted_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+    }
+}
+
+/// Figment's own message plus the exact environment variable when the value came from there.
+fn describe_figment_error(e: &figment::Error) -> String {
+    let key = e.path.join(".");
+    let origin = e.metadata.as_ref().map(|m| {
+        if m.name.contains("environment") {
+            format!("environment variable {}", env_var_name(&key))
+        } else {
+            match &m.source {
+                Some(src) => format!("{src}"),
+                None => m.name.to_string(),
+            }
+        }
+    });
+    let kind = &e.kind;
+    match (key.is_empty(), origin) {
+        (false, Some(origin)) => format!("{key} (from {origin}): {kind}"),
+        (false, None) => format!("{key}: {kind}"),
+        (true, Some(origin)) => format!("{origin}: {kind}"),
+        (true, None) => format!("{kind}"),
+    }
+}
+
+/// `hec.batch_max_bytes` -> `RC_AUDIT_HEC_HEC__BATCH_MAX_BYTES`.
+fn env_var_name(key: &str) -> String {
+    format!("{ENV_PREFIX}{}", key.to_uppercase().replace('.', "__"))
+}
+
+struct Validator<'a> {
+    figment: &'a Figment,
+    env: &'a LoadEnv,
+}
+
+impl Validator<'_> {
+    fn origin(&self, key: &str) -> String {
+        match self.figment.find_metadata(key) {
+            Some(m) if m.name.contains("environment") => {
+                format!("environment variable {}", env_var_name(key))
+            }
+            Some(m) => match &m.source {
+                Some(src) => format!("{src}"),
+                None => m.name.to_string(),
+            },
+            None => "default".to_string(),
+        }
+    }
+
+    fn invalid(&self, key: &str, problem: impl Into<String>) -> ConfigError {
+        // Point at the key's own origin; for a missing key, at its parent table's.
+        let mut probe = key.to_string();
+        let origin = loop {
+            if self.figment.find_metadata(&probe).is_some() || !probe.contains('.') {
+                break self.origin(&probe);
+            }
+            probe.truncate(probe.rfind('.').unwrap_or(0));
+        };
+        ConfigError::Invalid {
+            key: key.to_string(),
+            origin,
+            problem: problem.into(),
+        }
+    }
+
+    fn config(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+        if raw.accounts.is_empty() {
+            return Err(self.invalid(
+                "accounts",
+                "at least one [[accounts]] entry is required (name, client_id, client_secret, jwt)",
+            ));
+        }
+        let mut names = HashSet::new();
+        let mut accounts = Vec::with_capacity(raw.accounts.len());
+        for (i, a) in raw.accounts.into_iter().enumerate() {
+            let key = |k: &str| format!("accounts.{i}.{k}");
+            let name = a
+                .name
+                .ok_or_else(|| self.invalid(&key("name"), "missing: give every account a name"))?;
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
+                return Err(self.invalid(
+                    &key("name"),
+                    format!(
+                        "{name:?} must be non-empty and use only letters, digits, '-', '_' and '.'"
+                    ),
+                ));
+            }
+            if !names.insert(name.clone()) {
+                return Err(self.invalid(
+                    &key("name"),
+                    format!("{name:?} is used by two accounts; names must be unique"),
+                ));
+            }
+            let server_url = a
+                .server_url
+                .unwrap_or_else(|| DEFAULT_SERVER_URL.to_string());
+            self.check_url(&key("server_url"), &server_url)?;
+            let client_id = a.client_id.ok_or_else(|| {
+                self.invalid(
+                    &key("client_id"),
+                    "missing: the app's client id from the RingCentral developer console",
+                )
+            })?;
+            accounts.push(AccountConfig {
+                client_secret: self.secret(
+                    &key("client_secret"),
+                    a.client_secret,
+                    a.client_secret_file,
+                )?,
+                jwt: self.secret(&key("jwt"), a.jwt, a.jwt_file)?,
+                name,
+                server_url: server_url.trim_end_matches('/').to_string(),
+                account_id: a.account_id.unwrap_or_else(|| "~".to_string()),
+                client_id,
+                index: self.opt_name(&key("index"), a.index)?,
+                sourcetype: self.opt_name(&key("sourcetype"), a.sourcetype)?,
+            });
+        }
+
+        let p = raw.poll;
+        if p.interval.is_zero() {
+            return Err(self.invalid("poll.interval", "must be more than 0, e.g. \"5m\""));
+        }
+        if !(1..=MAX_PAGE_SIZE).contains(&p.page_size) {
+            return Err(self.invalid(
+                "poll.page_size",
+                format!(
+                    "{} is out of range: the API pages 1 to {MAX_PAGE_SIZE} records",
+                    p.page_size
+                ),
+            ));
+        }
+        if p.initial_lookback > MAX_LOOKBACK {
+            return Err(self.invalid(
+                "poll.initial_lookback",
+                "RingCentral keeps 180 days of audit trail: use \"180d\" or less",
+            ));
+        }
+        let poll = PollConfig {
+            interval: p.interval,
+            overlap: p.overlap,
+            settle_delay: p.settle_delay,
+            page_size: p.page_size,
+            initial_lookback: p.initial_lookback,
+            include_admins: p.include_admins,
+            include_hidden: p.include_hidden,
+        };
+
+        let h = raw.hec;
+        let urls = match (h.url, h.urls) {
+            (Some(_), Some(_)) => {
+                return Err(self.invalid("hec.url", "set either hec.url or hec.urls, not both"));
+            }
+            (Some(u), None) => vec![u],
+            (None, Some(us)) => us,
+            (None, None) => {
+                return Err(self.invalid(
+                    "hec.urls",
+                    "missing: the Splunk HEC base URL(s), e.g. [\"https://splunk.example.com:8088\"]",
+                ));
+            }
+        };
+        if urls.is_empty() {
+            return Err(self.invalid("hec.urls", "needs at least one URL"));
+        }
+        let urls = urls
+            .into_iter()
+            .map(|u| {
+                self.check_url("hec.urls", &u)?;
+                Ok(u.trim_end_matches('/').to_string())
+            })
+            .collect::<Result<Vec<_>, ConfigError>>()?;
+        if h.batch_max_events == 0 {
+            return Err(self.invalid("hec.batch_max_events", "must be at least 1"));
+        }
+        if h.batch_max_bytes < 1024 {
+            return Err(self.invalid(
+                "hec.batch_max_bytes",
+                "must be at least 1024; Splunk's default request limit is about 1 MB (1000000)",
+            ));
+        }
+        if h.timeout.is_zero() {
+            return Err(self.invalid("hec.timeout", "must be more than 0, e.g. \"60s\""));
+        }
+        if h.use_ack {
+            return Err(self.invalid(
+                "hec.use_ack",
+                "indexer acknowledgement is not supported by this version yet; set use_ack = false \
+                 (delivery still requires HTTP 200 with code 0 before a record leaves the spool)",
+            ));
+        }
+        let sourcetype = h
+            .sourcetype
+            .unwrap_or_else(|| DEFAULT_SOURCETYPE.to_string());
+        if sourcetype.is_empty() {
+            return Err(self.invalid("hec.sourcetype", "must not be empty"));
+        }
+        let mut routes = Vec::with_capacity(h.routes.len());
+        for (i, r) in h.routes.into_iter().enumerate() {
+            let key = format!("hec.routes.{i}");
+            if r.action_id.is_empty() {
+                return Err(self.invalid(&format!("{key}.action_id"), "must not be empty"));
+            }
+            if r.index.is_none() && r.sourcetype.is_none() {
+                return Err(self.invalid(&key, "a route needs an index or a sourcetype"));
+            }
+            routes.push(Route {
+                action_id: r.action_id,
+                index: self.opt_name(&format!("{key}.index"), r.index)?,
+                sourcetype: self.opt_name(&format!("{key}.sourcetype"), r.sourcetype)?,
+            });
+        }
+        if let Some(ca) = &h.tls_ca_file {
+            if !ca.is_file() {
+                return Err(self.invalid(
+                    "hec.tls_ca_file",
+                    format!(
+                        "{} is not a readable file (a PEM CA certificate)",
+                        ca.display()
+                    ),
+                ));
+            }
+        }
+        let host = match h.host {
+            Some(host) if !host.is_empty() => host,
+            _ => gethostname::gethostname().to_string_lossy().into_owned(),
+        };
+        let hec = HecConfig {
+            token: self.secret("hec.token", h.token, h.token_file)?,
+            urls,
+            index: self.opt_name("hec.index", h.index)?,
+            sourcetype,
+            host,
+            gzip: h.gzip,
+            batch_max_events: h.batch_max_events,
+            batch_max_bytes: h.batch_max_bytes,
+            timeout: h.timeout,
+            use_ack: h.use_ack,
+            tls_ca_file: h.tls_ca_file,
+            tls_verify: h.tls_verify,
+            routes,
+        };
+
+        let dir = raw
+            .spool
+            .dir
+            .or_else(|| self.env.state_directory.clone())
+            .unwrap_or_else(|| PathBuf::from("./state"));
+        let max_bytes = raw.spool.max_bytes.0;
+        if max_bytes < 1 << 20 {
+            return Err(self.invalid("spool.max_bytes", "must be at least 1MiB"));
+        }
+        let listen = match raw.admin.listen.as_deref() {
+            None => Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
+            Some("") => None,
+            Some(s) => Some(s.parse().map_err(|_| {
+                self.invalid(
+                    "admin.listen",
+                    format!(
+                        "{s:?} is not an address like \"127.0.0.1:9464\" (use \"\" to turn it off)"
+                    ),
+                )
+            })?),
+        };
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&raw.log.level) {
+            return Err(self.invalid(
+                "log.level",
+                format!(
+                    "{:?}: {e}; use error, warn, info, debug or trace",
+                    raw.log.level
+                ),
+            ));
+        }
+
+        Ok(Config {
+            accounts,
+            poll,
+            hec,
+            spool: SpoolConfig { dir, max_bytes },
+            admin: AdminConfig { listen },
+            log: LogConfig {
+                format: raw.log.format,
+                level: raw.log.level,
+            },
+        })
+    }
+
+    fn check_url(&self, key: &str, url: &str) -> Result<(), ConfigError> {
+        let parsed = reqwest::Url::parse(url)
+            .map_err(|e| self.invalid(key, format!("{url:?} is not a URL: {e}")))?;
+        let loopback = matches!(
+            parsed.host_str(),
+            Some("127.0.0.1") | Some("localhost") | Some("[::1]")
+        );
+        match parsed.scheme() {
+            "https" => Ok(()),
+            "http" if loopback => Ok(()),
+            _ => Err(self.invalid(
+                key,
+                format!("{url:?} must use https:// (plain http is accepted only on loopback)"),
+            )),
+        }
+    }
+
+    fn opt_name(&self, key: &str, v: Option<String>) -> Result<Option<String>, ConfigError> {
+        match v {
+            Some(s) if s.is_empty() => {
+                Err(self.invalid(key, "must not be empty (leave it out instead)"))
+            }
+            other => Ok(other),
+        }
+    }
+
+    /// Exactly one of `key` (inline) and `key_file` (a path, relative to the credentials directory).
+    fn secret(
+        &self,
+        key: &str,
+        inline: Option<String>,
+        file: Option<PathBuf>,
+    ) -> Result<Secret, ConfigError> {
+        let file_key = format!("{key}_file");
+        match (inline, file) {
+            (Some(_), Some(_)) => {
+                Err(self.invalid(key, format!("set either {key} or {file_key}, not both")))
+            }
+            (None, None) => Err(self.invalid(
+                key,
+                format!("missing: set {key}, or {file_key} to a file holding it"),
+            )),
+            (Some(v), None) if v.is_empty() => Err(self.invalid(key, "must not be empty")),
+            (Some(v), None) => Ok(Secret::new(v)),
+            (None, Some(path)) => {
+                let path = match &self.env.credentials_directory {
+                    Some(dir) if path.is_relative() => dir.join(path),
+                    _ => path,
+                };
+                let text = std::fs::read_to_string(&path).map_err(|e| {
+                    self.invalid(
+                        &file_key,
+                        format!(
+                            "cannot read {}: {e} (relative paths are looked up in $CREDENTIALS_DIRECTORY when it is set)",
+                            path.display()
+                        ),
+                    )
+                })?;
+                let value = text.trim();
+                if value.is_empty() {
+                    return Err(self.invalid(&file_key, format!("{} is empty", path.display())));
+                }
+                Ok(Secret::new(value))
+            }
+        }
+    }
+}
+
+// ---- the raw schema (what the file and environment may contain) ----
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    accounts: Vec<RawAccount>,
+    #[serde(default)]
+    poll: RawPoll,
+    hec: RawHec,
+    #[serde(default)]
+    spool: RawSpool,
+    #[serde(default)]
+    admin: RawAdmin,
+    #[serde(default)]
+    log: RawLog,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAccount {
+    #[serde(default, deserialize_with = "de_opt_string")]
+    name: Option<String>,
+    #[serde(default, deserialize_with = "de_opt_string")]
+    server_url: Option<String>,
+    #[serde(default, deserialize_with = "de_opt_string")]
+    account_id: Option<String>,
+    #[serde(default, deserialize_with = "de_opt_string")]
+    client_id: Option<String>,
+    #[serde(default, deserialize_with = "de_opt_string")]
+    client_secret: Option<String>,
+    client_secret_file: Option<PathBuf>,
+    #[serde(default, deserialize_with = "de_opt_string")]
+    jwt: Option<String>,
+    jwt_file: Option<PathBuf>,
+    #[serde(default, deserialize_with = "de_opt_string")]
+    index: Option<String>,
+    #[serde(default, deserialize_with = "de_opt_string")]
+    sourcetype: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawPoll {
+    #[serde(deserialize_with = "de_duration")]
+    interval: Duration,
+    #[serde(deserialize_with = "de_duration")]
+    overlap: Duration,
+    #[serde(deserialize_with = "de_duration")]
+    settle_delay: Duration,
+    page_size: u32,
+    #[serde(deserialize_with = "de_duration")]
+    initial_lookback: Duration,
+    include_admins: bool,
+    include_hidden: bool,
+}
+
+impl Default for RawPoll {
+    fn default() -> Self {
+        RawPoll {
+            interval: Duration::from_secs(300),
+            overlap: Duration::from_secs(600),
+            settle_delay: Duration::from_secs(60),
+            page_size: MAX_PAGE_SIZE,
+            initial_lookback: Duration::from_secs(24 * 3600),
+            include_admins: true,
+            include_hidden: true,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHec {
+    #[serde(default, deserialize_with = "de_opt_string")]
+    url: Option<String>,
+    urls: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "de_opt_string")]
+    token: Option<String>,
+    token_file: Option<PathBuf>,
+    #[serde(default, deserialize_with = "de_opt_string")]
+    index: Option<String>,
+    #[serde(default, deserialize_with = "de_opt_string")]
+    sourcetype: Option<String>,
+    #[serde(default, deserialize_with = "de_opt_string")]
+    host: Option<String>,
+    #[serde(default = "yes")]
+    gzip: bool,
+    #[serde(default = "default_batch_events")]
+    batch_max_events: usize,
+    #[serde(default = "default_batch_bytes")]
+    batch_max_bytes: usize,
+    #[serde(default = "default_timeout", deserialize_with = "de_duration")]
+    timeout: Duration,
+    #[serde(default)]
+    use_ack: bool,
+    tls_ca_file: Option<PathBuf>,
+    #[serde(default = "yes")]
+    tls_verify: bool,
+    #[serde(default)]
+    routes: Vec<RawRoute>,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_batch_events() -> usize {
+    1000
+}
+fn default_batch_bytes() -> usize {
+    1_000_000
+}
+fn default_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    #[serde(deserialize_with = "de_string")]
+    action_id: String,
+    #[serde(default, deserialize_with = "de_opt_string")]
+    index: Option<String>,
+    #[serde(default, deserialize_with = "de_opt_string")]
+    sourcetype: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSpool {
+    dir: Option<PathBuf>,
+    #[serde(default)]
+    max_bytes: ByteSize,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    #[serde(default, deserialize_with = "de_opt_string")]
+    listen: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawLog {
+    format: LogFormat,
+    #[serde(deserialize_with = "de_string")]
+    level: String,
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        RawLog {
+            format: LogFormat::Text,
+            level: "info".to_string(),
+        }
+    }
+}
+
+/// A size such as `1GiB`, `500MB` or a plain number of bytes.
+struct ByteSize(u64);
+
+impl Default for ByteSize {
+    fn default() -> Self {
+        ByteSize(1 << 30)
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match Scalar::deserialize(d)? {
+            Scalar::Int(n) if n >= 0 => Ok(ByteSize(n as u64)),
+            Scalar::Str(s) => parse_byte_size(&s).map(ByteSize).ok_or_else(|| {
+                serde::de::Error::custom(format!(
+                    "invalid size {s:?}: expected e.g. \"1GiB\", \"500MB\" or a number of bytes"
+                ))
+            }),
+            other => Err(serde::de::Error::custom(format!(
+                "invalid size {other}: expected e.g. \"1GiB\""
+            ))),
+        }
+    }
+}
+
+/// Parses `1GiB`, `512 MiB`, `500MB`, `1000`.
+pub fn parse_byte_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let num: f64 = num.parse().ok()?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" | "k" => 1_000,
+        "mb" | "m" => 1_000_000,
+        "gb" | "g" => 1_000_000_000,
+        "tb" | "t" => 1_000_000_000_000,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        "tib" => 1 << 40,
+        _ => return None,
+    };
+    let bytes = num * mult as f64;
+    (bytes.is_finite() && bytes >= 0.0).then_some(bytes as u64)
+}
+
+/// A scalar as TOML or an environment variable may give it: `123` in the environment arrives
+/// as an integer even where a string (an account id, a token) is meant.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Scalar {
+    Str(String),
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+}
+
+impl fmt::Display for Scalar {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Scalar::Str(s) => write!(f, "{s:?}"),
+            Scalar::Int(n) => write!(f, "{n}"),
+            Scalar::Float(n) => write!(f, "{n}"),
+            Scalar::Bool(b) => write!(f, "{b}"),
+        }
+    }
+}
+
+fn de_string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    match Scalar::deserialize(d)? {
+        Scalar::Str(s) => Ok(s),
+        Scalar::Int(n) => Ok(n.to_string()),
+        other => Err(serde::de::Error::custom(format!(
+            "expected a string, found {other}"
+        ))),
+    }
+}
+
+fn de_opt_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    de_string(d).map(Some)
+}
+
+fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = de_string(d)?;
+    // A bare number is ambiguous (seconds? milliseconds?): require a unit.
+    humantime::parse_duration(&s).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "invalid duration {s:?} ({e}): expected e.g. \"90s\", \"5m\", \"24h\""
+        ))
+    })
+}
+
+fn ser_duration<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&humantime::format_duration(*d).to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        [[accounts]]
+        name = "acme"
+        client_id = "cid"
+        client_secret = "s3cret-client"
+        jwt = "eyJ.jwt.value"
+        [hec]
+        url = "https://splunk.example.com:8088"
+        token = "hec-token-123"
+    "#;
+
+    fn load(toml: &str) -> Result<Config, ConfigError> {
+        Config::from_toml_str(toml, &LoadEnv::default())
+    }
+
+    fn err(toml: &str) -> String {
+        match load(toml) {
+            Ok(_) => panic!("config should have been rejected:\n{toml}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn minimal_config_gets_documented_defaults() {
+        let c = load(MINIMAL).unwrap();
+        assert_eq!(c.accounts[0].account_id, "~");
+        assert_eq!(c.accounts[0].server_url, DEFAULT_SERVER_URL);
+        assert_eq!(c.poll.interval, Duration::from_secs(300));
+        assert_eq!(c.poll.overlap, Duration::from_secs(600));
+        assert_eq!(c.poll.settle_delay, Duration::from_secs(60));
+        assert_eq!(c.poll.page_size, 1000);
+        assert_eq!(c.poll.initial_lookback, Duration::from_secs(86400));
+        assert_eq!(c.hec.urls, vec!["https://splunk.example.com:8088"]);
+        assert_eq!(c.hec.sourcetype, "ringcentral:audit");
+        assert!(c.hec.gzip);
+        assert_eq!(c.hec.batch_max_events, 1000);
+        assert_eq!(c.hec.batch_max_bytes, 1_000_000);
+        assert_eq!(c.hec.timeout, Duration::from_secs(60));
+        assert_eq!(c.spool.max_bytes, 1 << 30);
+        assert_eq!(c.spool.dir, PathBuf::from("./state"));
+        assert_eq!(c.admin.listen, Some("127.0.0.1:9464".parse().unwrap()));
+        assert_eq!(c.hec.token.expose(), "hec-token-123");
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_file() {
+        let e = err(&format!("{MINIMAL}\nbatch_size = 5"));
+        assert!(e.contains("batch_size"), "{e}");
+        let e = err(&MINIMAL.replace("token = ", "tokn = "));
+        assert!(e.contains("tokn"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let cases = [
+            (
+                MINIMAL.replace("[hec]", "[poll]\ninterval = \"5 fortnights\"\n[hec]"),
+                "poll.interval",
+            ),
+            (
+                MINIMAL.replace("[hec]", "[poll]\npage_size = 5000\n[hec]"),
+                "poll.page_size",
+            ),
+            (
+                MINIMAL.replace("[hec]", "[poll]\ninitial_lookback = \"200d\"\n[hec]"),
+                "poll.initial_lookback",
+            ),
+            (
+                MINIMAL.replace("https://splunk", "http://splunk"),
+                "hec.urls",
+            ),
+            (
+                format!("{MINIMAL}\nbatch_max_events = 0"),
+                "hec.batch_max_events",
+            ),
+            (
+                format!("{MINIMAL}\n[spool]\nmax_bytes = \"lots\""),
+                "spool.max_bytes",
+            ),
+            (
+                format!("{MINIMAL}\n[admin]\nlisten = \"nowhere\""),
+                "admin.listen",
+            ),
+            (format!("{MINIMAL}\n[log]\nformat = \"xml\""), "log.format"),
+            (
+                format!("{MINIMAL}\n[[hec.routes]]\naction_id = \"*LOGIN*\""),
+                "hec.routes.0",
+            ),
+            (format!("{MINIMAL}\ngzip = \"maybe\""), "hec.gzip"),
+        ];
+        for (toml, key) in cases {
+            let e = err(&toml);
+            assert!(e.contains(key), "expected {key} in: {e}");
+        }
+    }
+
+    #[test]
+    fn missing_required_keys_are_named() {
+        assert!(err(&MINIMAL.replace("token = \"hec-token-123\"", "")).contains("hec.token"));
+        assert!(err(&MINIMAL.replace("jwt = \"eyJ.jwt.value\"", "")).contains("accounts.0.jwt"));
+        assert!(err(&MINIMAL.replace("client_id = \"cid\"", "")).contains("accounts.0.client_id"));
+        assert!(err(&MINIMAL.replace("url = ", "x_url = ")).contains("x_url"));
+        let no_accounts = "[hec]\nurl = \"https://h:8088\"\ntoken = \"t\"";
+        assert!(err(no_accounts).contains("accounts"));
+        assert!(err("").contains("hec"));
+    }
+
+    #[test]
+    fn duplicate_account_names_are_rejected() {
+        let twice = format!("{MINIMAL}\n{}", &MINIMAL[..MINIMAL.find("[hec]").unwrap()]);
+        assert!(err(&twice).contains("unique"));
+    }
+
+    #[test]
+    fn secret_files_resolve_against_the_credentials_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("hec-token"), "from-file-token\n").unwrap();
+        let toml = MINIMAL.replace("token = \"hec-token-123\"", "token_file = \"hec-token\"");
+        let env = LoadEnv {
+            credentials_directory: Some(dir.path().to_path_buf()),
+            state_directory: Some(PathBuf::from("/var/lib/x")),
+        };
+        let c = Config::from_toml_str(&toml, &env).unwrap();
+        assert_eq!(c.hec.token.expose(), "from-file-token");
+        assert_eq!(c.spool.dir, PathBuf::from("/var/lib/x"));
+
+        // Without the credentials directory the relative path does not resolve: named error.
+        let e = Config::from_toml_str(&toml, &LoadEnv::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("hec.token_file") && e.contains("CREDENTIALS_DIRECTORY"),
+            "{e}"
+        );
+        // Both inline and file is ambiguous.
+        let both = MINIMAL.replace(
+            "token = \"hec-token-123\"",
+            "token = \"a\"\ntoken_file = \"b\"",
+        );
+        assert!(err(&both).contains("not both"));
+    }
+
+    #[test]
+    fn secrets_never_appear_in_debug_or_config_output() {
+        let c = load(MINIMAL).unwrap();
+        let shown = format!("{c:?}\n{}", c.to_redacted_toml());
+        for secret in ["s3cret-client", "eyJ.jwt.value", "hec-token-123"] {
+            assert!(!shown.contains(secret), "{secret} leaked");
+        }
+        assert!(shown.contains("[REDACTED]"));
+        // The rendered config is itself a readable TOML document.
+        assert!(c.to_redacted_toml().contains("page_size = 1000"));
+    }
+
+    #[test]
+    fn byte_sizes_parse() {
+        assert_eq!(parse_byte_size("1GiB"), Some(1 << 30));
+        assert_eq!(parse_byte_size("500 MB"), Some(500_000_000));
+        assert_eq!(parse_byte_size("1024"), Some(1024));
+        assert_eq!(parse_byte_size("lots"), None);
+    }
+}

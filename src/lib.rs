@@ -1,0 +1,48 @@
+//! # rc-audit-hec
+//!
+//! Forwards the RingCentral Audit Trail into Splunk through the HTTP Event Collector, durably.
+//!
+//! ## Data flow
+//! ```text
+//! RingCentral Audit Trail API                                    Splunk HEC (one or more URLs)
+//!   |                                                                   ^
+//!   v                                                                   |
+//! ringcentral::Poller --> transform --> spool (SQLite) --> hec::Sink (batches)
+//! (one per account)       record ->     outbox, cursors,   gzip, retries, response
+//!                         HEC event     dedup, dead letters classification, failover
+//! ```
+//! - [`ringcentral`]: token lifecycle, rate limiting, the audit-trail search, one poller per
+//!   account computing windows and committing pages.
+//! - [`transform`]: pure functions turning a raw record into a HEC envelope.
+//! - [`spool`]: the only channel between source and sink; every record passes through it.
+//! - [`hec`]: batching, the HTTP client, the one response classifier, the delivery loop.
+//! - [`app`]: the supervisor wiring it together for `run` and `once`; [`demo`] drives it against
+//!   the [`sim`]ulators.
+//! - [`config`], [`cli`], [`telemetry`], [`retry`]: the edges and shared helpers.
+//!
+//! ## Invariants (each has a test that fails if it breaks)
+//! 1. **Cursor after records**: an account's cursor moves only in the transaction that stores
+//!    the window's last page ([`spool::Spool::enqueue_page`]).
+//! 2. **Delete after acceptance**: a record leaves the outbox only after HEC answered 200/code 0
+//!    for its batch ([`hec::Sink`], [`spool::Spool::settle`]).
+//! 3. **Once per record id** per account, across overlapping windows (the spool's `seen` table).
+//! 4. **Never drop, never spin**: retryable failures back off ([`retry`]) forever; a permanently
+//!    bad event is dead-lettered with its reason; configuration failures pause that side and
+//!    resume when fixed.
+//! 5. **Bounded resources**: the sink holds one batch in memory; polling pauses at
+//!    `spool.max_bytes`.
+//! 6. **Secrets stay secret**: [`config::Secret`] prints as `[REDACTED]` everywhere.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod hec;
+pub mod retry;
+pub mod ringcentral;
+pub mod sim;
+pub mod spool;
+pub mod telemetry;
+pub mod transform;

@@ -1,0 +1,122 @@
+//! The one backoff helper: exponential with jitter (backon's generator), never giving up, with
+//! the server's `Retry-After` taking precedence when it gives one.
+//!
+//! Both the RingCentral client and the HEC sink use it. There is deliberately no "max attempts":
+//! a retry budget silently drops data during a long outage, and buffered audit data waits forever.
+//! Callers that must return (the `once` command) bound the *time* they wait instead.
+
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
+
+/// Backoff bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// First delay.
+    pub min: Duration,
+    /// Largest delay before jitter (jitter adds up to the same again).
+    pub max: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            min: Duration::from_millis(500),
+            max: Duration::from_secs(30),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// A fresh backoff sequence.
+    pub fn backoff(&self) -> Backoff {
+        Backoff {
+            policy: *self,
+            iter: self.builder().build(),
+            attempts: 0,
+        }
+    }
+
+    fn builder(&self) -> ExponentialBuilder {
+        ExponentialBuilder::default()
+            .with_min_delay(self.min)
+            .with_max_delay(self.max)
+            .with_factor(2.0)
+            .with_jitter()
+            .without_max_times()
+    }
+}
+
+/// One failure streak's delays.
+#[derive(Debug)]
+pub struct Backoff {
+    policy: RetryPolicy,
+    iter: ExponentialBackoff,
+    attempts: u32,
+}
+
+impl Backoff {
+    /// The delay before the next attempt: the server's `Retry-After` when given, else the next
+    /// exponential step.
+    pub fn next_delay(&mut self, retry_after: Option<Duration>) -> Duration {
+        self.attempts = self.attempts.saturating_add(1);
+        let step = self.iter.next().unwrap_or(self.policy.max);
+        retry_after.unwrap_or(step)
+    }
+
+    /// Failures in this streak so far.
+    pub fn attempts(&self) -> u32 {
+        self.attempts
+    }
+
+    /// Starts over after a success.
+    pub fn reset(&mut self) {
+        *self = self.policy.backoff();
+    }
+}
+
+/// Parses a `Retry-After` (or `X-Rate-Limit-Window`) value in seconds. Decimal values are
+/// accepted (the simulators scale time down); HTTP dates are not used by either service.
+pub fn parse_seconds(value: &str) -> Option<Duration> {
+    let secs: f64 = value.trim().parse().ok()?;
+    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(86_400.0)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delays_grow_stay_bounded_never_end_and_honour_retry_after() {
+        let p = RetryPolicy {
+            min: Duration::from_millis(100),
+            max: Duration::from_secs(2),
+        };
+        let mut b = p.backoff();
+        let delays: Vec<_> = (0..50).map(|_| b.next_delay(None)).collect();
+        assert!(delays[0] >= Duration::from_millis(100) && delays[0] <= Duration::from_millis(200));
+        assert!(
+            delays.iter().all(|d| *d <= Duration::from_secs(4)),
+            "max plus jitter"
+        );
+        assert!(
+            delays[49] >= Duration::from_secs(2),
+            "still retrying after 50 attempts"
+        );
+        assert_eq!(
+            b.next_delay(Some(Duration::from_secs(7))),
+            Duration::from_secs(7)
+        );
+        b.reset();
+        assert!(b.next_delay(None) <= Duration::from_millis(200));
+        assert_eq!(b.attempts(), 1);
+    }
+
+    #[test]
+    fn seconds_parse() {
+        assert_eq!(parse_seconds("30"), Some(Duration::from_secs(30)));
+        assert_eq!(parse_seconds(" 0.25 "), Some(Duration::from_millis(250)));
+        assert_eq!(parse_seconds("-1"), None);
+        assert_eq!(parse_seconds("Wed, 21 Oct 2015 07:28:00 GMT"), None);
+    }
+}

@@ -1,0 +1,301 @@
+//! One account's RingCentral API client: token lifecycle, rate limiting, retries.
+//!
+//! Every request goes through [`RcClient::send`], which waits for the rate limiter, sends, feeds
+//! the response headers back to the limiter, and classifies the outcome:
+//! - 429: wait out the penalty (the limiter blocks the whole account meanwhile), try again;
+//! - 5xx, connection errors, unreadable bodies: back off with jitter, try again;
+//! - 401 on a search: get a new token once and retry;
+//! - token-endpoint refusals, 403 permission errors, 400/404 on a search: [`RcError`] for the
+//!   caller, which reports them as configuration problems of that account (never as "no records").
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::header::{AUTHORIZATION, HeaderValue};
+use reqwest::{Method, StatusCode};
+use serde::de::DeserializeOwned;
+use tracing::{debug, warn};
+
+use super::auth::{AccessToken, JWT_GRANT, TokenResponse, explain_token_error};
+use super::model::{ApiError, SearchPage, SearchRequest};
+use super::rate_limit::{Group, Observed, RateLimiter};
+use crate::config::{AccountConfig, Secret};
+use crate::retry::RetryPolicy;
+use crate::telemetry::Stats;
+
+/// Why a RingCentral call failed for good. All but `Unavailable` need an operator.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RcError {
+    /// The token endpoint refused the credentials.
+    #[error("RingCentral refused the credentials ({detail}): {fix}")]
+    Credentials {
+        /// Code and message from RingCentral.
+        detail: String,
+        /// What to do.
+        fix: &'static str,
+    },
+    /// The app or user lacks a permission.
+    #[error(
+        "RingCentral denied access to the audit trail ({detail}): give the app the {permission} permission and the JWT user an admin role with audit-trail access"
+    )]
+    Permission {
+        /// Code and message.
+        detail: String,
+        /// The permission named (ReadAuditTrail unless RingCentral said otherwise).
+        permission: String,
+    },
+    /// The search itself was refused (bad account id, bad parameter).
+    #[error(
+        "RingCentral rejected the audit-trail search (HTTP {status}, {detail}): check account_id and server_url"
+    )]
+    Rejected {
+        /// HTTP status.
+        status: u16,
+        /// Code and message.
+        detail: String,
+    },
+    /// Transient failures persisted past the caller's attempt limit (only `once` sets one).
+    #[error("RingCentral unavailable after {attempts} attempts: {detail}")]
+    Unavailable {
+        /// Attempts made.
+        attempts: u32,
+        /// The last failure.
+        detail: String,
+    },
+}
+
+impl RcError {
+    /// True for problems an operator must fix (as opposed to an outage).
+    pub fn is_config(&self) -> bool {
+        !matches!(self, RcError::Unavailable { .. })
+    }
+}
+
+/// A RingCentral client for one account.
+pub struct RcClient {
+    http: reqwest::Client,
+    /// Account name, for logs.
+    name: String,
+    token_url: String,
+    search_url: String,
+    client_id: String,
+    client_secret: Secret,
+    jwt: Secret,
+    token: Option<AccessToken>,
+    limiter: RateLimiter,
+    retry: RetryPolicy,
+    /// `None`: retry transient failures forever (the service); `Some(n)`: give up after n.
+    max_attempts: Option<u32>,
+    stats: Arc<Stats>,
+}
+
+enum Body<'a> {
+    Token,
+    Search(&'a SearchRequest),
+}
+
+impl RcClient {
+    /// A client for `account`. `http` should have a request timeout set.
+    pub fn new(
+        http: reqwest::Client,
+        account: &AccountConfig,
+        retry: RetryPolicy,
+        stats: Arc<Stats>,
+    ) -> Self {
+        RcClient {
+            http,
+            name: account.name.clone(),
+            token_url: format!("{}/restapi/oauth/token", account.server_url),
+            search_url: format!(
+                "{}/restapi/v1.0/account/{}/audit-trail/search",
+                account.server_url, account.account_id
+            ),
+            client_id: account.client_id.clone(),
+            client_secret: account.client_secret.clone(),
+            jwt: account.jwt.clone(),
+            token: None,
+            limiter: RateLimiter::default(),
+            retry,
+            max_attempts: None,
+            stats,
+        }
+    }
+
+    /// Gives up on transient failures after `n` attempts (for commands that must end).
+    pub fn with_max_attempts(mut self, n: Option<u32>) -> Self {
+        self.max_attempts = n;
+        self
+    }
+
+    /// One page of audit-trail search results.
+    pub async fn search(&mut self, req: &SearchRequest) -> Result<SearchPage, RcError> {
+        self.send(Body::Search(req)).await
+    }
+
+    /// Makes sure a token is held, getting one if needed; used by `check`.
+    pub async fn authenticate(&mut self) -> Result<(), RcError> {
+        self.access_token().await.map(|_| ())
+    }
+
+    async fn access_token(&mut self) -> Result<Secret, RcError> {
+        if let Some(t) = &self.token {
+            if t.is_fresh() {
+                return Ok(t.value.clone());
+            }
+            debug!(account = %self.name, "access token due for renewal");
+        }
+        let token: TokenResponse = self.send(Body::Token).await?;
+        let token = token.into_token();
+        let value = token.value.clone();
+        self.token = Some(token);
+        Ok(value)
+    }
+
+    /// Sends one request with rate limiting, retries and classification; returns the parsed 200
+    /// body (an unreadable 200 counts as a transient failure).
+    async fn send<T: DeserializeOwned>(&mut self, body: Body<'_>) -> Result<T, RcError> {
+        let group = match body {
+            Body::Token => Group::Auth,
+            Body::Search(_) => Group::Heavy,
+        };
+        let mut backoff = self.retry.backoff();
+        let mut refreshed = false;
+        loop {
+            let bearer = match body {
+                Body::Token => None,
+                Body::Search(_) => Some(Box::pin(self.access_token()).await?),
+            };
+            let waited = self.limiter.wait(group).await;
+            if !waited.is_zero() {
+                debug!(account = %self.name, ?group, waited_ms = waited.as_millis() as u64, "paced by RingCentral rate limit");
+            }
+            let request = match (&body, &bearer) {
+                (Body::Token, _) => self
+                    .http
+                    .request(Method::POST, &self.token_url)
+                    .basic_auth(&self.client_id, Some(self.client_secret.expose()))
+                    .form(&[("grant_type", JWT_GRANT), ("assertion", self.jwt.expose())]),
+                (Body::Search(req), Some(token)) => {
+                    let mut auth = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
+                        .map_err(|_| RcError::Credentials {
+                            detail: "the access token has characters not allowed in a header"
+                                .into(),
+                            fix: "report this as a bug",
+                        })?;
+                    auth.set_sensitive(true);
+                    self.http
+                        .request(Method::POST, &self.search_url)
+                        .header(AUTHORIZATION, auth)
+                        .json(req)
+                }
+                (Body::Search(_), None) => unreachable!("searches always carry a token"),
+            };
+            Stats::add(&self.stats.rc_requests, 1);
+            let failure = match request.send().await {
+                Err(e) => format!("request failed: {}", e.without_url()),
+                Ok(resp) => {
+                    let status = resp.status();
+                    let observed = self.limiter.observe(group, status, resp.headers());
+                    let bytes = match resp.bytes().await {
+                        Ok(b) => b,
+                        Err(e) => {
+                            let d = format!("reading the response failed: {}", e.without_url());
+                            self.give_up_or_wait(&mut backoff, &d).await?;
+                            continue;
+                        }
+                    };
+                    match self.classify(&body, status, &bytes, observed, &mut refreshed)? {
+                        Next::Done => match serde_json::from_slice::<T>(&bytes) {
+                            Ok(parsed) => return Ok(parsed),
+                            Err(e) => format!("HTTP 200 with an unreadable body: {e}"),
+                        },
+                        Next::Again => continue,
+                        Next::Transient(d) => d,
+                    }
+                }
+            };
+            self.give_up_or_wait(&mut backoff, &failure).await?;
+        }
+    }
+
+    fn classify(
+        &mut self,
+        body: &Body<'_>,
+        status: StatusCode,
+        bytes: &[u8],
+        observed: Observed,
+        refreshed: &mut bool,
+    ) -> Result<Next, RcError> {
+        if status == StatusCode::OK {
+            return Ok(Next::Done);
+        }
+        let err = ApiError::parse(bytes);
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            Stats::add(&self.stats.rc_rate_limited, 1);
+            if let Observed::Penalty(d) = observed {
+                warn!(account = %self.name, code = err.code().unwrap_or("-"), penalty_s = d.as_secs_f64(),
+                    "RingCentral rate limit exceeded: sending nothing to this account until the penalty is over; poll less often if this repeats");
+            }
+            return Ok(Next::Again);
+        }
+        if status.is_server_error() || status == StatusCode::REQUEST_TIMEOUT {
+            return Ok(Next::Transient(format!(
+                "HTTP {status}: {}",
+                err.describe()
+            )));
+        }
+        match body {
+            Body::Token => Err(RcError::Credentials {
+                detail: format!("HTTP {}, {}", status.as_u16(), err.describe()),
+                fix: explain_token_error(err.code(), err.error.as_deref()),
+            }),
+            Body::Search(_) if status == StatusCode::UNAUTHORIZED && !*refreshed => {
+                debug!(account = %self.name, code = err.code().unwrap_or("-"), "access token refused; getting a new one");
+                *refreshed = true;
+                self.token = None;
+                Ok(Next::Again)
+            }
+            Body::Search(_) if status == StatusCode::UNAUTHORIZED => Err(RcError::Credentials {
+                detail: format!("a fresh access token was refused: {}", err.describe()),
+                fix: "check that the app and JWT belong to the same RingCentral environment (server_url)",
+            }),
+            Body::Search(_) if status == StatusCode::FORBIDDEN => Err(RcError::Permission {
+                detail: err.describe(),
+                permission: err.permission().unwrap_or("ReadAuditTrail").to_string(),
+            }),
+            Body::Search(_) => Err(RcError::Rejected {
+                status: status.as_u16(),
+                detail: err.describe(),
+            }),
+        }
+    }
+
+    async fn give_up_or_wait(
+        &mut self,
+        backoff: &mut crate::retry::Backoff,
+        detail: &str,
+    ) -> Result<(), RcError> {
+        let delay = backoff.next_delay(None);
+        if self.max_attempts.is_some_and(|n| backoff.attempts() >= n) {
+            return Err(RcError::Unavailable {
+                attempts: backoff.attempts(),
+                detail: detail.to_string(),
+            });
+        }
+        warn!(account = %self.name, attempt = backoff.attempts(), retry_in_ms = delay.as_millis() as u64,
+            "RingCentral request failed, retrying: {detail}");
+        tokio::time::sleep(delay).await;
+        Ok(())
+    }
+
+    /// Time until the account's next request of `group` may go out (for `check` and tests).
+    pub fn rate_limit_delay(&mut self, group: Group) -> Duration {
+        self.limiter.delay(group)
+    }
+}
+
+enum Next {
+    Done,
+    Again,
+    Transient(String),
+}

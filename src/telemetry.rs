@@ -1,0 +1,113 @@
+//! Logging setup, counters, and the health state of each account and of the sink.
+//!
+//! Counters are plain atomics so the hot paths pay almost nothing; the `demo` summary and the
+//! `once` report read them, and so will the admin endpoint.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::Serialize;
+use tracing_subscriber::EnvFilter;
+
+use crate::config::LogFormat;
+
+/// Pipeline counters since start.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Requests sent to RingCentral (token and search).
+    pub rc_requests: AtomicU64,
+    /// RingCentral 429 responses.
+    pub rc_rate_limited: AtomicU64,
+    /// Records received from RingCentral (including re-polled ones).
+    pub records_polled: AtomicU64,
+    /// Records newly written to the spool.
+    pub records_spooled: AtomicU64,
+    /// Records skipped because their id was already spooled (window overlap).
+    pub records_duplicate: AtomicU64,
+    /// Windows completed (cursor committed).
+    pub windows_completed: AtomicU64,
+    /// HEC requests sent.
+    pub hec_requests: AtomicU64,
+    /// HEC requests that failed (any non-success outcome).
+    pub hec_failures: AtomicU64,
+    /// Events HEC accepted (deleted from the spool).
+    pub events_delivered: AtomicU64,
+    /// Events moved to the dead-letter table.
+    pub events_dead_lettered: AtomicU64,
+}
+
+impl Stats {
+    /// Adds `n` to a counter.
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+    /// Reads a counter.
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}
+
+/// Health of one component.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    /// Working.
+    Ok,
+    /// Retrying a transient failure.
+    Degraded,
+    /// Stopped by a problem an operator must fix (credentials, permission, token, disk).
+    Failing,
+}
+
+/// A component's state and the reason for it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ComponentHealth {
+    /// The state.
+    pub state: State,
+    /// Why, when not ok.
+    pub reason: Option<String>,
+}
+
+/// Health per component: `account:<name>` and `hec`.
+#[derive(Debug, Default)]
+pub struct Health {
+    components: Mutex<BTreeMap<String, ComponentHealth>>,
+}
+
+impl Health {
+    /// Sets a component's state; returns true when it changed (callers log transitions once).
+    pub fn set(&self, component: &str, state: State, reason: Option<String>) -> bool {
+        let mut map = self.components.lock().unwrap_or_else(|p| p.into_inner());
+        let new = ComponentHealth { state, reason };
+        let changed = map
+            .get(component)
+            .is_none_or(|old| old.state != new.state || old.reason != new.reason);
+        map.insert(component.to_string(), new);
+        changed
+    }
+
+    /// A copy of every component's health.
+    pub fn snapshot(&self) -> BTreeMap<String, ComponentHealth> {
+        self.components
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+/// Installs the global tracing subscriber (stderr). `level` is an `EnvFilter` directive;
+/// `RUST_LOG`, when set, wins. Safe to call more than once (later calls do nothing).
+pub fn init_logging(format: LogFormat, level: &str) {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}

@@ -1,0 +1,382 @@
+//! Record -> HEC event: pure functions, no I/O.
+//!
+//! The `event` of every HEC envelope is the record's bytes exactly as RingCentral sent them
+//! (unknown fields kept, key order kept). The envelope adds `time` (the record's `eventTime` as
+//! epoch seconds with a millisecond fraction, written from integer milliseconds so no float
+//! rounding can creep in), `host`, `source`, `sourcetype`, optional `index`, and the indexed
+//! `fields` `rc_account` and `rc_action_id`.
+//!
+//! Every field of a record is optional. A record without an `id` gets one derived from a hash of
+//! its bytes (stable, so a re-poll of the same record dedups); a record without a parseable
+//! `eventTime` gets the time of the poll that fetched it. Neither is dropped.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use sha2::{Digest, Sha256};
+
+use crate::config::{AccountConfig, HecConfig, Route};
+
+/// What the pipeline needs to know about a record, read without touching its bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordMeta {
+    /// The RingCentral record id, or `sha256:<hex>` of the record bytes when it has none.
+    pub id: String,
+    /// `eventTime` in milliseconds since the epoch, when present and valid RFC 3339.
+    pub event_time_ms: Option<i64>,
+    /// `actionId`, when present and a string.
+    pub action_id: Option<String>,
+}
+
+/// The three fields we read; anything of another type counts as absent.
+#[derive(Deserialize)]
+struct Peek<'a> {
+    #[serde(borrow, default)]
+    id: Option<&'a RawValue>,
+    #[serde(borrow, default, rename = "eventTime")]
+    event_time: Option<&'a RawValue>,
+    #[serde(borrow, default, rename = "actionId")]
+    action_id: Option<&'a RawValue>,
+}
+
+fn raw_string(raw: Option<&RawValue>) -> Option<String> {
+    raw.and_then(|r| serde_json::from_str::<String>(r.get()).ok())
+}
+
+/// Reads id, eventTime and actionId from a record. Never fails: a record that is not even an
+/// object still gets a derived id and is forwarded.
+pub fn inspect_record(raw: &RawValue) -> RecordMeta {
+    // Only objects have fields (serde would map an array onto the struct by position).
+    let peek = if raw.get().starts_with('{') {
+        serde_json::from_str::<Peek>(raw.get()).ok()
+    } else {
+        None
+    };
+    let (id, time, action) = match &peek {
+        Some(p) => (p.id, p.event_time, p.action_id),
+        None => (None, None, None),
+    };
+    let id = match id {
+        Some(r) => match serde_json::from_str::<String>(r.get()) {
+            Ok(s) if !s.is_empty() => Some(s),
+            Ok(_) => None,
+            // A number or other non-string id: its JSON text is still a stable identity.
+            Err(_) if r.get() != "null" => Some(r.get().to_string()),
+            Err(_) => None,
+        },
+        None => None,
+    };
+    RecordMeta {
+        id: id.unwrap_or_else(|| derived_id(raw.get().as_bytes())),
+        event_time_ms: raw_string(time).and_then(|t| parse_event_time(&t)),
+        action_id: raw_string(action),
+    }
+}
+
+/// A stable id for a record that has none: the first 128 bits of SHA-256 of its bytes.
+pub fn derived_id(bytes: &[u8]) -> String {
+    let digest = Sha256::digest(bytes);
+    let mut s = String::with_capacity(7 + 32);
+    s.push_str("sha256:");
+    for b in &digest[..16] {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
+}
+
+/// RFC 3339 -> milliseconds since the epoch (sub-millisecond digits are truncated).
+pub fn parse_event_time(s: &str) -> Option<i64> {
+    DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|t| t.with_timezone(&Utc).timestamp_millis())
+}
+
+/// Milliseconds -> the HEC `time` number, e.g. `1722941419442` -> `1722941419.442`.
+/// Built from integers: `time` is exact to the millisecond for every representable instant.
+pub fn hec_time(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let frac = ms.rem_euclid(1000);
+    format!("{secs}.{frac:03}")
+}
+
+/// A time as RingCentral wants it in a search: RFC 3339 UTC with milliseconds.
+pub fn rfc3339_millis(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// Glob over ASCII, case-insensitive: `*` any run, `?` one character.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let (p, t) = (pattern.as_bytes(), text.as_bytes());
+    let (mut pi, mut ti) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == b'?' || p[pi].eq_ignore_ascii_case(&t[ti])) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == b'*' {
+            star = Some((pi, ti));
+            pi += 1;
+        } else if let Some((sp, st)) = star {
+            pi = sp + 1;
+            ti = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == b'*')
+}
+
+/// Builds the HEC envelopes for one account.
+#[derive(Debug, Clone)]
+pub struct Transformer {
+    /// Value of `rc_account` and the tail of `source`.
+    account: String,
+    /// `ringcentral:audit-trail:<account>`.
+    source: String,
+    host: String,
+    index: Option<String>,
+    sourcetype: String,
+    routes: Vec<Route>,
+}
+
+#[derive(Serialize)]
+struct Envelope<'a> {
+    time: &'a RawValue,
+    host: &'a str,
+    source: &'a str,
+    sourcetype: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    index: Option<&'a str>,
+    event: &'a RawValue,
+    fields: Fields<'a>,
+}
+
+#[derive(Serialize)]
+struct Fields<'a> {
+    rc_account: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rc_action_id: Option<&'a str>,
+}
+
+impl Transformer {
+    /// The transformer for `account`'s records under the HEC settings `hec`.
+    pub fn new(hec: &HecConfig, account: &AccountConfig) -> Self {
+        Transformer {
+            account: account.name.clone(),
+            source: format!("ringcentral:audit-trail:{}", account.name),
+            host: hec.host.clone(),
+            index: account.index.clone().or_else(|| hec.index.clone()),
+            sourcetype: account
+                .sourcetype
+                .clone()
+                .unwrap_or_else(|| hec.sourcetype.clone()),
+            routes: hec.routes.clone(),
+        }
+    }
+
+    /// `(index, sourcetype)` for an action id: the first matching route, else the defaults.
+    pub fn route(&self, action_id: Option<&str>) -> (Option<&str>, &str) {
+        let matched =
+            action_id.and_then(|a| self.routes.iter().find(|r| glob_match(&r.action_id, a)));
+        let index = matched
+            .and_then(|r| r.index.as_deref())
+            .or(self.index.as_deref());
+        let sourcetype = matched
+            .and_then(|r| r.sourcetype.as_deref())
+            .unwrap_or(&self.sourcetype);
+        (index, sourcetype)
+    }
+
+    /// The serialized HEC event for one record. `fallback_ms` stands in for a missing or
+    /// unparseable `eventTime` (the poll time).
+    pub fn event(&self, raw: &RawValue, meta: &RecordMeta, fallback_ms: i64) -> Vec<u8> {
+        let time_text = hec_time(meta.event_time_ms.unwrap_or(fallback_ms));
+        let (index, sourcetype) = self.route(meta.action_id.as_deref());
+        let mut out = Vec::with_capacity(raw.get().len() + 256);
+        // The time text is digits and one dot: always a valid JSON number.
+        let time: &RawValue = serde_json::from_str(&time_text).unwrap_or(raw);
+        let env = Envelope {
+            time,
+            host: &self.host,
+            source: &self.source,
+            sourcetype,
+            index,
+            event: raw,
+            fields: Fields {
+                rc_account: &self.account,
+                rc_action_id: meta.action_id.as_deref(),
+            },
+        };
+        // Serializing borrowed strings and raw JSON into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut out, &env);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, LoadEnv};
+
+    fn config(extra: &str) -> Config {
+        let toml = format!(
+            r#"
+            [[accounts]]
+            name = "acme"
+            client_id = "c"
+            client_secret = "s"
+            jwt = "j"
+            [hec]
+            url = "https://h:8088"
+            token = "t"
+            host = "fwd1"
+            {extra}
+            "#
+        );
+        Config::from_toml_str(&toml, &LoadEnv::default()).unwrap()
+    }
+
+    fn raw(s: &str) -> Box<RawValue> {
+        RawValue::from_string(s.to_string()).unwrap()
+    }
+
+    fn event_json(t: &Transformer, record: &str) -> serde_json::Value {
+        let r = raw(record);
+        let meta = inspect_record(&r);
+        serde_json::from_slice(&t.event(&r, &meta, 1_700_000_000_123)).unwrap()
+    }
+
+    #[test]
+    fn time_keeps_milliseconds_exactly() {
+        assert_eq!(
+            parse_event_time("2024-08-06T10:50:19.442Z"),
+            Some(1_722_941_419_442)
+        );
+        assert_eq!(hec_time(1_722_941_419_442), "1722941419.442");
+        assert_eq!(hec_time(1_722_941_419_000), "1722941419.000");
+        assert_eq!(hec_time(5), "0.005");
+        assert_eq!(hec_time(-1), "-1.999");
+        // Offsets are converted to UTC; micro/nanoseconds truncate to the millisecond.
+        assert_eq!(
+            parse_event_time("2024-08-06T12:50:19.442+02:00"),
+            Some(1_722_941_419_442)
+        );
+        assert_eq!(
+            parse_event_time("2024-08-06T10:50:19.442999Z"),
+            Some(1_722_941_419_442)
+        );
+        assert_eq!(parse_event_time("yesterday"), None);
+        // Every millisecond of a day round-trips through the envelope text without drift.
+        for ms in (1_722_941_419_000..1_722_941_420_000).step_by(7) {
+            let text = hec_time(ms);
+            let (s, f) = text.split_once('.').unwrap();
+            assert_eq!(
+                s.parse::<i64>().unwrap() * 1000 + f.parse::<i64>().unwrap(),
+                ms
+            );
+        }
+    }
+
+    #[test]
+    fn envelope_has_the_contract_fields_and_the_record_verbatim() {
+        let c = config("index = \"ringcentral\"");
+        let t = Transformer::new(&c.hec, &c.accounts[0]);
+        let record = r#"{"id":"r1","eventTime":"2024-08-06T10:50:19.442Z","actionId":"CHANGE_USER_ROLE","zz_unknown":{"a":[1,2]},"eventType":"Create"}"#;
+        let r = raw(record);
+        let bytes = t.event(&r, &inspect_record(&r), 0);
+        let text = String::from_utf8(bytes).unwrap();
+        assert!(
+            text.contains(&format!("\"event\":{record}")),
+            "record not verbatim: {text}"
+        );
+        assert!(text.starts_with("{\"time\":1722941419.442,"), "{text}");
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["host"], "fwd1");
+        assert_eq!(v["source"], "ringcentral:audit-trail:acme");
+        assert_eq!(v["sourcetype"], "ringcentral:audit");
+        assert_eq!(v["index"], "ringcentral");
+        assert_eq!(
+            v["fields"],
+            serde_json::json!({"rc_account": "acme", "rc_action_id": "CHANGE_USER_ROLE"})
+        );
+    }
+
+    #[test]
+    fn records_with_missing_or_bad_fields_are_still_events() {
+        let c = config("");
+        let t = Transformer::new(&c.hec, &c.accounts[0]);
+        let v = event_json(&t, r#"{"eventTime":"not a time"}"#);
+        assert_eq!(
+            v["time"].to_string(),
+            "1700000000.123",
+            "falls back to the poll time"
+        );
+        assert!(
+            v.get("index").is_none(),
+            "no index configured: the token's default"
+        );
+        assert_eq!(v["fields"], serde_json::json!({"rc_account": "acme"}));
+        let v = event_json(&t, "{}");
+        assert_eq!(v["event"], serde_json::json!({}));
+        // Missing ids are derived from the bytes: stable, and distinct for distinct records.
+        let a = inspect_record(&raw(r#"{"actionId":"X"}"#));
+        let b = inspect_record(&raw(r#"{"actionId":"X"}"#));
+        let c2 = inspect_record(&raw(r#"{"actionId":"Y"}"#));
+        assert_eq!(a.id, b.id);
+        assert_ne!(a.id, c2.id);
+        assert!(a.id.starts_with("sha256:"));
+        // Wrong types count as absent, a numeric id keeps its text.
+        let m = inspect_record(&raw(r#"{"id":42,"eventTime":7,"actionId":["A"]}"#));
+        assert_eq!(
+            (m.id.as_str(), m.event_time_ms, m.action_id),
+            ("42", None, None)
+        );
+        // Not even an object: still gets an identity.
+        assert!(inspect_record(&raw("[1,2]")).id.starts_with("sha256:"));
+    }
+
+    #[test]
+    fn routes_pick_index_and_sourcetype_by_action_id_glob_first_match_wins() {
+        let c = config(
+            r#"index = "ringcentral"
+            [[hec.routes]]
+            action_id = "*login*"
+            index = "security"
+            [[hec.routes]]
+            action_id = "LOGIN_SUCCESSFULLY"
+            index = "never"
+            [[hec.routes]]
+            action_id = "CHANGE_?SER_ROLE"
+            sourcetype = "ringcentral:audit:roles"
+            "#,
+        );
+        let t = Transformer::new(&c.hec, &c.accounts[0]);
+        assert_eq!(
+            t.route(Some("LOGIN_SUCCESSFULLY")),
+            (Some("security"), "ringcentral:audit")
+        );
+        assert_eq!(
+            t.route(Some("FAILED_LOGIN")),
+            (Some("security"), "ringcentral:audit")
+        );
+        assert_eq!(
+            t.route(Some("CHANGE_USER_ROLE")),
+            (Some("ringcentral"), "ringcentral:audit:roles")
+        );
+        assert_eq!(
+            t.route(Some("CHANGE_USER_INFO")),
+            (Some("ringcentral"), "ringcentral:audit")
+        );
+        assert_eq!(t.route(None), (Some("ringcentral"), "ringcentral:audit"));
+    }
+
+    #[test]
+    fn glob_semantics() {
+        assert!(glob_match("*", ""));
+        assert!(glob_match("A*B*C", "AxxBxxC"));
+        assert!(!glob_match("A*B*C", "AxxBxx"));
+        assert!(glob_match("a?c", "ABC"));
+        assert!(!glob_match("abc", "abcd"));
+    }
+}
