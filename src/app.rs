@@ -149,10 +149,24 @@ impl Pipeline {
         )
     }
 
-    /// The service: every poller and the sink until `shutdown`.
+    /// The service: every poller, the sink and the admin endpoint until `shutdown`.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), AppError> {
         let sink = self.sink()?;
         let tracker = TaskTracker::new();
+        if let Some(addr) = self.config.admin.listen {
+            let listener = serve_admin(
+                addr,
+                self.spool.clone(),
+                self.stats.clone(),
+                self.health.clone(),
+                shutdown.clone(),
+            );
+            tracker.spawn(async move {
+                if let Err(e) = listener.await {
+                    error!(%addr, "admin endpoint failed: {e}; set admin.listen to a free address, or \"\" to turn it off");
+                }
+            });
+        }
         for poller in self.pollers(None) {
             tracker.spawn(poller.run(shutdown.clone()));
         }
@@ -296,4 +310,46 @@ pub fn cancel_on_signals(token: CancellationToken) {
         }
         token.cancel();
     });
+}
+
+/// Serves `/metrics` and `/healthz` on `addr` until `shutdown`. `/healthz` answers 503 when a
+/// component is failing, so a load balancer or monitor can act on it.
+pub async fn serve_admin(
+    addr: std::net::SocketAddr,
+    spool: Spool,
+    stats: Arc<Stats>,
+    health: Arc<Health>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    use crate::telemetry::{State, render_health, render_metrics};
+    use axum::http::{StatusCode, header};
+    use axum::routing::get;
+
+    let metrics = {
+        let (spool, stats, health) = (spool.clone(), stats.clone(), health.clone());
+        move || async move {
+            let depth = spool.run(|s| s.depth()).await.ok();
+            (
+                [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                render_metrics(&stats, depth, &health),
+            )
+        }
+    };
+    let healthz = move || async move {
+        let (state, doc) = render_health(&health);
+        let code = if state == State::Failing {
+            StatusCode::SERVICE_UNAVAILABLE
+        } else {
+            StatusCode::OK
+        };
+        (code, axum::Json(doc))
+    };
+    let router = axum::Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz));
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    info!(%addr, "admin endpoint serving /metrics and /healthz");
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
 }

@@ -105,9 +105,107 @@ pub fn init_logging(format: LogFormat, level: &str) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
+}
+
+/// Counters exported on `/metrics`: (name, help, accessor).
+const COUNTERS: &[(&str, &str, fn(&Stats) -> &AtomicU64)] = &[
+    (
+        "rc_requests_total",
+        "Requests sent to RingCentral (token and search).",
+        |s| &s.rc_requests,
+    ),
+    ("rc_rate_limited_total", "RingCentral 429 responses.", |s| {
+        &s.rc_rate_limited
+    }),
+    (
+        "records_polled_total",
+        "Records received from RingCentral, overlap re-reads included.",
+        |s| &s.records_polled,
+    ),
+    (
+        "records_spooled_total",
+        "Records newly written to the spool.",
+        |s| &s.records_spooled,
+    ),
+    (
+        "records_duplicate_total",
+        "Records skipped because their id was already spooled.",
+        |s| &s.records_duplicate,
+    ),
+    (
+        "windows_completed_total",
+        "Poll windows completed (cursor committed).",
+        |s| &s.windows_completed,
+    ),
+    ("hec_requests_total", "HEC requests sent.", |s| {
+        &s.hec_requests
+    }),
+    (
+        "hec_failures_total",
+        "HEC requests that did not end in acceptance.",
+        |s| &s.hec_failures,
+    ),
+    ("events_delivered_total", "Events HEC accepted.", |s| {
+        &s.events_delivered
+    }),
+    (
+        "events_dead_lettered_total",
+        "Events moved to the dead-letter table.",
+        |s| &s.events_dead_lettered,
+    ),
+];
+
+/// Renders the counters and the spool depth in the Prometheus text format.
+pub fn render_metrics(stats: &Stats, spool_depth: Option<u64>, health: &Health) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    for (name, help, get) in COUNTERS {
+        let _ = writeln!(
+            out,
+            "# HELP rc_audit_hec_{name} {help}\n# TYPE rc_audit_hec_{name} counter\nrc_audit_hec_{name} {}",
+            Stats::get(get(stats))
+        );
+    }
+    if let Some(depth) = spool_depth {
+        let _ = writeln!(
+            out,
+            "# HELP rc_audit_hec_spool_depth Events waiting in the spool.\n# TYPE rc_audit_hec_spool_depth gauge\nrc_audit_hec_spool_depth {depth}"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP rc_audit_hec_component_up 1 when the component is ok, 0 when degraded or failing.\n# TYPE rc_audit_hec_component_up gauge"
+    );
+    for (component, h) in health.snapshot() {
+        let up = u8::from(h.state == State::Ok);
+        let _ = writeln!(
+            out,
+            "rc_audit_hec_component_up{{component=\"{component}\"}} {up}"
+        );
+    }
+    out
+}
+
+/// The `/healthz` document: the worst state overall plus every component with its reason.
+pub fn render_health(health: &Health) -> (State, serde_json::Value) {
+    let components = health.snapshot();
+    let worst = components
+        .values()
+        .map(|c| c.state)
+        .max_by_key(|s| match s {
+            State::Ok => 0,
+            State::Degraded => 1,
+            State::Failing => 2,
+        })
+        .unwrap_or(State::Ok);
+    (
+        worst,
+        serde_json::json!({ "status": worst, "components": components }),
+    )
 }

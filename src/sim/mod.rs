@@ -1,90 +1,16 @@
-//! placeholder until the simulators land (temporary, for compiling)
-#![allow(missing_docs, dead_code, unused)]
-pub mod ringcentral {
-    use std::time::Duration;
-    #[derive(Clone)]
-    pub struct SimAccount {
-        pub account_id: String,
-        pub account_name: String,
-        pub client_id: String,
-        pub client_secret: String,
-        pub jwt: String,
-    }
-    impl SimAccount {
-        pub fn new(_: &str, _: &str) -> Self {
-            todo!()
-        }
-    }
-    pub struct RcSimConfig {
-        pub accounts: Vec<SimAccount>,
-        pub token_ttl: Duration,
-        pub heavy_limit: u32,
-        pub heavy_window: Duration,
-        pub auth_limit: u32,
-        pub auth_window: Duration,
-        pub penalty: Duration,
-        pub rate_limits: bool,
-    }
-    pub struct RcSim;
-    impl RcSim {
-        pub async fn start(_: RcSimConfig) -> std::io::Result<RcSim> {
-            todo!()
-        }
-        pub fn url(&self) -> String {
-            todo!()
-        }
-        pub fn generate(
-            &self,
-            _: &str,
-            _: usize,
-            _: chrono::DateTime<chrono::Utc>,
-            _: chrono::DateTime<chrono::Utc>,
-            _: u64,
-        ) -> usize {
-            todo!()
-        }
-        pub fn add_records(&self, _: &str, _: Vec<serde_json::Value>) {}
-        pub fn records(&self, _: &str) -> Vec<serde_json::Value> {
-            todo!()
-        }
-        pub fn expire_tokens(&self) {}
-    }
-}
-pub mod hec {
-    pub struct HecSimConfig {
-        pub output: Option<std::path::PathBuf>,
-    }
-    impl HecSimConfig {
-        pub fn new(_: &str) -> Self {
-            todo!()
-        }
-    }
-    pub struct HecSim;
-    impl HecSim {
-        pub async fn start(_: HecSimConfig) -> std::io::Result<HecSim> {
-            todo!()
-        }
-        pub fn url(&self) -> String {
-            todo!()
-        }
-        pub fn accepted(&self) -> usize {
-            0
-        }
-        pub async fn set_down(&self, _: bool) {}
-        pub fn events(&self) -> Vec<serde_json::Value> {
-            vec![]
-        }
-    }
-}
-pub mod records {
-    pub fn generate_records(
-        _: u64,
-        _: &str,
-        _: &str,
-        _: usize,
-        _: chrono::DateTime<chrono::Utc>,
-        _: chrono::DateTime<chrono::Utc>,
-    ) -> Vec<serde_json::Value> {
-        vec![]
-    }
-}
+//! In-process simulators of the RingCentral Audit Trail API and Splunk HEC, for tests, benchmarks
+//! and the `demo` command.
+//!
+//! Both run real HTTP on `127.0.0.1` (an ephemeral port), behave like the real services as
+//! `reference/` describes them, and misbehave on demand (faults, outages, token expiry, rate
+//! limits) so the forwarder's handling of every failure can be tested end to end. Time limits are
+//! configurable so tests run in milliseconds. Dropping a simulator handle stops its server.
+//!
+//! - [`ringcentral`]: token endpoint and audit-trail search, rate limits, RingCentral errors.
+//! - [`hec`]: HTTP Event Collector event and health endpoints, HEC error codes, partial indexing.
+//! - [`records`]: realistic audit records.
+
+pub mod hec;
+pub mod records;
+pub mod ringcentral;
+mod server;
