@@ -286,10 +286,10 @@ async fn report_status(spool: Spool, stats: Arc<Stats>, shutdown: CancellationTo
 
 /// Tells systemd (no-op outside systemd).
 fn notify_systemd(states: &[sd_notify::NotifyState]) {
-    if std::env::var_os("NOTIFY_SOCKET").is_some() {
-        if let Err(e) = sd_notify::notify(states) {
-            warn!("cannot notify systemd: {e}");
-        }
+    if std::env::var_os("NOTIFY_SOCKET").is_some()
+        && let Err(e) = sd_notify::notify(states)
+    {
+        warn!("cannot notify systemd: {e}");
     }
 }
 

@@ -502,16 +502,16 @@ impl Validator<'_> {
                 sourcetype: self.opt_name(&format!("{key}.sourcetype"), r.sourcetype)?,
             });
         }
-        if let Some(ca) = &h.tls_ca_file {
-            if !ca.is_file() {
-                return Err(self.invalid(
-                    "hec.tls_ca_file",
-                    format!(
-                        "{} is not a readable file (a PEM CA certificate)",
-                        ca.display()
-                    ),
-                ));
-            }
+        if let Some(ca) = &h.tls_ca_file
+            && !ca.is_file()
+        {
+            return Err(self.invalid(
+                "hec.tls_ca_file",
+                format!(
+                    "{} is not a readable file (a PEM CA certificate)",
+                    ca.display()
+                ),
+            ));
         }
         let host = match h.host {
             Some(host) if !host.is_empty() => host,

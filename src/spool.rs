@@ -128,6 +128,21 @@ pub struct DeadLetter {
     pub hec_code: Option<i64>,
 }
 
+/// A stored dead letter.
+#[derive(Debug, Clone)]
+pub struct DeadLetterRow {
+    /// Account name.
+    pub account: String,
+    /// Record id.
+    pub record_id: String,
+    /// Why HEC (or local validation) refused it.
+    pub reason: String,
+    /// HEC code, when HEC said it.
+    pub hec_code: Option<i64>,
+    /// The serialized HEC event, as it was spooled.
+    pub event: Vec<u8>,
+}
+
 /// Spool contents at a glance.
 #[derive(Debug, Clone, Default)]
 pub struct Status {
@@ -435,13 +450,22 @@ impl Spool {
         })
     }
 
-    /// Dead letters as `(account, record_id, reason, event)`, oldest first.
-    pub fn dead_letters(&self) -> Result<Vec<(String, String, String, Vec<u8>)>, SpoolError> {
+    /// Dead letters, oldest first.
+    pub fn dead_letters(&self) -> Result<Vec<DeadLetterRow>, SpoolError> {
         let conn = self.conn();
-        let mut stmt =
-            conn.prepare("SELECT account, record_id, reason, event FROM dead_letters ORDER BY id")?;
+        let mut stmt = conn.prepare(
+            "SELECT account, record_id, reason, hec_code, event FROM dead_letters ORDER BY id",
+        )?;
         let rows = stmt
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+            .query_map([], |r| {
+                Ok(DeadLetterRow {
+                    account: r.get(0)?,
+                    record_id: r.get(1)?,
+                    reason: r.get(2)?,
+                    hec_code: r.get(3)?,
+                    event: r.get(4)?,
+                })
+            })?
             .collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
     }
@@ -575,7 +599,11 @@ mod tests {
         assert_eq!(rest, ["r4", "r5", "r6", "r7", "r8", "r9"]);
         let dl = s.dead_letters().unwrap();
         assert_eq!(dl.len(), 1);
-        assert_eq!((dl[0].1.as_str(), dl[0].2.as_str()), ("r3", "bad"));
+        assert_eq!(
+            (dl[0].record_id.as_str(), dl[0].reason.as_str()),
+            ("r3", "bad")
+        );
+        assert_eq!(dl[0].hec_code, Some(6));
         let st = s.status().unwrap();
         assert_eq!((st.depth, st.dead_letters), (6, 1));
     }

@@ -114,7 +114,10 @@ pub fn init_logging(format: LogFormat, level: &str) {
 }
 
 /// Counters exported on `/metrics`: (name, help, accessor).
-const COUNTERS: &[(&str, &str, fn(&Stats) -> &AtomicU64)] = &[
+/// A counter's metric name, help text and accessor.
+type Counter = (&'static str, &'static str, fn(&Stats) -> &AtomicU64);
+
+const COUNTERS: &[Counter] = &[
     (
         "rc_requests_total",
         "Requests sent to RingCentral (token and search).",

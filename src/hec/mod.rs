@@ -274,7 +274,7 @@ impl Sink {
                     if self
                         .health
                         .set(COMPONENT, State::Degraded, Some(reason.clone()))
-                        || backoff.attempts() % 20 == 0
+                        || backoff.attempts().is_multiple_of(20)
                     {
                         warn!(%url, attempt = backoff.attempts(), retry_in_ms = delay.as_millis() as u64,
                             "HEC delivery failed, will retry (events stay spooled): {reason}");

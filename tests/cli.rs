@@ -1,0 +1,344 @@
+//! The real binary: exit codes, config errors, secrets, `once`, `run` with signals.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use chrono::{TimeDelta, Utc};
+use common::{World, assert_each_once, eventually};
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_rc-audit-hec"));
+    // A clean environment: no inherited overrides, no systemd variables.
+    for (k, _) in std::env::vars() {
+        if k.starts_with("RC_AUDIT_HEC_")
+            || k == "RUST_LOG"
+            || k == "CREDENTIALS_DIRECTORY"
+            || k == "STATE_DIRECTORY"
+        {
+            c.env_remove(k);
+        }
+    }
+    c
+}
+
+/// Runs the binary off the async runtime (the simulators live on it).
+async fn run(mut cmd: Command) -> Output {
+    tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn write_config(dir: &Path, toml: &str) -> PathBuf {
+    let p = dir.join("config.toml");
+    std::fs::write(&p, toml).unwrap();
+    p
+}
+
+#[tokio::test]
+async fn once_delivers_everything_and_exits_0() {
+    let w = World::new(2).await;
+    for i in 0..2 {
+        w.rc.generate(
+            &w.accounts[i].account_id,
+            40,
+            Utc::now() - TimeDelta::hours(3),
+            Utc::now() - TimeDelta::hours(1),
+            i as u64,
+        );
+    }
+    let cfg = write_config(w.dir.path(), &w.toml("", ""));
+    let mut cmd = bin();
+    cmd.arg("--config").arg(&cfg).arg("once");
+    let out = run(cmd).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out).contains("80 delivered, 0 still spooled"),
+        "{}",
+        text(&out)
+    );
+    assert_each_once(&w, &[0, 1]);
+}
+
+#[tokio::test]
+async fn once_with_hec_down_exits_75_within_max_wait_and_keeps_the_records() {
+    let w = World::new(1).await;
+    w.rc.generate(
+        &w.accounts[0].account_id,
+        10,
+        Utc::now() - TimeDelta::hours(3),
+        Utc::now() - TimeDelta::hours(1),
+        3,
+    );
+    w.hec.set_down(true).await;
+    let cfg = write_config(w.dir.path(), &w.toml("", ""));
+    let mut cmd = bin();
+    cmd.arg("--config")
+        .arg(&cfg)
+        .args(["once", "--max-wait", "1s"]);
+    let started = std::time::Instant::now();
+    let out = run(cmd).await;
+    assert_eq!(out.status.code(), Some(75), "{}", text(&out));
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "once must not hang"
+    );
+    assert!(text(&out).contains("10 still spooled"), "{}", text(&out));
+    // The next run, with HEC back, delivers them (without polling them twice).
+    w.hec.set_down(false).await;
+    let mut cmd = bin();
+    cmd.arg("--config").arg(&cfg).arg("once");
+    let out = run(cmd).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_each_once(&w, &[0]);
+}
+
+#[tokio::test]
+async fn once_with_a_permission_problem_exits_78_and_says_so() {
+    let w = World::new(1).await;
+    w.rc.update_faults(|f| {
+        f.forbidden_accounts
+            .insert(w.accounts[0].account_id.clone());
+    });
+    let cfg = write_config(w.dir.path(), &w.toml("", ""));
+    let mut cmd = bin();
+    cmd.arg("--config").arg(&cfg).arg("once");
+    let out = run(cmd).await;
+    assert_eq!(out.status.code(), Some(78), "{}", text(&out));
+    assert!(text(&out).contains("ReadAuditTrail"), "{}", text(&out));
+}
+
+#[tokio::test]
+async fn check_reports_what_works_and_what_does_not() {
+    let w = World::new(2).await;
+    w.rc.update_faults(|f| {
+        f.locked_accounts.insert(w.accounts[1].account_id.clone());
+    });
+    let cfg = write_config(w.dir.path(), &w.toml("", ""));
+    let mut cmd = bin();
+    cmd.arg("--config").arg(&cfg).arg("check");
+    let out = run(cmd).await;
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(78), "{t}");
+    assert!(t.contains("account acct0: ok"), "{t}");
+    assert!(
+        t.contains("account acct1: FAILED") && t.contains("locked out"),
+        "{t}"
+    );
+    assert!(t.contains("ok (healthy, token accepted)"), "{t}");
+    // A wrong HEC token is named as such.
+    w.hec.set_token("something-else");
+    w.rc.update_faults(|f| f.locked_accounts.clear());
+    let mut cmd = bin();
+    cmd.arg("--config").arg(&cfg).arg("check");
+    let out = run(cmd).await;
+    assert!(text(&out).contains("hec.token"), "{}", text(&out));
+    assert_ne!(out.status.code(), Some(0));
+}
+
+#[tokio::test]
+async fn secrets_never_reach_logs_or_config_output() {
+    let w = World::new(1).await;
+    w.rc.generate(
+        &w.accounts[0].account_id,
+        5,
+        Utc::now() - TimeDelta::hours(3),
+        Utc::now() - TimeDelta::hours(1),
+        4,
+    );
+    w.rc.update_faults(|f| f.server_errors = 1);
+    w.hec.update_faults(|f| f.scripted.push_back((503, 9)));
+    let cfg = write_config(w.dir.path(), &w.toml("", ""));
+    let a = &w.accounts[0];
+    let secrets = [a.client_secret.as_str(), a.jwt.as_str(), common::HEC_TOKEN];
+    // Trace level: every log line the program and its libraries can produce.
+    let mut cmd = bin();
+    cmd.arg("--config")
+        .arg(&cfg)
+        .arg("once")
+        .env("RUST_LOG", "trace");
+    let out = run(cmd).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let mut cmd = bin();
+    cmd.arg("--config").arg(&cfg).arg("config");
+    let shown = run(cmd).await;
+    assert_eq!(shown.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&shown.stdout).contains("[REDACTED]"));
+    for s in secrets {
+        assert!(!text(&out).contains(s), "a secret leaked into the logs");
+        assert!(!text(&shown).contains(s), "a secret leaked into `config`");
+    }
+    assert!(text(&out).len() > 1000, "trace logging produced output");
+}
+
+#[tokio::test]
+async fn config_errors_exit_78_and_name_the_key_and_its_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = World::new(1).await;
+    let good = w.toml("", "");
+
+    let cfg = write_config(
+        dir.path(),
+        &good.replace("[poll]", "[poll]\npage_sise = 10"),
+    );
+    let mut cmd = bin();
+    cmd.arg("--config").arg(&cfg).arg("check").arg("--offline");
+    let out = run(cmd).await;
+    assert_eq!(out.status.code(), Some(78));
+    assert!(
+        text(&out).contains("page_sise") && text(&out).contains("config.toml"),
+        "{}",
+        text(&out)
+    );
+
+    let cfg = write_config(dir.path(), &good);
+    let mut cmd = bin();
+    cmd.arg("--config")
+        .arg(&cfg)
+        .arg("check")
+        .arg("--offline")
+        .env("RC_AUDIT_HEC_POLL__INTERVAL", "often");
+    let out = run(cmd).await;
+    assert_eq!(out.status.code(), Some(78));
+    assert!(
+        text(&out).contains("RC_AUDIT_HEC_POLL__INTERVAL"),
+        "{}",
+        text(&out)
+    );
+
+    let mut cmd = bin();
+    cmd.arg("--config")
+        .arg(&cfg)
+        .arg("check")
+        .arg("--offline")
+        .env("RC_AUDIT_HEC_POLL__PAGE_SIZE", "5000");
+    let out = run(cmd).await;
+    assert_eq!(out.status.code(), Some(78));
+    assert!(
+        text(&out).contains("poll.page_size")
+            && text(&out).contains("RC_AUDIT_HEC_POLL__PAGE_SIZE"),
+        "{}",
+        text(&out)
+    );
+
+    // Env overrides apply (a numeric-looking token is still a string).
+    let mut cmd = bin();
+    cmd.arg("--config")
+        .arg(&cfg)
+        .arg("config")
+        .env("RC_AUDIT_HEC_HEC__BATCH_MAX_EVENTS", "77")
+        .env("RC_AUDIT_HEC_HEC__TOKEN", "12345");
+    let out = run(cmd).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(text(&out).contains("batch_max_events = 77"));
+    assert!(!text(&out).contains("12345"));
+
+    let mut cmd = bin();
+    cmd.arg("--config")
+        .arg(dir.path().join("missing.toml"))
+        .arg("run");
+    let out = run(cmd).await;
+    assert_eq!(out.status.code(), Some(78));
+    assert!(text(&out).contains("does not exist"), "{}", text(&out));
+
+    let mut cmd = bin();
+    cmd.arg("frobnicate");
+    assert_eq!(run(cmd).await.status.code(), Some(2));
+}
+
+#[tokio::test]
+async fn the_example_config_is_valid() {
+    let creds = tempfile::tempdir().unwrap();
+    for f in ["acme-client-secret", "acme-jwt", "hec-token"] {
+        std::fs::write(creds.path().join(f), "value\n").unwrap();
+    }
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/config.example.toml");
+    let mut cmd = bin();
+    cmd.arg("--config")
+        .arg(&example)
+        .args(["check", "--offline"])
+        .env("CREDENTIALS_DIRECTORY", creds.path());
+    let out = run(cmd).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}
+
+#[tokio::test]
+async fn run_serves_admin_refuses_a_second_instance_and_stops_on_sigterm() {
+    let w = World::new(1).await;
+    w.rc.generate(
+        &w.accounts[0].account_id,
+        25,
+        Utc::now() - TimeDelta::hours(3),
+        Utc::now() - TimeDelta::hours(1),
+        5,
+    );
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let toml = w
+        .toml("", "")
+        .replace("listen = \"\"", &format!("listen = \"127.0.0.1:{port}\""));
+    let cfg = write_config(w.dir.path(), &toml);
+    let mut child = bin()
+        .arg("--config")
+        .arg(&cfg)
+        .arg("run")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || w.hec.accepted() >= 25).await,
+        "run delivers"
+    );
+
+    let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("rc_audit_hec_events_delivered_total 25"),
+        "{metrics}"
+    );
+    let health: serde_json::Value = reqwest::get(format!("http://127.0.0.1:{port}/healthz"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["status"], "ok", "{health}");
+
+    let mut second = bin();
+    second.arg("--config").arg(&cfg).arg("once");
+    let out = run(second).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out).contains("in use by another rc-audit-hec process"),
+        "{}",
+        text(&out)
+    );
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "graceful stop on SIGTERM");
+    assert_each_once(&w, &[0]);
+}

@@ -1,0 +1,484 @@
+//! The pipeline end to end against the simulators, through the library's public API.
+
+mod common;
+
+use std::time::Duration;
+
+use chrono::{TimeDelta, Utc};
+use common::{World, assert_each_once, eventually};
+use rc_audit_hec::ringcentral::poller::WindowOutcome;
+use rc_audit_hec::sim::records::generate_records;
+use rc_audit_hec::telemetry::{State, Stats};
+use tokio_util::sync::CancellationToken;
+
+fn hours_ago(h: i64) -> chrono::DateTime<Utc> {
+    Utc::now() - TimeDelta::hours(h)
+}
+
+#[tokio::test]
+async fn paging_over_several_pages_collects_every_record_in_any_order() {
+    let w = World::new(1).await;
+    w.rc.generate(&w.accounts[0].account_id, 35, hours_ago(5), hours_ago(1), 1);
+    let p = w.pipeline("page_size = 10", "");
+    let mut poller = p.pollers(None).remove(0);
+    let outcome = poller.poll_window().await.unwrap();
+    assert!(
+        matches!(
+            outcome,
+            WindowOutcome::Polled {
+                pages: 4,
+                records: 35,
+                inserted: 35,
+                ..
+            }
+        ),
+        "{outcome:?}"
+    );
+    // Every page asked for the same window, with both bounds in RFC 3339 UTC milliseconds.
+    let searches: Vec<_> =
+        w.rc.requests()
+            .into_iter()
+            .filter(|r| r.path.ends_with("/search"))
+            .collect();
+    assert_eq!(searches.len(), 4);
+    for (i, s) in searches.iter().enumerate() {
+        let body = s.body.as_ref().unwrap();
+        assert_eq!(body["page"], i as u64 + 1);
+        assert_eq!(body["perPage"], 10);
+        assert_eq!(
+            body["eventTimeFrom"],
+            searches[0].body.as_ref().unwrap()["eventTimeFrom"]
+        );
+        let from = body["eventTimeFrom"].as_str().unwrap();
+        assert!(
+            from.ends_with('Z') && from.len() == "2024-08-06T10:50:19.442Z".len(),
+            "{from}"
+        );
+    }
+    p.sink()
+        .unwrap()
+        .drain(&CancellationToken::new())
+        .await
+        .unwrap();
+    assert_each_once(&w, &[0]);
+}
+
+#[tokio::test]
+async fn overlapping_windows_deliver_each_record_once() {
+    let w = World::new(1).await;
+    // Records in the last few minutes fall inside every window's 10-minute overlap.
+    let now = Utc::now();
+    w.rc.generate(
+        &w.accounts[0].account_id,
+        40,
+        now - TimeDelta::minutes(5),
+        now - TimeDelta::seconds(1),
+        2,
+    );
+    let p = w.pipeline("", "");
+    let mut poller = p.pollers(None).remove(0);
+    for _ in 0..3 {
+        assert!(matches!(
+            poller.poll_window().await.unwrap(),
+            WindowOutcome::Polled { .. }
+        ));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        Stats::get(&p.stats.records_polled),
+        120,
+        "each window re-read the overlap"
+    );
+    assert_eq!(Stats::get(&p.stats.records_duplicate), 80);
+    p.sink()
+        .unwrap()
+        .drain(&CancellationToken::new())
+        .await
+        .unwrap();
+    assert_each_once(&w, &[0]);
+}
+
+#[tokio::test]
+async fn a_record_visible_late_inside_the_overlap_is_still_delivered() {
+    let w = World::new(1).await;
+    let a = w.accounts[0].clone();
+    w.rc.generate(&a.account_id, 10, hours_ago(3), hours_ago(2), 3);
+    let p = w.pipeline("", "");
+    let mut poller = p.pollers(None).remove(0);
+    poller.poll_window().await.unwrap();
+    // Now a record appears whose eventTime is already behind the cursor, but within overlap.
+    let t = Utc::now() - TimeDelta::minutes(4);
+    w.rc.add_records(
+        &a.account_id,
+        generate_records(
+            9,
+            &a.account_id,
+            &a.account_name,
+            1,
+            t,
+            t + TimeDelta::milliseconds(1),
+        ),
+    );
+    poller.poll_window().await.unwrap();
+    p.sink()
+        .unwrap()
+        .drain(&CancellationToken::new())
+        .await
+        .unwrap();
+    assert_each_once(&w, &[0]);
+    assert_eq!(w.received().len(), 11);
+}
+
+#[tokio::test]
+async fn a_token_expiring_mid_run_is_renewed() {
+    let w = World::with(1, |c| c.token_ttl = Duration::from_secs(1)).await;
+    w.rc.generate(&w.accounts[0].account_id, 5, hours_ago(2), hours_ago(1), 4);
+    let p = w.pipeline("", "");
+    let mut poller = p.pollers(None).remove(0);
+    poller.poll_window().await.unwrap();
+    // Past expires_in: the client must renew before searching, not after a 401.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    poller.poll_window().await.unwrap();
+    // Revoked early (expire_tokens): the 401 leads to one renewal and a retry.
+    w.rc.expire_tokens();
+    poller.poll_window().await.unwrap();
+    let log: Vec<(String, u16)> =
+        w.rc.requests()
+            .into_iter()
+            .map(|r| (r.path, r.status))
+            .collect();
+    let tokens = log
+        .iter()
+        .filter(|(p, _)| p.ends_with("/oauth/token"))
+        .count();
+    let unauthorized = log.iter().filter(|(_, s)| *s == 401).count();
+    assert_eq!(
+        tokens, 3,
+        "initial, renewal before expiry, renewal after 401: {log:?}"
+    );
+    assert_eq!(unauthorized, 1, "{log:?}");
+    assert!(
+        log.last()
+            .is_some_and(|(p, s)| p.ends_with("/search") && *s == 200)
+    );
+}
+
+#[tokio::test]
+async fn a_429_is_honoured_and_nothing_is_sent_during_the_penalty() {
+    let penalty = Duration::from_millis(600);
+    let w = World::with(1, |c| c.penalty = penalty).await;
+    w.rc.generate(&w.accounts[0].account_id, 5, hours_ago(2), hours_ago(1), 5);
+    w.rc.update_faults(|f| f.force_429 = 1);
+    let p = w.pipeline("", "");
+    let mut poller = p.pollers(None).remove(0);
+    poller.poll_window().await.unwrap();
+    let log = w.rc.requests();
+    let i = log.iter().position(|r| r.status == 429).expect("one 429");
+    let next = &log[i + 1];
+    assert!(
+        next.at.duration_since(log[i].at) >= penalty,
+        "request {:?} after the 429",
+        next.at.duration_since(log[i].at)
+    );
+    assert_eq!(
+        log.iter().filter(|r| r.status == 429).count(),
+        1,
+        "a request during the penalty would have drawn another 429"
+    );
+    assert_eq!(Stats::get(&p.stats.rc_rate_limited), 1);
+    assert!(log.last().is_some_and(|r| r.status == 200));
+}
+
+#[tokio::test]
+async fn rate_limit_headers_pace_requests_without_any_429() {
+    // 3 searches per window: 6 pages need pacing, and pacing means no penalty at all.
+    let w = World::with(1, |c| {
+        c.heavy_limit = 3;
+        c.heavy_window = Duration::from_millis(700);
+        c.penalty = Duration::from_secs(5);
+    })
+    .await;
+    w.rc.generate(&w.accounts[0].account_id, 55, hours_ago(2), hours_ago(1), 6);
+    let p = w.pipeline("page_size = 10", "");
+    let mut poller = p.pollers(None).remove(0);
+    let outcome = poller.poll_window().await.unwrap();
+    assert!(
+        matches!(
+            outcome,
+            WindowOutcome::Polled {
+                pages: 6,
+                records: 55,
+                ..
+            }
+        ),
+        "{outcome:?}"
+    );
+    assert!(
+        w.rc.requests().iter().all(|r| r.status != 429),
+        "paced client drew a 429"
+    );
+}
+
+#[tokio::test]
+async fn ringcentral_5xx_is_retried_with_backoff() {
+    let w = World::new(1).await;
+    w.rc.generate(&w.accounts[0].account_id, 5, hours_ago(2), hours_ago(1), 7);
+    w.rc.update_faults(|f| f.server_errors = 3);
+    let p = w.pipeline("", "");
+    let mut poller = p.pollers(None).remove(0);
+    assert!(matches!(
+        poller.poll_window().await.unwrap(),
+        WindowOutcome::Polled { records: 5, .. }
+    ));
+    assert_eq!(
+        w.rc.requests().iter().filter(|r| r.status == 503).count(),
+        3
+    );
+}
+
+#[tokio::test]
+async fn hec_down_then_up_delivers_everything_once() {
+    let w = World::new(1).await;
+    w.rc.generate(
+        &w.accounts[0].account_id,
+        120,
+        hours_ago(2),
+        hours_ago(1),
+        8,
+    );
+    let p = w.pipeline("", "batch_max_events = 25");
+    p.pollers(None).remove(0).poll_window().await.unwrap();
+    w.hec.set_down(true).await;
+    let mut sink = p.sink().unwrap();
+    let drain = tokio::spawn(async move { sink.drain(&CancellationToken::new()).await });
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(w.hec.accepted(), 0);
+    assert_eq!(
+        p.spool.depth().unwrap(),
+        120,
+        "everything waits in the spool"
+    );
+    assert_eq!(p.health.snapshot()["hec"].state, State::Degraded);
+    w.hec.set_down(false).await;
+    tokio::time::timeout(Duration::from_secs(10), drain)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_each_once(&w, &[0]);
+    assert_eq!(p.spool.depth().unwrap(), 0);
+}
+
+#[tokio::test]
+async fn hec_busy_503_honours_retry_after() {
+    let w = World::new(1).await;
+    w.rc.generate(&w.accounts[0].account_id, 10, hours_ago(2), hours_ago(1), 9);
+    let p = w.pipeline("", "");
+    p.pollers(None).remove(0).poll_window().await.unwrap();
+    w.hec.update_faults(|f| {
+        f.busy = true;
+        f.retry_after = Some(Duration::from_millis(400));
+    });
+    let mut sink = p.sink().unwrap();
+    let drain = tokio::spawn(async move { sink.drain(&CancellationToken::new()).await });
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    w.hec.update_faults(|f| f.busy = false);
+    tokio::time::timeout(Duration::from_secs(5), drain)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let busy: Vec<_> = w
+        .hec
+        .requests()
+        .into_iter()
+        .filter(|r| r.status == 503)
+        .collect();
+    assert!(busy.len() >= 2);
+    for pair in busy.windows(2) {
+        assert!(
+            pair[1].at.duration_since(pair[0].at) >= Duration::from_millis(400),
+            "retried before Retry-After"
+        );
+    }
+    assert_each_once(&w, &[0]);
+}
+
+#[tokio::test]
+async fn hec_400_for_one_event_dead_letters_it_and_delivers_the_rest() {
+    let w = World::new(1).await;
+    w.rc.generate(
+        &w.accounts[0].account_id,
+        30,
+        hours_ago(2),
+        hours_ago(1),
+        10,
+    );
+    let bad = w.generated(0)[17].clone();
+    w.hec.update_faults(|f| {
+        f.reject_event_ids.insert(bad.clone());
+    });
+    let p = w.pipeline("", "");
+    p.pollers(None).remove(0).poll_window().await.unwrap();
+    p.sink()
+        .unwrap()
+        .drain(&CancellationToken::new())
+        .await
+        .unwrap();
+    let got = w.received();
+    assert_eq!(got.len(), 29);
+    assert!(
+        got.values().all(|n| *n == 1),
+        "events before the bad one were not resent"
+    );
+    assert!(!got.contains_key(&bad));
+    let dead = p.spool.dead_letters().unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].record_id, bad);
+    assert_eq!(dead[0].hec_code, Some(6));
+    assert!(dead[0].reason.contains("code 6"), "{}", dead[0].reason);
+    assert_eq!(Stats::get(&p.stats.events_dead_lettered), 1);
+    assert_eq!(p.spool.depth().unwrap(), 0);
+}
+
+#[tokio::test]
+async fn an_event_hec_refuses_without_naming_it_is_isolated() {
+    let w = World::new(1).await;
+    w.rc.generate(&w.accounts[0].account_id, 8, hours_ago(2), hours_ago(1), 11);
+    let p = w.pipeline("", "");
+    p.pollers(None).remove(0).poll_window().await.unwrap();
+    // A 400 code 12 without invalid-event-number for the whole batch, then normal service.
+    w.hec.update_faults(|f| f.scripted.push_back((400, 12)));
+    p.sink()
+        .unwrap()
+        .drain(&CancellationToken::new())
+        .await
+        .unwrap();
+    // The batch is resent one event at a time: nothing is lost or dead-lettered wrongly.
+    assert_each_once(&w, &[0]);
+    assert!(p.spool.dead_letters().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn hec_token_rejected_keeps_records_until_the_token_is_fixed() {
+    let w = World::new(1).await;
+    w.rc.generate(
+        &w.accounts[0].account_id,
+        20,
+        hours_ago(2),
+        hours_ago(1),
+        12,
+    );
+    let p = w.pipeline("", "");
+    p.pollers(None).remove(0).poll_window().await.unwrap();
+    w.hec.set_token("rotated-by-the-splunk-admin");
+    let mut sink = p.sink().unwrap();
+    let drain = tokio::spawn(async move { sink.drain(&CancellationToken::new()).await });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(w.hec.accepted(), 0);
+    assert_eq!(p.spool.depth().unwrap(), 20, "nothing dropped on 403");
+    let h = &p.health.snapshot()["hec"];
+    assert_eq!(h.state, State::Failing);
+    assert!(
+        h.reason.as_deref().unwrap_or("").contains("hec.token"),
+        "{h:?}"
+    );
+    w.hec.set_token(common::HEC_TOKEN);
+    tokio::time::timeout(Duration::from_secs(5), drain)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_each_once(&w, &[0]);
+}
+
+#[tokio::test]
+async fn ringcentral_403_is_a_permission_problem_and_other_accounts_keep_flowing() {
+    let w = World::new(2).await;
+    for i in 0..2 {
+        w.rc.generate(
+            &w.accounts[i].account_id,
+            15,
+            hours_ago(2),
+            hours_ago(1),
+            20 + i as u64,
+        );
+    }
+    w.rc.update_faults(|f| {
+        f.forbidden_accounts
+            .insert(w.accounts[0].account_id.clone());
+    });
+    let p = w.pipeline("", "");
+    let health = p.health.clone();
+    let shutdown = CancellationToken::new();
+    let service = tokio::spawn(p.run(shutdown.clone()));
+    assert!(eventually(Duration::from_secs(10), || w.hec.accepted() >= 15).await);
+    let forbidden = format!("account:{}", World::name(0));
+    assert!(
+        eventually(Duration::from_secs(5), || health
+            .snapshot()
+            .contains_key(&forbidden))
+        .await
+    );
+    shutdown.cancel();
+    service.await.unwrap().unwrap();
+    let h = &health.snapshot()[&forbidden];
+    assert_eq!(h.state, State::Failing);
+    let reason = h.reason.as_deref().unwrap();
+    assert!(
+        reason.contains("ReadAuditTrail") && reason.contains("CMN-401"),
+        "{reason}"
+    );
+    assert_eq!(
+        health.snapshot()[&format!("account:{}", World::name(1))].state,
+        State::Ok
+    );
+    assert_each_once(&w, &[1]);
+}
+
+#[tokio::test]
+async fn a_full_spool_pauses_polling_without_moving_the_cursor() {
+    let w = World::new(1).await;
+    w.rc.generate(&w.accounts[0].account_id, 5, hours_ago(2), hours_ago(1), 30);
+    let p = w.pipeline("", "");
+    // Fill the spool past a 1 MiB limit with another account's undelivered events.
+    let big: Vec<_> = (0..300)
+        .map(|i| rc_audit_hec::spool::NewRecord {
+            record_id: format!("x{i}"),
+            event_time_ms: 0,
+            event: vec![b' '; 4096],
+        })
+        .collect();
+    p.spool.enqueue_page("filler", &big, None).unwrap();
+    let mut cfg = w.config("", "");
+    cfg.spool.max_bytes = 1 << 20;
+    drop(p);
+    let p = rc_audit_hec::app::Pipeline::open(cfg, common::fast()).unwrap();
+    let mut poller = p.pollers(None).remove(0);
+    assert!(matches!(
+        poller.poll_window().await.unwrap(),
+        WindowOutcome::SpoolFull { .. }
+    ));
+    assert_eq!(p.spool.cursor(&World::name(0)).unwrap(), None);
+    assert!(w.rc.requests().is_empty(), "nothing polled while full");
+}
+
+#[tokio::test]
+async fn the_demo_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let summary = rc_audit_hec::demo::run(rc_audit_hec::demo::DemoOptions {
+        dir: Some(dir.path().to_path_buf()),
+        records: 600,
+        outage: Duration::from_secs(2),
+    })
+    .await
+    .unwrap();
+    assert_eq!(summary.lost, 0);
+    assert_eq!(summary.duplicated, 0);
+    assert_eq!(summary.delivered, summary.generated);
+    assert!(
+        summary.spooled_during_outage > 0,
+        "the outage left records in the spool"
+    );
+    assert!(summary.received_path.exists());
+}
