@@ -482,3 +482,29 @@ async fn the_demo_loses_nothing() {
     );
     assert!(summary.received_path.exists());
 }
+
+#[tokio::test]
+async fn a_window_interrupted_between_pages_keeps_its_records_but_not_the_cursor() {
+    // One search per 1.5 s window: page 2 must wait, and we "crash" (drop the poll) meanwhile.
+    let w = World::with(1, |c| {
+        c.heavy_limit = 1;
+        c.heavy_window = Duration::from_millis(1500);
+    })
+    .await;
+    w.rc.generate(&w.accounts[0].account_id, 25, hours_ago(3), hours_ago(1), 40);
+    let p = w.pipeline("page_size = 10", "");
+    let mut poller = p.pollers(None).remove(0);
+    let interrupted = tokio::time::timeout(Duration::from_millis(700), poller.poll_window()).await;
+    assert!(interrupted.is_err(), "the window should still be waiting for page 2");
+    assert_eq!(p.spool.depth().unwrap(), 10, "page 1 is durable");
+    assert_eq!(p.spool.cursor(&World::name(0)).unwrap(), None, "the cursor waits for the whole window");
+    drop(poller);
+    drop(p);
+    // Restart with a fresh pipeline on the same spool and no rate limit: the window is re-polled.
+    let p = w.pipeline("page_size = 10", "");
+    let mut poller = p.pollers(None).remove(0);
+    let outcome = tokio::time::timeout(Duration::from_secs(20), poller.poll_window()).await.unwrap().unwrap();
+    assert!(matches!(outcome, WindowOutcome::Polled { records: 25, inserted: 15, .. }), "{outcome:?}");
+    p.sink().unwrap().drain(&CancellationToken::new()).await.unwrap();
+    assert_each_once(&w, &[0]);
+}
