@@ -171,7 +171,11 @@ async fn a_429_is_honoured_and_nothing_is_sent_during_the_penalty() {
     w.rc.update_faults(|f| f.force_429 = 1);
     let p = w.pipeline("", "");
     let mut poller = p.pollers(None).remove(0);
-    poller.poll_window().await.unwrap();
+    // A client that ignored the penalty would restart it forever: fail instead of hanging.
+    tokio::time::timeout(Duration::from_secs(10), poller.poll_window())
+        .await
+        .expect("locked out by its own retries")
+        .unwrap();
     let log = w.rc.requests();
     let i = log.iter().position(|r| r.status == 429).expect("one 429");
     let next = &log[i + 1];
@@ -491,20 +495,50 @@ async fn a_window_interrupted_between_pages_keeps_its_records_but_not_the_cursor
         c.heavy_window = Duration::from_millis(1500);
     })
     .await;
-    w.rc.generate(&w.accounts[0].account_id, 25, hours_ago(3), hours_ago(1), 40);
+    w.rc.generate(
+        &w.accounts[0].account_id,
+        25,
+        hours_ago(3),
+        hours_ago(1),
+        40,
+    );
     let p = w.pipeline("page_size = 10", "");
     let mut poller = p.pollers(None).remove(0);
     let interrupted = tokio::time::timeout(Duration::from_millis(700), poller.poll_window()).await;
-    assert!(interrupted.is_err(), "the window should still be waiting for page 2");
+    assert!(
+        interrupted.is_err(),
+        "the window should still be waiting for page 2"
+    );
     assert_eq!(p.spool.depth().unwrap(), 10, "page 1 is durable");
-    assert_eq!(p.spool.cursor(&World::name(0)).unwrap(), None, "the cursor waits for the whole window");
+    assert_eq!(
+        p.spool.cursor(&World::name(0)).unwrap(),
+        None,
+        "the cursor waits for the whole window"
+    );
     drop(poller);
     drop(p);
     // Restart with a fresh pipeline on the same spool and no rate limit: the window is re-polled.
     let p = w.pipeline("page_size = 10", "");
     let mut poller = p.pollers(None).remove(0);
-    let outcome = tokio::time::timeout(Duration::from_secs(20), poller.poll_window()).await.unwrap().unwrap();
-    assert!(matches!(outcome, WindowOutcome::Polled { records: 25, inserted: 15, .. }), "{outcome:?}");
-    p.sink().unwrap().drain(&CancellationToken::new()).await.unwrap();
+    let outcome = tokio::time::timeout(Duration::from_secs(20), poller.poll_window())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(
+            outcome,
+            WindowOutcome::Polled {
+                records: 25,
+                inserted: 15,
+                ..
+            }
+        ),
+        "{outcome:?}"
+    );
+    p.sink()
+        .unwrap()
+        .drain(&CancellationToken::new())
+        .await
+        .unwrap();
     assert_each_once(&w, &[0]);
 }
