@@ -27,6 +27,9 @@ pub struct Stats {
     pub records_duplicate: AtomicU64,
     /// Windows completed (cursor committed).
     pub windows_completed: AtomicU64,
+    /// Windows whose `totalFound` was near the API's 10,000-record limit (records may be lost
+    /// upstream: poll more often).
+    pub windows_near_limit: AtomicU64,
     /// HEC requests sent.
     pub hec_requests: AtomicU64,
     /// HEC requests that failed (any non-success outcome).
@@ -145,6 +148,11 @@ const COUNTERS: &[Counter] = &[
         "windows_completed_total",
         "Poll windows completed (cursor committed).",
         |s| &s.windows_completed,
+    ),
+    (
+        "windows_near_limit_total",
+        "Poll windows whose totalFound neared the API's 10,000-record limit.",
+        |s| &s.windows_near_limit,
     ),
     ("hec_requests_total", "HEC requests sent.", |s| {
         &s.hec_requests

@@ -542,3 +542,33 @@ async fn a_window_interrupted_between_pages_keeps_its_records_but_not_the_cursor
         .unwrap();
     assert_each_once(&w, &[0]);
 }
+
+#[tokio::test]
+async fn a_window_near_the_10000_record_limit_is_flagged() {
+    let w = World::with(1, |c| c.heavy_limit = 20).await;
+    w.rc.generate(
+        &w.accounts[0].account_id,
+        9_500,
+        hours_ago(20),
+        hours_ago(1),
+        50,
+    );
+    let p = w.pipeline("", "");
+    let mut poller = p.pollers(None).remove(0);
+    let outcome = poller.poll_window().await.unwrap();
+    assert!(
+        matches!(
+            outcome,
+            WindowOutcome::Polled {
+                records: 9_500,
+                pages: 10,
+                ..
+            }
+        ),
+        "{outcome:?}"
+    );
+    assert_eq!(Stats::get(&p.stats.windows_near_limit), 1);
+    // A normal window is not flagged.
+    poller.poll_window().await.unwrap();
+    assert_eq!(Stats::get(&p.stats.windows_near_limit), 1);
+}

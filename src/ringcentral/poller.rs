@@ -153,6 +153,7 @@ impl Poller {
             if req.page == 1 {
                 let found = page.paging.as_ref().and_then(|p| p.total_found);
                 if let Some(found) = found.filter(|f| *f >= TOTAL_FOUND_WARNING) {
+                    Stats::add(&self.stats.windows_near_limit, 1);
                     warn!(account = %self.account, total_found = found, from = %req.event_time_from, to = %req.event_time_to,
                         "a poll window holds {found} records; the API returns at most {API_RECORD_LIMIT} and may have lost records upstream: lower poll.interval");
                 }
