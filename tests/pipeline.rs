@@ -572,3 +572,40 @@ async fn a_window_near_the_10000_record_limit_is_flagged() {
     poller.poll_window().await.unwrap();
     assert_eq!(Stats::get(&p.stats.windows_near_limit), 1);
 }
+
+#[tokio::test]
+async fn records_without_an_id_are_forwarded_once_with_unknown_fields_kept() {
+    let w = World::new(1).await;
+    let a = w.accounts[0].account_id.clone();
+    let t =
+        (Utc::now() - TimeDelta::minutes(30)).to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    w.rc.add_records(&a, vec![
+        serde_json::json!({"eventTime": t, "actionId": "CHANGE_USER_INFO", "note": "no id"}),
+        serde_json::json!({"id": "with-extras", "eventTime": t, "actionId": "X", "extra": {"kept": [1, 2]}}),
+    ]);
+    let p = w.pipeline("", "");
+    let mut poller = p.pollers(None).remove(0);
+    poller.poll_window().await.unwrap();
+    poller.poll_window().await.unwrap(); // the overlap re-reads both: still enqueued once
+    p.sink()
+        .unwrap()
+        .drain(&CancellationToken::new())
+        .await
+        .unwrap();
+    let events = w.hec.events();
+    assert_eq!(events.len(), 2, "{events:?}");
+    let no_id = events
+        .iter()
+        .find(|e| e["event"]["note"] == "no id")
+        .unwrap();
+    assert_eq!(no_id["fields"]["rc_action_id"], "CHANGE_USER_INFO");
+    let other = events
+        .iter()
+        .find(|e| e["event"]["id"] == "with-extras")
+        .unwrap();
+    assert_eq!(
+        other["event"]["extra"],
+        serde_json::json!({"kept": [1, 2]}),
+        "unknown fields kept"
+    );
+}
