@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use chrono::{TimeDelta, Utc};
-use common::{World, assert_each_once, eventually};
+use common::{World, assert_each_once, drain, eventually};
 use rc_audit_hec::ringcentral::poller::WindowOutcome;
 use rc_audit_hec::sim::records::generate_records;
 use rc_audit_hec::telemetry::{State, Stats};
@@ -55,11 +55,7 @@ async fn paging_over_several_pages_collects_every_record_in_any_order() {
             "{from}"
         );
     }
-    p.sink()
-        .unwrap()
-        .drain(&CancellationToken::new())
-        .await
-        .unwrap();
+    drain(&p).await;
     assert_each_once(&w, &[0]);
 }
 
@@ -90,11 +86,7 @@ async fn overlapping_windows_deliver_each_record_once() {
         "each window re-read the overlap"
     );
     assert_eq!(Stats::get(&p.stats.records_duplicate), 80);
-    p.sink()
-        .unwrap()
-        .drain(&CancellationToken::new())
-        .await
-        .unwrap();
+    drain(&p).await;
     assert_each_once(&w, &[0]);
 }
 
@@ -120,11 +112,7 @@ async fn a_record_visible_late_inside_the_overlap_is_still_delivered() {
         ),
     );
     poller.poll_window().await.unwrap();
-    p.sink()
-        .unwrap()
-        .drain(&CancellationToken::new())
-        .await
-        .unwrap();
+    drain(&p).await;
     assert_each_once(&w, &[0]);
     assert_eq!(w.received().len(), 11);
 }
@@ -324,11 +312,7 @@ async fn hec_400_for_one_event_dead_letters_it_and_delivers_the_rest() {
     });
     let p = w.pipeline("", "");
     p.pollers(None).remove(0).poll_window().await.unwrap();
-    p.sink()
-        .unwrap()
-        .drain(&CancellationToken::new())
-        .await
-        .unwrap();
+    drain(&p).await;
     let got = w.received();
     assert_eq!(got.len(), 29);
     assert!(
@@ -353,11 +337,7 @@ async fn an_event_hec_refuses_without_naming_it_is_isolated() {
     p.pollers(None).remove(0).poll_window().await.unwrap();
     // A 400 code 12 without invalid-event-number for the whole batch, then normal service.
     w.hec.update_faults(|f| f.scripted.push_back((400, 12)));
-    p.sink()
-        .unwrap()
-        .drain(&CancellationToken::new())
-        .await
-        .unwrap();
+    drain(&p).await;
     // The batch is resent one event at a time: nothing is lost or dead-lettered wrongly.
     assert_each_once(&w, &[0]);
     assert!(p.spool.dead_letters().unwrap().is_empty());
@@ -535,11 +515,7 @@ async fn a_window_interrupted_between_pages_keeps_its_records_but_not_the_cursor
         ),
         "{outcome:?}"
     );
-    p.sink()
-        .unwrap()
-        .drain(&CancellationToken::new())
-        .await
-        .unwrap();
+    drain(&p).await;
     assert_each_once(&w, &[0]);
 }
 
@@ -587,11 +563,7 @@ async fn records_without_an_id_are_forwarded_once_with_unknown_fields_kept() {
     let mut poller = p.pollers(None).remove(0);
     poller.poll_window().await.unwrap();
     poller.poll_window().await.unwrap(); // the overlap re-reads both: still enqueued once
-    p.sink()
-        .unwrap()
-        .drain(&CancellationToken::new())
-        .await
-        .unwrap();
+    drain(&p).await;
     let events = w.hec.events();
     assert_eq!(events.len(), 2, "{events:?}");
     let no_id = events

@@ -108,6 +108,15 @@ impl World {
     }
 }
 
+/// Delivers the whole spool (HEC must be up, or this waits).
+pub async fn drain(p: &Pipeline) {
+    p.sink()
+        .unwrap()
+        .drain(&tokio_util::sync::CancellationToken::new())
+        .await
+        .unwrap();
+}
+
 pub fn fast() -> Options {
     Options {
         retry: RetryPolicy {
