@@ -40,11 +40,50 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, params};
+use tracing::{error, info};
 
 /// Schema version in `PRAGMA user_version`.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 /// How long a record id is remembered: longer than the 180 days RingCentral keeps.
 pub const SEEN_RETENTION: Duration = Duration::from_secs(181 * 24 * 3600);
+
+/// Schema steps: a database at version `v` runs every step numbered above `v`, in one
+/// transaction, then records [`SCHEMA_VERSION`]. Steps are never edited once released; a change
+/// is a new step. (0 is a new, empty file.)
+const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        "CREATE TABLE IF NOT EXISTS outbox(
+             seq INTEGER PRIMARY KEY AUTOINCREMENT,
+             account TEXT NOT NULL,
+             record_id TEXT NOT NULL,
+             event BLOB NOT NULL,
+             spooled_at_ms INTEGER NOT NULL);
+         CREATE TABLE IF NOT EXISTS seen(
+             account TEXT NOT NULL,
+             record_id TEXT NOT NULL,
+             event_time_ms INTEGER NOT NULL,
+             PRIMARY KEY(account, record_id)) WITHOUT ROWID;
+         CREATE INDEX IF NOT EXISTS seen_by_time ON seen(account, event_time_ms);
+         CREATE TABLE IF NOT EXISTS cursors(
+             account TEXT PRIMARY KEY,
+             cursor_ms INTEGER NOT NULL,
+             updated_at_ms INTEGER NOT NULL);
+         CREATE TABLE IF NOT EXISTS dead_letters(
+             id INTEGER PRIMARY KEY AUTOINCREMENT,
+             account TEXT NOT NULL,
+             record_id TEXT NOT NULL,
+             event BLOB NOT NULL,
+             reason TEXT NOT NULL,
+             hec_code INTEGER,
+             dead_at_ms INTEGER NOT NULL);",
+    ),
+    // v2: per-account depth for `spool status` without a full scan.
+    (
+        2,
+        "CREATE INDEX IF NOT EXISTS outbox_by_account ON outbox(account);",
+    ),
+];
 
 /// Spool failures. All of them leave the database consistent: a failed transaction is rolled back.
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +111,9 @@ pub enum SpoolError {
     /// A SQLite error (disk full, I/O error, corruption...).
     #[error("spool database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// `spool status` and friends found no spool in the directory.
+    #[error("there is no spool at {0}: check spool.dir (or the --config it comes from)")]
+    Missing(PathBuf),
     /// The database was written by a newer version of this program.
     #[error(
         "the spool {path} has schema version {found}, newer than this program's {SCHEMA_VERSION}: run the newer rc-audit-hec, or move the file aside"
@@ -129,8 +171,12 @@ pub struct DeadLetter {
 }
 
 /// A stored dead letter.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct DeadLetterRow {
+    /// Its id, for `spool requeue --id`.
+    pub id: i64,
+    /// When it was dead-lettered (ms since epoch).
+    pub dead_at_ms: i64,
     /// Account name.
     pub account: String,
     /// Record id.
@@ -140,7 +186,17 @@ pub struct DeadLetterRow {
     /// HEC code, when HEC said it.
     pub hec_code: Option<i64>,
     /// The serialized HEC event, as it was spooled.
+    #[serde(serialize_with = "as_json")]
     pub event: Vec<u8>,
+}
+
+/// Writes spooled event bytes as the JSON they are (or as a string if they are not JSON).
+fn as_json<S: serde::Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+    use serde::Serialize;
+    match serde_json::from_slice::<&serde_json::value::RawValue>(bytes) {
+        Ok(raw) => raw.serialize(s),
+        Err(_) => String::from_utf8_lossy(bytes).serialize(s),
+    }
 }
 
 /// Spool contents at a glance.
@@ -156,6 +212,127 @@ pub struct Status {
     pub dead_letters: u64,
     /// `(account, cursor_ms)` per account.
     pub cursors: Vec<(String, i64)>,
+    /// `(account, events waiting)` per account with any.
+    pub depth_by_account: Vec<(String, u64)>,
+}
+
+/// What start-up did with a damaged spool.
+#[derive(Debug, Clone)]
+pub struct Recovery {
+    /// Where the damaged file was moved.
+    pub aside: PathBuf,
+    /// What was wrong with it.
+    pub detail: String,
+    /// Rows copied into the new spool, per table (`None`: the table could not be read).
+    pub salvaged: Vec<(&'static str, Option<usize>)>,
+}
+
+enum OpenProblem {
+    /// Not the file's fault (permissions, newer schema, I/O): stop and report.
+    Fatal(SpoolError),
+    /// The file is not a database or fails its integrity check: set it aside.
+    Damaged(String),
+}
+
+impl From<rusqlite::Error> for OpenProblem {
+    fn from(e: rusqlite::Error) -> Self {
+        use rusqlite::ErrorCode::{DatabaseCorrupt, NotADatabase};
+        match e.sqlite_error_code() {
+            Some(DatabaseCorrupt | NotADatabase) => OpenProblem::Damaged(e.to_string()),
+            _ => OpenProblem::Fatal(SpoolError::Sqlite(e)),
+        }
+    }
+}
+
+/// Opens `path`, sets WAL and `synchronous=FULL`, checks integrity (`PRAGMA quick_check`) and
+/// brings the schema up to date. SQLite itself discards a torn WAL tail (a transaction whose
+/// commit frame never reached the disk) while opening.
+fn open_checked(path: &Path) -> Result<Connection, OpenProblem> {
+    let mut conn = Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(10))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    let check: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
+    if check != "ok" {
+        return Err(OpenProblem::Damaged(format!("integrity check: {check}")));
+    }
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version > SCHEMA_VERSION {
+        return Err(OpenProblem::Fatal(SpoolError::NewerSchema {
+            path: path.to_path_buf(),
+            found: version,
+        }));
+    }
+    if version < SCHEMA_VERSION {
+        let tx = conn.transaction()?;
+        for (step, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > version) {
+            tx.execute_batch(sql)?;
+            if version > 0 {
+                info!(spool = %path.display(), step, "spool schema migrated");
+            }
+        }
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        tx.commit()?;
+    }
+    Ok(conn)
+}
+
+/// Renames `spool.db` (and its `-wal`/`-shm`) to `spool.db.damaged-<time>`; never deletes.
+fn set_aside(path: &Path) -> std::io::Result<PathBuf> {
+    let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ");
+    let aside = path.with_file_name(format!("spool.db.damaged-{stamp}"));
+    std::fs::rename(path, &aside)?;
+    for suffix in ["-wal", "-shm"] {
+        let from = PathBuf::from(format!("{}{suffix}", path.display()));
+        if from.exists() {
+            std::fs::rename(&from, format!("{}{suffix}", aside.display()))?;
+        }
+    }
+    Ok(aside)
+}
+
+/// Copies what can still be read from a damaged spool into the new one, table by table.
+fn salvage(conn: &Connection, aside: &Path) -> Vec<(&'static str, Option<usize>)> {
+    let uri = format!("file:{}?mode=ro", aside.display());
+    if conn.execute("ATTACH DATABASE ?1 AS old", [uri]).is_err() {
+        return vec![
+            ("outbox", None),
+            ("cursors", None),
+            ("seen", None),
+            ("dead_letters", None),
+        ];
+    }
+    let copy = |sql: &str| conn.execute(sql, []).ok();
+    let outbox = copy(
+        "INSERT INTO main.outbox(account, record_id, event, spooled_at_ms)
+         SELECT account, record_id, event, spooled_at_ms FROM old.outbox ORDER BY seq",
+    );
+    // Cursors and remembered ids may only come over with the outbox they cover: a record marked
+    // seen whose outbox row was lost would never be polled again. Without them every account
+    // re-polls from `initial_lookback` and dedup starts afresh (duplicates, never loss).
+    let (cursors, seen) = if outbox.is_some() {
+        (
+            copy("INSERT OR REPLACE INTO main.cursors SELECT * FROM old.cursors"),
+            copy("INSERT OR IGNORE INTO main.seen SELECT * FROM old.seen"),
+        )
+    } else {
+        error!(
+            "the damaged spool's outbox is unreadable: cursors are not carried over, so every account re-polls from poll.initial_lookback; to recover older undelivered records, backfill from the last delivery time"
+        );
+        (None, None)
+    };
+    let dead_letters = copy(
+        "INSERT INTO main.dead_letters(account, record_id, event, reason, hec_code, dead_at_ms)
+         SELECT account, record_id, event, reason, hec_code, dead_at_ms FROM old.dead_letters",
+    );
+    let result = vec![
+        ("outbox", outbox),
+        ("cursors", cursors),
+        ("seen", seen),
+        ("dead_letters", dead_letters),
+    ];
+    let _ = conn.execute("DETACH DATABASE old", []);
+    result
 }
 
 /// Handle to the spool; cheap to clone, shared by pollers and the sink.
@@ -167,8 +344,11 @@ pub struct Spool {
 struct Inner {
     conn: Mutex<Connection>,
     path: PathBuf,
-    /// Held for the life of the spool: the exclusive-use lock.
-    _lock: File,
+    /// Held for the life of the spool: the exclusive-use lock (none for inspection beside a
+    /// running service).
+    _lock: Option<File>,
+    /// Set when start-up found the spool damaged.
+    recovery: Option<Recovery>,
     /// Woken when records are enqueued, so the sink need not poll the database.
     new_data: tokio::sync::Notify,
 }
@@ -211,54 +391,90 @@ impl Spool {
         let _ = writeln!(lock, "{}", std::process::id());
 
         let path = dir.join("spool.db");
+        let (conn, recovery) = match open_checked(&path) {
+            Ok(conn) => (conn, None),
+            Err(OpenProblem::Fatal(e)) => return Err(e),
+            Err(OpenProblem::Damaged(detail)) => {
+                let aside = set_aside(&path).map_err(dir_err)?;
+                error!(
+                    spool = %path.display(), moved_to = %aside.display(),
+                    "the spool is damaged ({detail}); it was moved aside and a new one started. \
+                     Readable records are copied over; keep the old file until you have checked nothing is missing"
+                );
+                let conn = open_checked(&path).map_err(|p| match p {
+                    OpenProblem::Fatal(e) => e,
+                    OpenProblem::Damaged(d) => SpoolError::Sqlite(rusqlite::Error::SqliteFailure(
+                        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CORRUPT),
+                        Some(format!("a new spool is damaged too: {d}")),
+                    )),
+                })?;
+                let salvaged = salvage(&conn, &aside);
+                error!(spool = %path.display(), ?salvaged, "records salvaged from the damaged spool");
+                (
+                    conn,
+                    Some(Recovery {
+                        aside,
+                        detail,
+                        salvaged,
+                    }),
+                )
+            }
+        };
+        Ok(Spool {
+            inner: Arc::new(Inner {
+                conn: Mutex::new(conn),
+                path,
+                _lock: Some(lock),
+                new_data: tokio::sync::Notify::new(),
+                recovery,
+            }),
+        })
+    }
+
+    /// Opens the spool in `dir` for inspection commands (`spool status`, `dead-letters`,
+    /// `requeue`). When no service holds the directory this is [`Spool::open`]; while one runs,
+    /// the database is opened beside it without the lock (SQLite's own locking keeps concurrent
+    /// writes safe), and without migrations or recovery, which are the running service's job.
+    pub fn open_for_inspection(dir: &Path) -> Result<Spool, SpoolError> {
+        let path = dir.join("spool.db");
+        if !path.exists() {
+            return Err(SpoolError::Missing(dir.to_path_buf()));
+        }
+        match Spool::open(dir) {
+            Err(SpoolError::Locked { .. }) => {}
+            other => return other,
+        }
         let conn = Connection::open(&path)?;
         conn.busy_timeout(Duration::from_secs(10))?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
         let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-        if version > SCHEMA_VERSION {
+        if version != SCHEMA_VERSION {
             return Err(SpoolError::NewerSchema {
                 path,
                 found: version,
             });
         }
-        conn.execute_batch(
-            "BEGIN;
-             CREATE TABLE IF NOT EXISTS outbox(
-                 seq INTEGER PRIMARY KEY AUTOINCREMENT,
-                 account TEXT NOT NULL,
-                 record_id TEXT NOT NULL,
-                 event BLOB NOT NULL,
-                 spooled_at_ms INTEGER NOT NULL);
-             CREATE TABLE IF NOT EXISTS seen(
-                 account TEXT NOT NULL,
-                 record_id TEXT NOT NULL,
-                 event_time_ms INTEGER NOT NULL,
-                 PRIMARY KEY(account, record_id)) WITHOUT ROWID;
-             CREATE INDEX IF NOT EXISTS seen_by_time ON seen(account, event_time_ms);
-             CREATE TABLE IF NOT EXISTS cursors(
-                 account TEXT PRIMARY KEY,
-                 cursor_ms INTEGER NOT NULL,
-                 updated_at_ms INTEGER NOT NULL);
-             CREATE TABLE IF NOT EXISTS dead_letters(
-                 id INTEGER PRIMARY KEY AUTOINCREMENT,
-                 account TEXT NOT NULL,
-                 record_id TEXT NOT NULL,
-                 event BLOB NOT NULL,
-                 reason TEXT NOT NULL,
-                 hec_code INTEGER,
-                 dead_at_ms INTEGER NOT NULL);
-             PRAGMA user_version = 1;
-             COMMIT;",
-        )?;
         Ok(Spool {
             inner: Arc::new(Inner {
                 conn: Mutex::new(conn),
                 path,
-                _lock: lock,
+                _lock: None,
                 new_data: tokio::sync::Notify::new(),
+                recovery: None,
             }),
         })
+    }
+
+    /// What start-up recovery did, when the spool had to be set aside.
+    pub fn recovery(&self) -> Option<&Recovery> {
+        self.inner.recovery.as_ref()
+    }
+
+    /// Fault injection for tests and drills: caps the database at `pages` pages, so writes past it
+    /// fail with "database or disk is full" exactly as on a full disk.
+    pub fn set_max_page_count(&self, pages: u64) -> Result<(), SpoolError> {
+        self.conn()
+            .pragma_update(None, "max_page_count", pages as i64)?;
+        Ok(())
     }
 
     /// The database file.
@@ -441,12 +657,18 @@ impl Spool {
         let cursors = stmt
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<Result<Vec<_>, _>>()?;
+        let mut stmt =
+            conn.prepare("SELECT account, count(*) FROM outbox GROUP BY account ORDER BY account")?;
+        let depth_by_account = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Status {
             depth: depth as u64,
             used_bytes,
             oldest_spooled_ms: oldest,
             dead_letters: dead as u64,
             cursors,
+            depth_by_account,
         })
     }
 
@@ -454,20 +676,59 @@ impl Spool {
     pub fn dead_letters(&self) -> Result<Vec<DeadLetterRow>, SpoolError> {
         let conn = self.conn();
         let mut stmt = conn.prepare(
-            "SELECT account, record_id, reason, hec_code, event FROM dead_letters ORDER BY id",
+            "SELECT id, dead_at_ms, account, record_id, reason, hec_code, event FROM dead_letters ORDER BY id",
         )?;
         let rows = stmt
             .query_map([], |r| {
                 Ok(DeadLetterRow {
-                    account: r.get(0)?,
-                    record_id: r.get(1)?,
-                    reason: r.get(2)?,
-                    hec_code: r.get(3)?,
-                    event: r.get(4)?,
+                    id: r.get(0)?,
+                    dead_at_ms: r.get(1)?,
+                    account: r.get(2)?,
+                    record_id: r.get(3)?,
+                    reason: r.get(4)?,
+                    hec_code: r.get(5)?,
+                    event: r.get(6)?,
                 })
             })?
             .collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
+    }
+
+    /// Moves dead letters back to the end of the outbox (all of them, or those with the given
+    /// ids), in one transaction; returns how many moved. The sink picks them up on its next read.
+    pub fn requeue(&self, ids: Option<&[i64]>) -> Result<usize, SpoolError> {
+        let now = now_ms();
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let moved = match ids {
+            None => {
+                let n = tx.execute(
+                    "INSERT INTO outbox(account, record_id, event, spooled_at_ms)
+                     SELECT account, record_id, event, ?1 FROM dead_letters ORDER BY id",
+                    [now],
+                )?;
+                tx.execute("DELETE FROM dead_letters", [])?;
+                n
+            }
+            Some(ids) => {
+                let mut n = 0;
+                for id in ids {
+                    n += tx.execute(
+                        "INSERT INTO outbox(account, record_id, event, spooled_at_ms)
+                         SELECT account, record_id, event, ?2 FROM dead_letters WHERE id = ?1",
+                        params![id, now],
+                    )?;
+                    tx.execute("DELETE FROM dead_letters WHERE id = ?1", [id])?;
+                }
+                n
+            }
+        };
+        tx.commit()?;
+        drop(conn);
+        if moved > 0 {
+            self.inner.new_data.notify_one();
+        }
+        Ok(moved)
     }
 }
 
@@ -621,6 +882,270 @@ mod tests {
         assert_eq!(
             s.enqueue_page("acme", &[rec("a")], None).unwrap().inserted,
             0
+        );
+    }
+
+    fn ids(s: &Spool) -> Vec<String> {
+        s.read_batch(10_000, usize::MAX)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.record_id)
+            .collect()
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_database_is_set_aside_and_a_fresh_spool_starts() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("spool.db"),
+            b"this is not sqlite at all, just garbage bytes....",
+        )
+        .unwrap();
+        let s = Spool::open(dir.path()).expect("starts anyway");
+        let r = s.recovery().expect("recovery reported");
+        assert!(r.aside.exists(), "the damaged file is kept");
+        assert!(
+            r.aside
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("spool.db.damaged-")
+        );
+        assert_eq!(
+            std::fs::read(&r.aside).unwrap(),
+            b"this is not sqlite at all, just garbage bytes...."
+        );
+        s.enqueue_page("acme", &[rec("a")], Some(1)).unwrap();
+        drop(s);
+        // The next start finds a healthy spool: no further recovery, no crash loop.
+        let s = Spool::open(dir.path()).unwrap();
+        assert!(s.recovery().is_none());
+        assert_eq!(ids(&s), ["a"]);
+    }
+
+    #[test]
+    fn a_corrupted_page_is_detected_and_readable_rows_are_salvaged() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = Spool::open(dir.path()).unwrap();
+            let recs: Vec<_> = (0..50).map(|i| rec(&format!("r{i}"))).collect();
+            s.enqueue_page("acme", &recs, Some(77)).unwrap();
+            // Checkpoint so the data lives in the main file, then damage an index page.
+            s.conn()
+                .execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
+                .unwrap();
+        }
+        let path = dir.path().join("spool.db");
+        let mut bytes = std::fs::read(&path).unwrap();
+        let page = 4096;
+        // Scribble over the last page (an index page of `seen`), keeping the header intact.
+        let last = bytes.len() - page;
+        for b in &mut bytes[last + 8..last + 200] {
+            *b = 0xA5;
+        }
+        std::fs::write(&path, &bytes).unwrap();
+        let s = Spool::open(dir.path()).unwrap();
+        let r = s.recovery().expect("damage detected");
+        assert!(
+            r.detail.contains("integrity") || r.detail.contains("malformed"),
+            "{}",
+            r.detail
+        );
+        // Whatever was readable came over; what did not is in the kept file, never deleted.
+        assert!(r.aside.exists());
+        assert_eq!(r.salvaged[0], ("outbox", Some(50)), "{:?}", r.salvaged);
+        assert_eq!(ids(&s).len(), 50);
+        assert_eq!(s.cursor("acme").unwrap(), Some(77));
+    }
+
+    #[test]
+    fn without_a_readable_outbox_no_cursor_or_seen_id_is_carried_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = dir.path().join("old.db");
+        {
+            let conn = Connection::open(&old).unwrap();
+            conn.execute_batch(MIGRATIONS[0].1).unwrap();
+            conn.execute_batch(
+                "INSERT INTO cursors VALUES ('acme', 42, 1);
+                 INSERT INTO seen VALUES ('acme', 'gone', 1);
+                 DROP TABLE outbox;",
+            )
+            .unwrap();
+        }
+        let s = Spool::open(&dir.path().join("new")).unwrap();
+        let salvaged = salvage(&s.conn(), &old);
+        assert_eq!(
+            &salvaged[..3],
+            &[("outbox", None), ("cursors", None), ("seen", None)]
+        );
+        // The account re-polls from scratch, so the record whose outbox row was lost comes back.
+        assert_eq!(s.cursor("acme").unwrap(), None);
+        assert_eq!(
+            s.enqueue_page("acme", &[rec("gone")], None)
+                .unwrap()
+                .inserted,
+            1
+        );
+    }
+
+    #[test]
+    fn a_torn_wal_tail_loses_only_the_uncommitted_transaction() {
+        let live = tempfile::tempdir().unwrap();
+        let s = Spool::open(live.path()).unwrap();
+        s.enqueue_page("acme", &[rec("a"), rec("b")], Some(10))
+            .unwrap();
+        s.enqueue_page("acme", &[rec("c")], Some(20)).unwrap();
+        // Snapshot the files while the process "runs" (as a crash would leave them)...
+        let crashed = tempfile::tempdir().unwrap();
+        for f in ["spool.db", "spool.db-wal"] {
+            std::fs::copy(live.path().join(f), crashed.path().join(f)).unwrap();
+        }
+        // ...and tear the last transaction's frames: its commit never reached the disk.
+        let wal = crashed.path().join("spool.db-wal");
+        let len = std::fs::metadata(&wal).unwrap().len();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&wal)
+            .unwrap()
+            .set_len(len - 100)
+            .unwrap();
+        let s2 = Spool::open(crashed.path()).unwrap();
+        assert!(
+            s2.recovery().is_none(),
+            "a torn tail is normal crash recovery, not damage"
+        );
+        assert_eq!(ids(&s2), ["a", "b"]);
+        assert_eq!(
+            s2.cursor("acme").unwrap(),
+            Some(10),
+            "cursor and records agree"
+        );
+    }
+
+    #[test]
+    fn a_version_1_spool_is_migrated_with_its_contents() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let conn = Connection::open(dir.path().join("spool.db")).unwrap();
+            conn.execute_batch(MIGRATIONS[0].1).unwrap();
+            conn.execute_batch(
+                "PRAGMA user_version = 1;
+                 INSERT INTO outbox(account, record_id, event, spooled_at_ms) VALUES ('acme', 'old', x'7b7d', 1);
+                 INSERT INTO seen VALUES ('acme', 'old', 1);
+                 INSERT INTO cursors VALUES ('acme', 42, 1);",
+            )
+            .unwrap();
+        }
+        let s = Spool::open(dir.path()).unwrap();
+        let v: i64 = s
+            .conn()
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, SCHEMA_VERSION);
+        assert_eq!(ids(&s), ["old"]);
+        assert_eq!(s.cursor("acme").unwrap(), Some(42));
+        assert_eq!(
+            s.status().unwrap().depth_by_account,
+            vec![("acme".to_string(), 1)]
+        );
+        assert_eq!(
+            s.enqueue_page("acme", &[rec("old")], None)
+                .unwrap()
+                .inserted,
+            0
+        );
+    }
+
+    #[test]
+    fn a_spool_from_a_newer_version_is_refused_not_touched() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let conn = Connection::open(dir.path().join("spool.db")).unwrap();
+            conn.execute_batch("PRAGMA user_version = 99;").unwrap();
+        }
+        let e = Spool::open(dir.path()).err().unwrap();
+        assert!(
+            matches!(e, SpoolError::NewerSchema { found: 99, .. }),
+            "{e}"
+        );
+        assert!(
+            !std::fs::read_dir(dir.path()).unwrap().any(|f| f
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .contains("damaged"))
+        );
+    }
+
+    #[test]
+    fn a_stale_lock_file_from_a_killed_process_does_not_block() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("spool.lock"), "999999\n").unwrap();
+        Spool::open(dir.path()).expect("only a held lock blocks");
+    }
+
+    #[test]
+    fn inspection_works_beside_a_running_instance() {
+        let dir = tempfile::tempdir().unwrap();
+        let running = Spool::open(dir.path()).unwrap();
+        running
+            .enqueue_page("acme", &[rec("a"), rec("b")], None)
+            .unwrap();
+        let batch = running.read_batch(1, usize::MAX).unwrap();
+        running
+            .settle(
+                None,
+                &[DeadLetter {
+                    seq: batch[0].seq,
+                    reason: "code 7".into(),
+                    hec_code: Some(7),
+                }],
+            )
+            .unwrap();
+        let inspect = Spool::open_for_inspection(dir.path()).unwrap();
+        assert_eq!(inspect.status().unwrap().depth, 1);
+        let dead = inspect.dead_letters().unwrap();
+        assert_eq!(dead[0].record_id, "a");
+        assert_eq!(inspect.requeue(Some(&[dead[0].id])).unwrap(), 1);
+        assert_eq!(
+            ids(&running),
+            ["b", "a"],
+            "the running instance sees the requeued event"
+        );
+        assert!(running.dead_letters().unwrap().is_empty());
+        let missing = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            Spool::open_for_inspection(missing.path()),
+            Err(SpoolError::Missing(_))
+        ));
+    }
+
+    #[test]
+    fn a_full_disk_fails_the_page_and_leaves_cursor_and_records_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Spool::open(dir.path()).unwrap();
+        s.enqueue_page("acme", &[rec("a")], Some(5)).unwrap();
+        let pages: i64 = s
+            .conn()
+            .query_row("PRAGMA page_count", [], |r| r.get(0))
+            .unwrap();
+        s.set_max_page_count(pages as u64).unwrap();
+        let big: Vec<_> = (0..200)
+            .map(|i| NewRecord {
+                record_id: format!("big{i}"),
+                event_time_ms: now_ms(),
+                event: vec![b'x'; 2000],
+            })
+            .collect();
+        let e = s.enqueue_page("acme", &big, Some(6)).unwrap_err();
+        assert!(e.to_string().contains("full"), "{e}");
+        assert_eq!(s.cursor("acme").unwrap(), Some(5));
+        assert_eq!(ids(&s), ["a"]);
+        s.set_max_page_count(1 << 30).unwrap();
+        assert_eq!(
+            s.enqueue_page("acme", &big, Some(6)).unwrap().inserted,
+            200,
+            "recovers when space returns"
         );
     }
 }
