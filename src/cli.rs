@@ -12,8 +12,10 @@ use tokio_util::sync::CancellationToken;
 use crate::app::{Options, Pipeline, cancel_on_signals};
 use crate::config::{Config, ConfigError, DEFAULT_CONFIG_PATH, LoadEnv};
 use crate::hec::client::HecClient;
+use crate::inspect::{self, Settings};
 use crate::ringcentral::RcClient;
 use crate::ringcentral::model::SearchRequest;
+use crate::spool::Spool;
 use crate::telemetry::{Stats, init_logging};
 use crate::transform::rfc3339_millis;
 
@@ -85,6 +87,43 @@ pub enum Command {
     },
     /// Print the effective configuration (file + environment + defaults), secrets redacted.
     Config,
+    /// Inspect the spool: depth, cursors, dead letters; requeue dead letters. Works while the
+    /// service runs, and needs only spool.dir from the config (no credentials).
+    Spool {
+        /// The state directory (default: spool.dir from the config, else $STATE_DIRECTORY, else ./state).
+        #[arg(long, global = true, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// What to show or do.
+        #[command(subcommand)]
+        command: SpoolCommand,
+    },
+}
+
+/// `spool` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum SpoolCommand {
+    /// Depth (per account), size, oldest waiting event, cursors, dead letters, and the running
+    /// service's health (why polling or delivery is paused).
+    Status {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Events HEC refused permanently, with the reason.
+    DeadLetters {
+        /// Print JSON (with each event) instead of one line per dead letter.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put dead letters back into the outbox (after fixing the cause, e.g. an index route).
+    Requeue {
+        /// Every dead letter.
+        #[arg(long, conflicts_with = "id", required_unless_present = "id")]
+        all: bool,
+        /// The dead letter with this id (repeatable); ids come from `spool dead-letters`.
+        #[arg(long, value_name = "N")]
+        id: Vec<i64>,
+    },
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -167,6 +206,10 @@ pub async fn execute(cli: Cli) -> anyhow::Result<u8> {
                 },
             )
         }
+        Command::Spool { dir, command } => {
+            let settings = Settings::load(&cli.config, dir, &LoadEnv::from_process());
+            spool_command(&settings, command).await
+        }
         Command::Check { offline } => {
             let config = load_config(&cli.config)?;
             println!(
@@ -180,6 +223,41 @@ pub async fn execute(cli: Cli) -> anyhow::Result<u8> {
             check_online(&config).await
         }
     }
+}
+
+async fn spool_command(settings: &Settings, command: SpoolCommand) -> anyhow::Result<u8> {
+    let open = |dir: PathBuf| async move {
+        tokio::task::spawn_blocking(move || Spool::open_for_inspection(&dir))
+            .await
+            .context("the spool task failed")?
+            .map_err(anyhow::Error::from)
+    };
+    match command {
+        SpoolCommand::Status { json } => {
+            let report = inspect::status(settings).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", inspect::render_status(&report));
+            }
+        }
+        SpoolCommand::DeadLetters { json } => {
+            let spool = open(settings.dir.clone()).await?;
+            let rows = spool.run(|s| s.dead_letters()).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                print!("{}", inspect::render_dead_letters(&rows));
+            }
+        }
+        SpoolCommand::Requeue { all, id } => {
+            let spool = open(settings.dir.clone()).await?;
+            let ids = (!all).then_some(id);
+            let moved = spool.run(move |s| s.requeue(ids.as_deref())).await?;
+            println!("requeued {moved} dead letter(s); the service delivers them on its next pass");
+        }
+    }
+    Ok(exit::OK)
 }
 
 /// `check` without `--offline`: token, a one-record search, HEC health; a line per check.

@@ -18,7 +18,7 @@
 //! - [`hec`]: batching, the HTTP client, the one response classifier, the delivery loop.
 //! - [`app`]: the supervisor wiring it together for `run` and `once`; [`demo`] drives it against
 //!   the [`sim`]ulators.
-//! - [`config`], [`cli`], [`telemetry`], [`retry`]: the edges and shared helpers.
+//! - [`config`], [`cli`], [`inspect`], [`telemetry`], [`retry`]: the edges and shared helpers.
 //!
 //! ## Invariants (each has a test that fails if it breaks)
 //! 1. **Cursor after records**: an account's cursor moves only in the transaction that stores
@@ -40,6 +40,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod hec;
+pub mod inspect;
 pub mod retry;
 pub mod ringcentral;
 pub mod sim;

@@ -1,0 +1,268 @@
+//! `spool status`, `spool dead-letters`, `spool requeue`: looking into the spool, also while the
+//! service runs.
+//!
+//! These commands need only the state directory, not the whole configuration: an operator in a
+//! shell usually lacks the service's credentials (`$CREDENTIALS_DIRECTORY`), and inspecting the
+//! spool must not depend on them. The live health of a running service (why polling or delivery
+//! is paused) comes from its admin endpoint when one is configured.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use serde::Serialize;
+
+use crate::config::{ENV_PREFIX, LoadEnv, parse_byte_size};
+use crate::spool::{Spool, SpoolError, Status, now_ms};
+
+/// What the inspection commands take from the configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The state directory.
+    pub dir: PathBuf,
+    /// The running service's admin endpoint, if configured.
+    pub admin: Option<SocketAddr>,
+    /// `spool.max_bytes`, when set.
+    pub max_bytes: Option<u64>,
+}
+
+impl Settings {
+    /// Reads `spool.dir`, `spool.max_bytes` and `admin.listen` from the config file (if it
+    /// exists) and environment, without validating or resolving anything else.
+    pub fn load(config: &Path, dir_override: Option<PathBuf>, env: &LoadEnv) -> Settings {
+        let figment = Figment::new()
+            .merge(Toml::file(config))
+            .merge(Env::prefixed(ENV_PREFIX).split("__"));
+        let dir = dir_override
+            .or_else(|| figment.extract_inner::<PathBuf>("spool.dir").ok())
+            .or_else(|| env.state_directory.clone())
+            .unwrap_or_else(|| PathBuf::from("./state"));
+        let admin = match figment.extract_inner::<String>("admin.listen") {
+            Ok(s) if s.is_empty() => None,
+            Ok(s) => s.parse().ok(),
+            Err(_) => Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
+        };
+        let max_bytes = figment
+            .extract_inner::<String>("spool.max_bytes")
+            .ok()
+            .and_then(|s| parse_byte_size(&s))
+            .or_else(|| figment.extract_inner::<u64>("spool.max_bytes").ok());
+        Settings {
+            dir,
+            admin,
+            max_bytes,
+        }
+    }
+}
+
+/// `spool status` as a document (also the `--json` output).
+#[derive(Debug, Serialize)]
+pub struct StatusReport {
+    /// The database file.
+    pub spool: PathBuf,
+    /// Events waiting for delivery.
+    pub depth: u64,
+    /// Waiting events per account.
+    pub depth_by_account: Vec<(String, u64)>,
+    /// Bytes in use.
+    pub used_bytes: u64,
+    /// `spool.max_bytes`, when known.
+    pub max_bytes: Option<u64>,
+    /// Age of the oldest waiting event, in seconds.
+    pub oldest_age_s: Option<i64>,
+    /// Dead letters held.
+    pub dead_letters: u64,
+    /// Per account: the cursor and how far it lags behind now.
+    pub cursors: Vec<CursorReport>,
+    /// The running service's `/healthz`, or why it could not be read.
+    pub service: serde_json::Value,
+}
+
+/// One account's cursor.
+#[derive(Debug, Serialize)]
+pub struct CursorReport {
+    /// Account name.
+    pub account: String,
+    /// The end of the last complete window.
+    pub cursor: String,
+    /// Seconds behind now.
+    pub lag_s: i64,
+}
+
+fn time(ms: i64) -> String {
+    DateTime::<Utc>::from_timestamp_millis(ms)
+        .map(crate::transform::rfc3339_millis)
+        .unwrap_or_else(|| ms.to_string())
+}
+
+/// Builds the status report, asking the running service for its health when possible.
+pub async fn status(settings: &Settings) -> Result<StatusReport, SpoolError> {
+    let dir = settings.dir.clone();
+    let (path, st): (PathBuf, Status) = tokio::task::spawn_blocking(move || {
+        let spool = Spool::open_for_inspection(&dir)?;
+        Ok::<_, SpoolError>((spool.path().to_path_buf(), spool.status()?))
+    })
+    .await
+    .map_err(|e| SpoolError::Dir {
+        dir: settings.dir.clone(),
+        source: std::io::Error::other(e.to_string()),
+    })??;
+    let now = now_ms();
+    Ok(StatusReport {
+        spool: path,
+        depth: st.depth,
+        depth_by_account: st.depth_by_account,
+        used_bytes: st.used_bytes,
+        max_bytes: settings.max_bytes,
+        oldest_age_s: st.oldest_spooled_ms.map(|t| (now - t) / 1000),
+        dead_letters: st.dead_letters,
+        cursors: st
+            .cursors
+            .into_iter()
+            .map(|(account, c)| CursorReport {
+                account,
+                cursor: time(c),
+                lag_s: (now - c) / 1000,
+            })
+            .collect(),
+        service: service_health(settings.admin).await,
+    })
+}
+
+async fn service_health(admin: Option<SocketAddr>) -> serde_json::Value {
+    let Some(addr) = admin else {
+        return serde_json::json!({"reachable": false, "why": "admin.listen is off"});
+    };
+    let url = format!("http://{addr}/healthz");
+    let client = match reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => return serde_json::json!({"reachable": false, "why": e.to_string()}),
+    };
+    match client.get(&url).send().await {
+        Ok(resp) => match resp.json::<serde_json::Value>().await {
+            Ok(doc) => serde_json::json!({"reachable": true, "url": url, "health": doc}),
+            Err(e) => serde_json::json!({"reachable": false, "url": url, "why": e.to_string()}),
+        },
+        Err(_) => {
+            serde_json::json!({"reachable": false, "url": url, "why": "no answer: the service is not running (or listens elsewhere)"})
+        }
+    }
+}
+
+/// The status report for a person.
+pub fn render_status(r: &StatusReport) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(out, "spool: {}", r.spool.display());
+    let per: Vec<String> = r
+        .depth_by_account
+        .iter()
+        .map(|(a, n)| format!("{a} {n}"))
+        .collect();
+    let _ = writeln!(
+        out,
+        "  waiting events: {}{}",
+        r.depth,
+        if per.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", per.join(", "))
+        }
+    );
+    if let Some(age) = r.oldest_age_s {
+        let _ = writeln!(
+            out,
+            "  oldest waiting: {} ago",
+            humantime::format_duration(Duration::from_secs(age.max(0) as u64))
+        );
+    }
+    let size = match r.max_bytes {
+        Some(max) => {
+            let full = if r.used_bytes >= max {
+                ": FULL, polling is paused until delivery frees space"
+            } else {
+                ""
+            };
+            format!("{} of {} bytes{full}", r.used_bytes, max)
+        }
+        None => format!("{} bytes", r.used_bytes),
+    };
+    let _ = writeln!(out, "  size in use: {size}");
+    let _ = writeln!(
+        out,
+        "  dead letters: {}{}",
+        r.dead_letters,
+        if r.dead_letters > 0 {
+            " (rc-audit-hec spool dead-letters; requeue with spool requeue)"
+        } else {
+            ""
+        }
+    );
+    if !r.cursors.is_empty() {
+        let _ = writeln!(out, "  cursors:");
+        for c in &r.cursors {
+            let _ = writeln!(
+                out,
+                "    {:<20} {} (lag {})",
+                c.account,
+                c.cursor,
+                humantime::format_duration(Duration::from_secs(c.lag_s.max(0) as u64))
+            );
+        }
+    }
+    match r.service.get("health") {
+        Some(h) => {
+            let _ = writeln!(
+                out,
+                "  service: running, {}",
+                h["status"].as_str().unwrap_or("?")
+            );
+            if let Some(components) = h["components"].as_object() {
+                for (name, c) in components {
+                    let state = c["state"].as_str().unwrap_or("?");
+                    let reason = c["reason"]
+                        .as_str()
+                        .map(|r| format!(": {r}"))
+                        .unwrap_or_default();
+                    let _ = writeln!(out, "    {name:<28} {state}{reason}");
+                }
+            }
+        }
+        None => {
+            let _ = writeln!(
+                out,
+                "  service: not reachable ({})",
+                r.service["why"].as_str().unwrap_or("unknown")
+            );
+        }
+    }
+    out
+}
+
+/// `spool dead-letters` for a person: one line each.
+pub fn render_dead_letters(rows: &[crate::spool::DeadLetterRow]) -> String {
+    if rows.is_empty() {
+        return "no dead letters\n".to_string();
+    }
+    let mut out = String::new();
+    for d in rows {
+        out.push_str(&format!(
+            "#{} {} {} {}: {}\n",
+            d.id,
+            time(d.dead_at_ms),
+            d.account,
+            d.record_id,
+            d.reason
+        ));
+    }
+    out.push_str(
+        "requeue with: rc-audit-hec spool requeue --id N (or --all) once the cause is fixed\n",
+    );
+    out
+}
