@@ -169,8 +169,11 @@ pub struct HecConfig {
     /// Request timeout; generous so a loaded Splunk is not sent duplicates.
     #[serde(serialize_with = "ser_duration")]
     pub timeout: Duration,
-    /// Indexer acknowledgement.
+    /// Indexer acknowledgement: a batch leaves the spool only when its ack reads true.
     pub use_ack: bool,
+    /// With `use_ack`: resend a batch whose ack has not read true after this long.
+    #[serde(serialize_with = "ser_duration")]
+    pub ack_timeout: Duration,
     /// Extra PEM trust root for a private CA.
     pub tls_ca_file: Option<PathBuf>,
     /// Verify the server certificate (false only for testing, with a warning).
@@ -474,11 +477,10 @@ impl Validator<'_> {
         if h.timeout.is_zero() {
             return Err(self.invalid("hec.timeout", "must be more than 0, e.g. \"60s\""));
         }
-        if h.use_ack {
+        if h.ack_timeout < Duration::from_secs(1) {
             return Err(self.invalid(
-                "hec.use_ack",
-                "indexer acknowledgement is not supported by this version yet; set use_ack = false \
-                 (delivery still requires HTTP 200 with code 0 before a record leaves the spool)",
+                "hec.ack_timeout",
+                "must be at least 1s (Splunk's own default is 300s)",
             ));
         }
         let sourcetype = h
@@ -528,6 +530,7 @@ impl Validator<'_> {
             batch_max_bytes: h.batch_max_bytes,
             timeout: h.timeout,
             use_ack: h.use_ack,
+            ack_timeout: h.ack_timeout,
             tls_ca_file: h.tls_ca_file,
             tls_verify: h.tls_verify,
             routes,
@@ -741,6 +744,8 @@ struct RawHec {
     timeout: Duration,
     #[serde(default)]
     use_ack: bool,
+    #[serde(default = "default_ack_timeout", deserialize_with = "de_duration")]
+    ack_timeout: Duration,
     tls_ca_file: Option<PathBuf>,
     #[serde(default = "yes")]
     tls_verify: bool,
@@ -756,6 +761,9 @@ fn default_batch_events() -> usize {
 }
 fn default_batch_bytes() -> usize {
     1_000_000
+}
+fn default_ack_timeout() -> Duration {
+    Duration::from_secs(300)
 }
 fn default_timeout() -> Duration {
     Duration::from_secs(60)

@@ -576,11 +576,22 @@ impl Spool {
         max_events: usize,
         max_bytes: usize,
     ) -> Result<Vec<Spooled>, SpoolError> {
+        self.read_batch_after(0, max_events, max_bytes)
+    }
+
+    /// Like [`Spool::read_batch`], but only events after `after_seq` (batches already in flight
+    /// awaiting acknowledgement come before it).
+    pub fn read_batch_after(
+        &self,
+        after_seq: i64,
+        max_events: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Spooled>, SpoolError> {
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(
-            "SELECT seq, account, record_id, event FROM outbox ORDER BY seq LIMIT ?1",
+            "SELECT seq, account, record_id, event FROM outbox WHERE seq > ?1 ORDER BY seq LIMIT ?2",
         )?;
-        let mut rows = stmt.query([max_events as i64])?;
+        let mut rows = stmt.query(params![after_seq, max_events as i64])?;
         let mut out = Vec::new();
         let mut bytes = 0usize;
         while let Some(row) = rows.next()? {
@@ -597,6 +608,25 @@ impl Spool {
             });
         }
         Ok(out)
+    }
+
+    /// The events still spooled with `first <= seq <= last` (a batch to send again).
+    pub fn read_range(&self, first: i64, last: i64) -> Result<Vec<Spooled>, SpoolError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT seq, account, record_id, event FROM outbox WHERE seq BETWEEN ?1 AND ?2 ORDER BY seq",
+        )?;
+        let rows = stmt
+            .query_map(params![first, last], |row| {
+                Ok(Spooled {
+                    seq: row.get(0)?,
+                    account: row.get(1)?,
+                    record_id: row.get(2)?,
+                    event: row.get(3)?,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
     }
 
     /// Settles the outcome of a delivery in one transaction: deletes the events HEC accepted

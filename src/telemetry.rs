@@ -38,6 +38,10 @@ pub struct Stats {
     pub events_delivered: AtomicU64,
     /// Events moved to the dead-letter table.
     pub events_dead_lettered: AtomicU64,
+    /// HEC requests that got no answer within `hec.timeout` (each may duplicate a batch).
+    pub hec_timeouts: AtomicU64,
+    /// Batches resent because their indexer acknowledgement did not arrive in time.
+    pub ack_resends: AtomicU64,
 }
 
 impl Stats {
@@ -165,6 +169,16 @@ const COUNTERS: &[Counter] = &[
     ("events_delivered_total", "Events HEC accepted.", |s| {
         &s.events_delivered
     }),
+    (
+        "hec_timeouts_total",
+        "HEC requests with no answer within hec.timeout (each may duplicate a batch).",
+        |s| &s.hec_timeouts,
+    ),
+    (
+        "ack_resends_total",
+        "Batches resent after hec.ack_timeout without an acknowledgement.",
+        |s| &s.ack_resends,
+    ),
     (
         "events_dead_lettered_total",
         "Events moved to the dead-letter table.",

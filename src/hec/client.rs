@@ -1,14 +1,31 @@
-//! HTTP to HEC: the event endpoint and the health endpoint, round-robin over the configured URLs.
+//! HTTP to HEC: the event, ack and health endpoints, round-robin over the healthy URLs.
+//!
+//! Several `hec.urls` (e.g. the HEC endpoints of an indexer cluster) share the load: requests
+//! rotate over the endpoints currently healthy. An endpoint that fails a request (connection
+//! error, timeout, 5xx, 429) is taken out of the rotation; once its probe time has come, its
+//! health endpoint is asked before real traffic goes back to it. When every endpoint is down the
+//! sink backs off and the next request itself is the probe.
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use reqwest::header::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, HeaderValue};
-use tracing::warn;
+use serde::Deserialize;
+use tokio::time::Instant;
+use tracing::{info, warn};
 
 use super::response::{Outcome, classify};
 use crate::config::{HecConfig, Secret};
 use crate::retry::parse_seconds;
+use crate::telemetry::{Health, State};
+
+/// How long a failed endpoint stays out of the rotation before it is probed, at first; doubles
+/// with each failed probe up to [`MAX_PROBE_INTERVAL`].
+pub const PROBE_INTERVAL: Duration = Duration::from_secs(2);
+/// The longest wait between probes of a failed endpoint.
+pub const MAX_PROBE_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Problems building the HEC client.
 #[derive(Debug, thiserror::Error)]
@@ -26,16 +43,48 @@ pub enum HecError {
     Build(String),
 }
 
+/// Why an ack query failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AckError {
+    /// The token has no indexer acknowledgement (HEC code 14).
+    #[error("indexer acknowledgement is disabled on the HEC token (code 14)")]
+    Disabled,
+    /// Anything else; try again at the next poll.
+    #[error("ack query failed: {0}")]
+    Failed(String),
+}
+
+/// The result of sending a batch.
+#[derive(Debug, Clone)]
+pub struct Sent {
+    /// Which endpoint (index into the URL list) took the request.
+    pub endpoint: usize,
+    /// Its URL, for logs.
+    pub url: String,
+    /// What HEC said, classified.
+    pub outcome: Outcome,
+}
+
+struct Endpoint {
+    url: String,
+    healthy: bool,
+    /// When a failed endpoint may be probed again.
+    probe_at: Instant,
+    /// Current wait between probes.
+    probe_interval: Duration,
+}
+
 /// A HEC endpoint set with its token and data channel.
 pub struct HecClient {
     http: reqwest::Client,
-    urls: Vec<String>,
+    endpoints: Vec<Endpoint>,
     token: Secret,
     /// Sent as `X-Splunk-Request-Channel` on every request: required when the token has
-    /// acknowledgement on, harmless otherwise.
+    /// acknowledgement on, harmless otherwise. One per process: ack ids are per channel.
     channel: String,
     gzip: bool,
     next: usize,
+    health: Option<Arc<Health>>,
 }
 
 impl HecClient {
@@ -67,14 +116,31 @@ impl HecClient {
         let http = builder
             .build()
             .map_err(|e| HecError::Build(e.to_string()))?;
+        let now = Instant::now();
         Ok(HecClient {
             http,
-            urls: cfg.urls.clone(),
+            endpoints: cfg
+                .urls
+                .iter()
+                .map(|url| Endpoint {
+                    url: url.clone(),
+                    healthy: true,
+                    probe_at: now,
+                    probe_interval: PROBE_INTERVAL,
+                })
+                .collect(),
             token: cfg.token.clone(),
             channel: uuid::Uuid::new_v4().to_string(),
             gzip: cfg.gzip,
             next: 0,
+            health: None,
         })
+    }
+
+    /// Reports each endpoint's state as the health component `hec:<url>`.
+    pub fn with_health(mut self, health: Arc<Health>) -> Self {
+        self.health = Some(health);
+        self
     }
 
     fn auth(&self) -> Option<HeaderValue> {
@@ -83,24 +149,101 @@ impl HecClient {
         Some(v)
     }
 
-    /// Sends one batch body (already gzipped when `gzip` is on) to the next URL in turn.
-    /// Returns the URL used and the classified outcome; transport errors are `Retry`.
-    pub async fn send(&mut self, body: Bytes) -> (String, Outcome) {
-        let url = self.urls[self.next % self.urls.len()].clone();
-        self.next = self.next.wrapping_add(1);
+    /// True when at least one endpoint is in the rotation.
+    pub fn any_healthy(&self) -> bool {
+        self.endpoints.iter().any(|e| e.healthy)
+    }
+
+    /// Takes `endpoint` out of the rotation after a failed request.
+    pub fn mark_failed(&mut self, endpoint: usize, reason: &str) {
+        let e = &mut self.endpoints[endpoint];
+        if e.healthy {
+            e.healthy = false;
+            e.probe_interval = PROBE_INTERVAL;
+            if self.endpoints.len() > 1 {
+                warn!(url = %self.endpoints[endpoint].url, "HEC endpoint taken out of the rotation: {reason}");
+            }
+        } else {
+            e.probe_interval = (e.probe_interval * 2).min(MAX_PROBE_INTERVAL);
+        }
+        let e = &mut self.endpoints[endpoint];
+        e.probe_at = Instant::now() + e.probe_interval;
+        let url = e.url.clone();
+        self.report(&url, State::Degraded, Some(reason.to_string()));
+    }
+
+    fn mark_healthy(&mut self, endpoint: usize) {
+        let e = &mut self.endpoints[endpoint];
+        let was_down = !e.healthy;
+        e.healthy = true;
+        e.probe_interval = PROBE_INTERVAL;
+        let url = e.url.clone();
+        if was_down && self.endpoints.len() > 1 {
+            info!(%url, "HEC endpoint back in the rotation");
+        }
+        self.report(&url, State::Ok, None);
+    }
+
+    fn report(&self, url: &str, state: State, reason: Option<String>) {
+        if let Some(h) = &self.health {
+            h.set(&format!("hec:{url}"), state, reason);
+        }
+    }
+
+    /// Brings failed endpoints whose probe time has come back into the rotation if their
+    /// health endpoint answers 200.
+    async fn probe_due(&mut self) {
+        let now = Instant::now();
+        for i in 0..self.endpoints.len() {
+            let e = &self.endpoints[i];
+            if e.healthy || e.probe_at > now || self.endpoints.len() == 1 {
+                continue;
+            }
+            match self.health_of(&e.url.clone()).await {
+                Ok(()) => self.mark_healthy(i),
+                Err(reason) => self.mark_failed(i, &reason),
+            }
+        }
+    }
+
+    /// The endpoint for the next request: the next healthy one in turn; when none is healthy,
+    /// the one whose probe is due first.
+    async fn choose(&mut self) -> usize {
+        self.probe_due().await;
+        let n = self.endpoints.len();
+        for k in 0..n {
+            let i = (self.next + k) % n;
+            if self.endpoints[i].healthy {
+                self.next = i + 1;
+                return i;
+            }
+        }
+        (0..n)
+            .min_by_key(|&i| self.endpoints[i].probe_at)
+            .unwrap_or(0)
+    }
+
+    /// Sends one batch body (already gzipped when `gzip` is on) with the given timeout.
+    /// Transport errors are `Retry`, a timeout is `TimedOut`; the endpoint's rotation state is
+    /// updated from the outcome.
+    pub async fn send(&mut self, body: Bytes, timeout: Duration) -> Sent {
+        let endpoint = self.choose().await;
+        let url = self.endpoints[endpoint].url.clone();
         let Some(auth) = self.auth() else {
-            return (
+            return Sent {
+                endpoint,
                 url,
-                Outcome::Pause {
+                outcome: Outcome::Pause {
                     reason:
                         "hec.token has characters that cannot go in an HTTP header: fix hec.token"
                             .into(),
                 },
-            );
+            };
         };
         let mut req = self
             .http
             .post(format!("{url}/services/collector/event"))
+            .timeout(timeout)
             .header(AUTHORIZATION, auth)
             .header(CONTENT_TYPE, "application/json")
             .header("X-Splunk-Request-Channel", &self.channel)
@@ -109,13 +252,10 @@ impl HecClient {
             req = req.header(CONTENT_ENCODING, "gzip");
         }
         let outcome = match req.send().await {
+            Err(e) if e.is_timeout() => Outcome::TimedOut,
             Err(e) => Outcome::Retry {
                 retry_after: None,
-                reason: if e.is_timeout() {
-                    "no answer within hec.timeout (HEC may still index the batch: a resend can duplicate it)".to_string()
-                } else {
-                    format!("cannot reach HEC: {}", e.without_url())
-                },
+                reason: format!("cannot reach HEC: {}", e.without_url()),
             },
             Ok(resp) => {
                 let status = resp.status().as_u16();
@@ -126,6 +266,7 @@ impl HecClient {
                     .and_then(parse_seconds);
                 match resp.bytes().await {
                     Ok(b) => classify(status, retry_after, &b),
+                    Err(e) if e.is_timeout() => Outcome::TimedOut,
                     Err(e) => Outcome::Retry {
                         retry_after,
                         reason: format!(
@@ -136,34 +277,98 @@ impl HecClient {
                 }
             }
         };
-        (url, outcome)
+        match &outcome {
+            Outcome::Retry { reason, .. } => self.mark_failed(endpoint, reason),
+            Outcome::TimedOut => self.mark_failed(endpoint, "no answer within the timeout"),
+            Outcome::Pause { .. } => {}
+            _ => self.mark_healthy(endpoint),
+        }
+        Sent {
+            endpoint,
+            url,
+            outcome,
+        }
     }
 
-    /// Calls `GET /services/collector/health` on every URL with the token; `Ok` lists healthy
-    /// URLs, each `Err` says what is wrong with one.
-    pub async fn health(&self) -> Vec<(String, Result<(), String>)> {
-        let mut out = Vec::with_capacity(self.urls.len());
-        for url in &self.urls {
-            let mut req = self.http.get(format!("{url}/services/collector/health"));
-            if let Some(auth) = self.auth() {
-                req = req.header(AUTHORIZATION, auth);
+    /// Asks `endpoint` which of `ids` (ack ids of this client's channel) are indexed.
+    pub async fn query_acks(
+        &self,
+        endpoint: usize,
+        ids: &[u64],
+    ) -> Result<HashMap<u64, bool>, AckError> {
+        #[derive(Deserialize)]
+        struct Acks {
+            acks: HashMap<String, bool>,
+        }
+        let url = &self.endpoints[endpoint].url;
+        let auth = self
+            .auth()
+            .ok_or_else(|| AckError::Failed("the token cannot go in a header".into()))?;
+        let resp = self
+            .http
+            // The channel is a UUID: safe in a URL as it is.
+            .post(format!(
+                "{url}/services/collector/ack?channel={}",
+                self.channel
+            ))
+            .header(AUTHORIZATION, auth)
+            .header("X-Splunk-Request-Channel", &self.channel)
+            .json(&serde_json::json!({ "acks": ids }))
+            .send()
+            .await
+            .map_err(|e| AckError::Failed(e.without_url().to_string()))?;
+        let status = resp.status().as_u16();
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| AckError::Failed(e.without_url().to_string()))?;
+        if status == 200 {
+            let acks: Acks = serde_json::from_slice(&body)
+                .map_err(|e| AckError::Failed(format!("unreadable ack answer: {e}")))?;
+            return Ok(acks
+                .acks
+                .into_iter()
+                .filter_map(|(k, v)| k.parse().ok().map(|id| (id, v)))
+                .collect());
+        }
+        match classify(status, None, &body) {
+            Outcome::Pause { reason } if reason.contains("code 14") => Err(AckError::Disabled),
+            Outcome::Pause { reason } | Outcome::Retry { reason, .. } => {
+                Err(AckError::Failed(reason))
             }
-            let result = match req.send().await {
-                Err(e) => Err(format!("cannot reach HEC: {}", e.without_url())),
-                Ok(resp) => {
-                    let status = resp.status().as_u16();
-                    let body = resp.bytes().await.unwrap_or_default();
-                    match (status, classify(status, None, &body)) {
-                        (200, _) => Ok(()),
-                        (_, Outcome::Pause { reason }) => Err(reason),
-                        (_, Outcome::Retry { reason, .. }) => {
-                            Err(format!("HEC unhealthy: {reason}"))
-                        }
-                        (_, other) => Err(format!("HTTP {status}: {other:?}")),
-                    }
+            other => Err(AckError::Failed(format!("HTTP {status}: {other:?}"))),
+        }
+    }
+
+    async fn health_of(&self, url: &str) -> Result<(), String> {
+        let mut req = self
+            .http
+            .get(format!("{url}/services/collector/health"))
+            .timeout(Duration::from_secs(10));
+        if let Some(auth) = self.auth() {
+            req = req.header(AUTHORIZATION, auth);
+        }
+        match req.send().await {
+            Err(e) => Err(format!("cannot reach HEC: {}", e.without_url())),
+            Ok(resp) => {
+                let status = resp.status().as_u16();
+                let body = resp.bytes().await.unwrap_or_default();
+                match (status, classify(status, None, &body)) {
+                    (200, _) => Ok(()),
+                    (_, Outcome::Pause { reason }) => Err(reason),
+                    (_, Outcome::Retry { reason, .. }) => Err(format!("HEC unhealthy: {reason}")),
+                    (_, other) => Err(format!("HTTP {status}: {other:?}")),
                 }
-            };
-            out.push((url.clone(), result));
+            }
+        }
+    }
+
+    /// Calls `GET /services/collector/health` on every URL with the token; each result says
+    /// what is wrong with one URL, if anything.
+    pub async fn health(&self) -> Vec<(String, Result<(), String>)> {
+        let mut out = Vec::with_capacity(self.endpoints.len());
+        for e in &self.endpoints {
+            out.push((e.url.clone(), self.health_of(&e.url).await));
         }
         out
     }

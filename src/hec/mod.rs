@@ -1,21 +1,28 @@
-//! The Splunk side: the delivery loop ([`Sink`]), the HTTP client, batching and the one response
-//! classifier.
+//! The Splunk side: the delivery loop ([`Sink`]), the HTTP client, batching, indexer
+//! acknowledgement and the one response classifier.
 //!
-//! The sink streams from the spool: it holds one batch in memory, sends it until HEC decides,
-//! and settles the outcome in the spool before reading the next. What each outcome does:
+//! The sink streams from the spool: it holds one batch body in memory, sends it until HEC
+//! decides, and settles the outcome in the spool before reading on. What each outcome does:
 //!
 //! | outcome | spool |
 //! | --- | --- |
-//! | accepted | batch deleted (the only way a record leaves the outbox) |
+//! | accepted (200, code 0) | batch deleted (the only way a record leaves the outbox) |
+//! | accepted with `ackId` (`use_ack`) | batch kept until its ack reads true, then deleted; resent after `ack_timeout` |
 //! | bad event k | events before k deleted (HEC indexed them), k dead-lettered, the rest resent |
 //! | bad event, index unknown | the batch is resent one event at a time to find it |
 //! | 413 too large | the batch is split in halves; a single over-size event is dead-lettered |
-//! | retry (5xx, 429, timeout, down) | same batch again after backoff or `Retry-After`, forever |
+//! | retry (5xx, 429, down) | same batch on the next healthy URL at once, else after backoff or `Retry-After`, forever |
+//! | timed out | same batch again once with a 10x longer timeout (see below) |
 //! | pause (token, URL) | same batch again, slowly; health says why; resumes when fixed |
 //!
-//! A batch abandoned by shutdown or a crash stays in the spool and is sent again on restart: the
-//! one way a duplicate can reach Splunk (at most one batch per such event).
+//! # Duplicates
+//! A batch whose acceptance is not recorded is sent again: after a crash or shutdown mid-request
+//! (at most the batches in flight), and after a timeout. A HEC that accepts but answers late
+//! would, with a fixed timeout, receive the same batch over and over; so after a timeout the
+//! batch is resent with [`TIMEOUT_FACTOR`] times the timeout, which a merely slow HEC answers:
+//! one duplicate batch, not an endless loop.
 
+pub mod ack;
 pub mod batch;
 pub mod client;
 pub mod response;
@@ -24,11 +31,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use self::ack::{ACK_POLL_INTERVAL, AckTracker, MAX_IN_FLIGHT, Pending};
 use self::batch::{build_body, validate_event};
-use self::client::HecClient;
+use self::client::{AckError, HecClient};
 use self::response::Outcome;
 use crate::config::HecConfig;
 use crate::retry::RetryPolicy;
@@ -39,6 +48,8 @@ pub use self::client::HecError;
 
 /// The health component name of the sink.
 pub const COMPONENT: &str = "hec";
+/// After a timeout, the resend waits this many times `hec.timeout` for its answer.
+pub const TIMEOUT_FACTOR: u32 = 10;
 
 /// Why the sink stopped (only ever shutdown; delivery failures are retried, not returned).
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +66,7 @@ pub struct Sink {
     max_events: usize,
     max_bytes: usize,
     gzip: bool,
+    timeout: Duration,
     retry: RetryPolicy,
     stats: Arc<Stats>,
     health: Arc<Health>,
@@ -62,16 +74,29 @@ pub struct Sink {
     limit: usize,
     /// Events still to send one by one to find a bad event HEC did not name.
     isolate: usize,
+    /// Batches awaiting indexer acknowledgement; `None` in plain mode.
+    acks: Option<AckTracker>,
+    next_ack_poll: Instant,
 }
 
 /// What one delivery step did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
-    /// The spool was empty.
+    /// Nothing to send and nothing awaiting acknowledgement.
     Idle,
-    /// A batch was settled (accepted, dead-lettered or split).
+    /// A batch was settled, sent, or acks were processed.
     Progress,
-    /// Shutdown was requested while a batch was in flight; it stays spooled.
+    /// Shutdown was requested; unsettled batches stay spooled.
+    Stopped,
+}
+
+/// How one batch's delivery ended.
+enum Delivered {
+    /// Settled in the spool (accepted, dead-lettered, or split for another try).
+    Settled,
+    /// Received by HEC, awaiting acknowledgement.
+    AwaitingAck,
+    /// Shutdown came first.
     Stopped,
 }
 
@@ -85,16 +110,19 @@ impl Sink {
         health: Arc<Health>,
     ) -> Result<Sink, HecError> {
         Ok(Sink {
-            client: HecClient::new(cfg)?,
+            client: HecClient::new(cfg)?.with_health(health.clone()),
             spool,
             max_events: cfg.batch_max_events,
             max_bytes: cfg.batch_max_bytes,
             gzip: cfg.gzip,
+            timeout: cfg.timeout,
             retry,
             stats,
             health,
             limit: cfg.batch_max_events,
             isolate: 0,
+            acks: cfg.use_ack.then(|| AckTracker::new(cfg.ack_timeout)),
+            next_ack_poll: Instant::now(),
         })
     }
 
@@ -139,7 +167,8 @@ impl Sink {
         }
     }
 
-    /// Delivers until the spool is empty (or `shutdown`); for `once` and tests.
+    /// Delivers until the spool is empty and every ack is in (or `shutdown`); for `once` and
+    /// tests.
     pub async fn drain(&mut self, shutdown: &CancellationToken) -> Result<(), SinkError> {
         loop {
             match self.step(shutdown).await? {
@@ -149,16 +178,36 @@ impl Sink {
         }
     }
 
-    /// Reads the next batch and keeps at it until HEC decides its fate.
+    /// One step: process acks when due, then send the next batch if there is room.
     pub async fn step(&mut self, shutdown: &CancellationToken) -> Result<Step, SinkError> {
+        if self.acks.as_ref().is_some_and(|a| !a.is_empty()) && Instant::now() >= self.next_ack_poll
+        {
+            if self.ack_round(shutdown).await? == Step::Stopped {
+                return Ok(Step::Stopped);
+            }
+            return Ok(Step::Progress);
+        }
+        let in_flight = self.acks.as_ref().map_or(0, AckTracker::len);
+        if in_flight >= MAX_IN_FLIGHT {
+            return Ok(self.wait_for_acks(shutdown).await);
+        }
+        let after = self
+            .acks
+            .as_ref()
+            .and_then(AckTracker::last_seq)
+            .unwrap_or(0);
         let limit = if self.isolate > 0 { 1 } else { self.limit };
         let max_bytes = self.max_bytes;
         let batch = self
             .spool
-            .run(move |s| s.read_batch(limit, max_bytes))
+            .run(move |s| s.read_batch_after(after, limit, max_bytes))
             .await?;
         if batch.is_empty() {
-            return Ok(Step::Idle);
+            return Ok(if in_flight > 0 {
+                self.wait_for_acks(shutdown).await
+            } else {
+                Step::Idle
+            });
         }
         // Local validation: what HEC would refuse goes to dead letters now, with the reason.
         let (good, bad): (Vec<Spooled>, Vec<Spooled>) = batch
@@ -179,34 +228,156 @@ impl Sink {
             self.dead_letter(&bad, dead).await?;
             return Ok(Step::Progress);
         }
+        Ok(match self.deliver(&good, shutdown).await? {
+            Delivered::Stopped => Step::Stopped,
+            _ => Step::Progress,
+        })
+    }
+
+    async fn wait_for_acks(&mut self, shutdown: &CancellationToken) -> Step {
+        let wait = self.next_ack_poll.saturating_duration_since(Instant::now());
+        if sleep_or_stop(wait, shutdown).await {
+            Step::Stopped
+        } else {
+            Step::Progress
+        }
+    }
+
+    /// Queries pending acks per endpoint, settles confirmed batches, resends expired ones.
+    async fn ack_round(&mut self, shutdown: &CancellationToken) -> Result<Step, SinkError> {
+        self.next_ack_poll = Instant::now() + ACK_POLL_INTERVAL;
+        let Some(tracker) = self.acks.as_ref() else {
+            return Ok(Step::Progress);
+        };
+        for (endpoint, ids) in tracker.ids_by_endpoint() {
+            let answer = tokio::select! {
+                r = self.client.query_acks(endpoint, &ids) => r,
+                _ = shutdown.cancelled() => return Ok(Step::Stopped),
+            };
+            match answer {
+                Ok(answer) => {
+                    let done = self
+                        .acks
+                        .as_mut()
+                        .map(|t| t.confirm(endpoint, &answer))
+                        .unwrap_or_default();
+                    for p in done {
+                        self.settle_accepted(p.first, p.last, p.events).await?;
+                    }
+                }
+                Err(AckError::Disabled) => {
+                    self.fall_back_to_plain(
+                        "the ack endpoint says acknowledgement is disabled on the token (code 14)",
+                    )
+                    .await?;
+                    return Ok(Step::Progress);
+                }
+                Err(AckError::Failed(reason)) => {
+                    warn!("cannot query HEC acknowledgements (will ask again): {reason}");
+                }
+            }
+        }
+        let expired = self
+            .acks
+            .as_mut()
+            .map(|t| t.take_expired(Instant::now()))
+            .unwrap_or_default();
+        for p in expired {
+            Stats::add(&self.stats.ack_resends, 1);
+            warn!(
+                ack_id = p.ack_id,
+                events = p.events,
+                "no indexer acknowledgement within hec.ack_timeout: resending the batch (it may be indexed twice)"
+            );
+            let (first, last) = (p.first, p.last);
+            let batch = self.spool.run(move |s| s.read_range(first, last)).await?;
+            if batch.is_empty() {
+                continue;
+            }
+            if let Delivered::Stopped = self.deliver(&batch, shutdown).await? {
+                return Ok(Step::Stopped);
+            }
+        }
+        Ok(Step::Progress)
+    }
+
+    /// Ack mode turns out to be unavailable: treat what HEC received (200, code 0) as delivered,
+    /// as plain mode does, and carry on without acks.
+    async fn fall_back_to_plain(&mut self, why: &str) -> Result<(), SinkError> {
+        warn!(
+            "{why}: falling back to plain mode (a 200 with code 0 counts as delivered); set hec.use_ack = false to silence this"
+        );
+        if let Some(mut tracker) = self.acks.take() {
+            for p in tracker.take_all() {
+                self.settle_accepted(p.first, p.last, p.events).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn settle_accepted(
+        &mut self,
+        first: i64,
+        last: i64,
+        events: usize,
+    ) -> Result<(), SinkError> {
+        self.spool
+            .run(move |s| s.settle(Some((first, last)), &[]))
+            .await?;
+        Stats::add(&self.stats.events_delivered, events as u64);
+        Ok(())
+    }
+
+    /// Sends one batch until HEC decides its fate.
+    async fn deliver(
+        &mut self,
+        good: &[Spooled],
+        shutdown: &CancellationToken,
+    ) -> Result<Delivered, SinkError> {
         let body = match build_body(good.iter().map(|e| e.event.as_slice()), self.gzip) {
             Ok(b) => Bytes::from(b),
             Err(e) => {
-                // Only an allocation failure can get here; retrying is all we can do.
+                // Only an allocation failure can get here; the next step tries again.
                 warn!("cannot build a request body: {e}");
-                return Ok(Step::Progress);
+                return Ok(Delivered::Settled);
             }
         };
+        let (first, last) = (good[0].seq, good[good.len() - 1].seq);
         let mut backoff = self.retry.backoff();
+        let mut timeout = self.timeout;
         loop {
             Stats::add(&self.stats.hec_requests, 1);
-            let (url, outcome) = tokio::select! {
-                r = self.client.send(body.clone()) => r,
-                _ = shutdown.cancelled() => return Ok(Step::Stopped),
+            let sent = tokio::select! {
+                r = self.client.send(body.clone(), timeout) => r,
+                _ = shutdown.cancelled() => return Ok(Delivered::Stopped),
             };
-            let (first, last) = (good[0].seq, good[good.len() - 1].seq);
-            match outcome {
-                Outcome::Accepted => {
-                    self.spool
-                        .run(move |s| s.settle(Some((first, last)), &[]))
-                        .await?;
-                    Stats::add(&self.stats.events_delivered, good.len() as u64);
+            let url = sent.url;
+            match sent.outcome {
+                Outcome::Accepted { ack_id } => {
                     if self.health.set(COMPONENT, State::Ok, None) {
                         info!(%url, "HEC accepting events");
                     }
                     self.limit = (self.limit * 2).min(self.max_events);
                     self.isolate = self.isolate.saturating_sub(good.len());
-                    return Ok(Step::Progress);
+                    match (self.acks.as_mut(), ack_id) {
+                        (Some(tracker), Some(ack_id)) => {
+                            tracker.push(Pending {
+                                ack_id,
+                                endpoint: sent.endpoint,
+                                first,
+                                last,
+                                events: good.len(),
+                                sent_at: Instant::now(),
+                            });
+                            return Ok(Delivered::AwaitingAck);
+                        }
+                        (Some(_), None) => {
+                            self.fall_back_to_plain("HEC accepted a batch without an ackId: the token has no indexer acknowledgement").await?;
+                        }
+                        (None, _) => {}
+                    }
+                    self.settle_accepted(first, last, good.len()).await?;
+                    return Ok(Delivered::Settled);
                 }
                 Outcome::BadEvent {
                     index,
@@ -216,7 +387,7 @@ impl Sink {
                     Stats::add(&self.stats.hec_failures, 1);
                     match index.filter(|k| *k < good.len()) {
                         Some(k) => {
-                            // HEC indexed 0..k; k is bad; k+1.. are resent by the next step.
+                            // HEC indexed 0..k; k is bad; k+1.. are sent again by the next step.
                             let accepted = (k > 0).then(|| (first, good[k - 1].seq));
                             let dead = DeadLetter {
                                 seq: good[k].seq,
@@ -236,7 +407,7 @@ impl Sink {
                                 reason,
                                 hec_code: Some(code),
                             }];
-                            self.dead_letter(&good, dead).await?;
+                            self.dead_letter(good, dead).await?;
                             self.isolate = self.isolate.saturating_sub(1);
                         }
                         None => {
@@ -245,7 +416,7 @@ impl Sink {
                             self.isolate = good.len();
                         }
                     }
-                    return Ok(Step::Progress);
+                    return Ok(Delivered::Settled);
                 }
                 Outcome::TooLarge => {
                     Stats::add(&self.stats.hec_failures, 1);
@@ -258,18 +429,40 @@ impl Sink {
                             ),
                             hec_code: None,
                         }];
-                        self.dead_letter(&good, dead).await?;
+                        self.dead_letter(good, dead).await?;
                     } else {
                         self.limit = (good.len() / 2).max(1);
                         warn!(%url, events = good.len(), "HEC says the request is too large (413): splitting; lower hec.batch_max_bytes to match Splunk's max_content_length");
                     }
-                    return Ok(Step::Progress);
+                    return Ok(Delivered::Settled);
+                }
+                Outcome::TimedOut => {
+                    Stats::add(&self.stats.hec_failures, 1);
+                    Stats::add(&self.stats.hec_timeouts, 1);
+                    timeout = self.timeout * TIMEOUT_FACTOR;
+                    let reason = format!(
+                        "no answer within {}; HEC may still index the batch, so it is resent once with a {}x longer timeout (expect one duplicate batch); raise hec.timeout if Splunk is this slow",
+                        humantime::format_duration(self.timeout),
+                        TIMEOUT_FACTOR
+                    );
+                    self.health
+                        .set(COMPONENT, State::Degraded, Some(reason.clone()));
+                    warn!(%url, "{reason}");
+                    if !self.client.any_healthy()
+                        && sleep_or_stop(backoff.next_delay(None), shutdown).await
+                    {
+                        return Ok(Delivered::Stopped);
+                    }
                 }
                 Outcome::Retry {
                     retry_after,
                     reason,
                 } => {
                     Stats::add(&self.stats.hec_failures, 1);
+                    if self.client.any_healthy() && retry_after.is_none() {
+                        // Another endpoint is up: fail over at once.
+                        continue;
+                    }
                     let delay = backoff.next_delay(retry_after);
                     if self
                         .health
@@ -280,7 +473,7 @@ impl Sink {
                             "HEC delivery failed, will retry (events stay spooled): {reason}");
                     }
                     if sleep_or_stop(delay, shutdown).await {
-                        return Ok(Step::Stopped);
+                        return Ok(Delivered::Stopped);
                     }
                 }
                 Outcome::Pause { reason } => {
@@ -293,7 +486,7 @@ impl Sink {
                         error!(%url, "HEC delivery paused, events stay spooled: {reason}");
                     }
                     if sleep_or_stop(delay, shutdown).await {
-                        return Ok(Step::Stopped);
+                        return Ok(Delivered::Stopped);
                     }
                 }
             }

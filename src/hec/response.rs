@@ -11,8 +11,12 @@ use serde::Deserialize;
 /// What the sink does with a response.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    /// HTTP 200 with code 0 (or 24/25, "approaching capacity"): the batch is indexed.
-    Accepted,
+    /// HTTP 200 with code 0 (or 24/25, "approaching capacity"): the batch is indexed, or with
+    /// indexer acknowledgement on, received and pending under `ack_id`.
+    Accepted {
+        /// The `ackId` HEC gave the request, when the token has acknowledgement on.
+        ack_id: Option<u64>,
+    },
     /// Event `index` of the batch is bad; HEC indexed the events before it. `None` when HEC did
     /// not say which event.
     BadEvent {
@@ -32,6 +36,9 @@ pub enum Outcome {
         /// For logs.
         reason: String,
     },
+    /// No answer within the timeout. HEC may have indexed the batch, so a resend can duplicate
+    /// it; the sink resends once with a much longer timeout rather than looping.
+    TimedOut,
     /// A configuration problem (token, URL): keep buffering, retry slowly, tell the operator.
     Pause {
         /// What is wrong and how to fix it.
@@ -47,6 +54,8 @@ struct Body {
     code: Option<i64>,
     #[serde(default, rename = "invalid-event-number")]
     invalid_event_number: Option<i64>,
+    #[serde(default, rename = "ackId")]
+    ack_id: Option<u64>,
 }
 
 /// Classifies a HEC response to an event request.
@@ -70,7 +79,7 @@ pub fn classify(status: u16, retry_after: Option<Duration>, body: &[u8]) -> Outc
         reason: format!("{said}; {fix}"),
     };
     match (status, code) {
-        (200, Some(0 | 24 | 25)) => Outcome::Accepted,
+        (200, Some(0 | 24 | 25)) => Outcome::Accepted { ack_id: b.ack_id },
         (200, _) => retry(format!("{said}: a 200 without code 0 is not an acceptance")),
         (400, Some(c @ (6 | 7 | 12 | 13 | 15))) => Outcome::BadEvent {
             index: b.invalid_event_number.and_then(|n| usize::try_from(n).ok()),
@@ -117,10 +126,17 @@ mod tests {
 
     #[test]
     fn success_codes_are_acceptance_and_nothing_else_is() {
-        assert_eq!(c(200, r#"{"text":"Success","code":0}"#), Outcome::Accepted);
+        assert_eq!(
+            c(200, r#"{"text":"Success","code":0}"#),
+            Outcome::Accepted { ack_id: None }
+        );
+        assert_eq!(
+            c(200, r#"{"text":"Success","code":0,"ackId":7}"#),
+            Outcome::Accepted { ack_id: Some(7) }
+        );
         assert_eq!(
             c(200, r#"{"text":"queue approaching capacity","code":24}"#),
-            Outcome::Accepted
+            Outcome::Accepted { ack_id: None }
         );
         assert!(matches!(
             c(200, "<html>proxy</html>"),

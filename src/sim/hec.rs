@@ -13,15 +13,18 @@
 //! - `X-Splunk-Request-Channel`, when sent, must be a UUID (code 11).
 //!
 //! Decisions where the reference is silent:
-//! - `POST /services/collector/ack` answers 400 code 14 "ACK is disabled" (after the auth
-//!   checks): the simulated token has no indexer acknowledgement, and that is what a client in
-//!   ack mode meets on such a token.
+//! - Indexer acknowledgement ([`HecSimConfig::ack`]): every event request then needs a channel
+//!   (code 10 without one), a success carries an `ackId` (counted per channel from 0), and
+//!   `POST /services/collector/ack?channel=<uuid>` with `{"acks":[ids]}` answers
+//!   `{"acks":{"<id>":bool}}`. An id reads `true` once, then is forgotten (Splunk's read-once
+//!   semantics); faults delay acks or lose them. Without ack on the token, the ack endpoint
+//!   answers 400 code 14 "ACK is disabled" (after the auth checks), as real Splunk does.
 //! - Health also reports 503 code 18 under `queue_full_429`.
 //! - Order of checks for an event request: `scripted`, auth, channel, `busy`, `server_error`,
 //!   `queue_full_429`, gzip, empty body, then the events one by one.
 //! - Any other path or method: 404 `{"text":"The requested URL was not found on this server.","code":404}`.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Read, Write};
 use std::path::PathBuf;
@@ -56,6 +59,8 @@ pub struct HecSimConfig {
     /// A file that receives every accepted event as one JSON line (appended, flushed per
     /// request), so the demo can point users at what "Splunk" received.
     pub output: Option<PathBuf>,
+    /// The token has indexer acknowledgement on.
+    pub ack: bool,
 }
 
 impl HecSimConfig {
@@ -65,6 +70,7 @@ impl HecSimConfig {
             token: token.to_owned(),
             allowed_indexes: None,
             output: None,
+            ack: false,
         }
     }
 }
@@ -91,6 +97,10 @@ pub struct HecFaults {
     /// Delay before answering, after indexing: a client that times out has in fact been
     /// accepted (the duplicate-on-timeout case).
     pub slow: Duration,
+    /// With ack on: an `ackId` reads `true` only this long after its request was indexed.
+    pub ack_delay: Duration,
+    /// With ack on: new `ackId`s never read `true` (the events were indexed, the ack was lost).
+    pub lose_acks: bool,
 }
 
 /// One request the simulator received.
@@ -135,12 +145,14 @@ impl HecSim {
         };
         let shared = Arc::new(Shared {
             allowed_indexes: config.allowed_indexes,
+            ack: config.ack,
             state: Mutex::new(HecState {
                 token: config.token,
                 faults: HecFaults::default(),
                 events: Vec::new(),
                 requests: Vec::new(),
                 output,
+                channels: HashMap::new(),
             }),
         });
         let mut router = Router::new()
@@ -196,6 +208,8 @@ impl HecSim {
 struct Shared {
     /// Fixed: indexes the token may use.
     allowed_indexes: Option<Vec<String>>,
+    /// Fixed: the token has indexer acknowledgement.
+    ack: bool,
     /// Everything that changes.
     state: Mutex<HecState>,
 }
@@ -213,6 +227,16 @@ struct HecState {
     events: Vec<Value>,
     requests: Vec<HecRequest>,
     output: Option<BufWriter<File>>,
+    /// Per channel: the next ack id and the ids not yet read true (with when they turn true;
+    /// `None` = lost, never true).
+    channels: HashMap<String, AckChannel>,
+}
+
+/// One data channel's acknowledgements.
+#[derive(Default)]
+struct AckChannel {
+    next_id: u64,
+    pending: HashMap<u64, Option<Instant>>,
 }
 
 /// A HEC answer: status, code, text and optionally the failing event's number.
@@ -221,6 +245,7 @@ struct Answer {
     code: u16,
     invalid_event: Option<usize>,
     retry_after: Option<Duration>,
+    ack_id: Option<u64>,
 }
 
 impl Answer {
@@ -230,6 +255,7 @@ impl Answer {
             code,
             invalid_event: None,
             retry_after: None,
+            ack_id: None,
         }
     }
 
@@ -242,6 +268,9 @@ impl Answer {
         let mut body = json!({ "text": text_of(self.code), "code": self.code });
         if let (Some(k), Some(fields)) = (self.invalid_event, body.as_object_mut()) {
             fields.insert("invalid-event-number".into(), json!(k));
+        }
+        if let (Some(id), Some(fields)) = (self.ack_id, body.as_object_mut()) {
+            fields.insert("ackId".into(), json!(id));
         }
         let mut headers = HeaderMap::new();
         headers.insert(
@@ -424,6 +453,9 @@ fn handle_events(
     if let Err(answer) = check_auth(headers, &state.token).and(channel_ok) {
         return answer;
     }
+    if shared.ack && record.channel.is_none() {
+        return Answer::new(400, 10);
+    }
     if state.faults.busy {
         let mut answer = Answer::new(503, 9);
         answer.retry_after = state.faults.retry_after;
@@ -479,7 +511,20 @@ fn handle_events(
         failure.or_else(|| parse_failed.then(|| Answer::new(400, 6).at_event(accepted.len())));
     record.indexed = accepted.len();
     index(state, accepted);
-    failure.unwrap_or_else(|| Answer::new(200, success_code))
+    failure.unwrap_or_else(|| {
+        let mut answer = Answer::new(200, success_code);
+        if shared.ack
+            && let Some(channel) = record.channel.clone()
+        {
+            let ready = (!state.faults.lose_acks).then(|| Instant::now() + state.faults.ack_delay);
+            let ch = state.channels.entry(channel).or_default();
+            let id = ch.next_id;
+            ch.next_id += 1;
+            ch.pending.insert(id, ready);
+            answer.ack_id = Some(id);
+        }
+        answer
+    })
 }
 
 /// Checks one event envelope; `Err(code)` names the HEC code it fails with.
@@ -596,11 +641,49 @@ async fn ack(
     } else {
         match check_auth(&headers, &state.token).and(channel_ok) {
             Err(answer) => answer,
-            Ok(()) => Answer::new(400, 14),
+            Ok(()) if !shared.ack => Answer::new(400, 14),
+            Ok(()) => match (
+                query_channel(&uri).or(record.channel.clone()),
+                serde_json::from_slice::<Value>(&body),
+            ) {
+                (None, _) => Answer::new(400, 10),
+                (Some(_), Err(_)) => Answer::new(400, 6),
+                (Some(channel), Ok(req)) => {
+                    let ids: Vec<u64> = req["acks"]
+                        .as_array()
+                        .map(|a| a.iter().filter_map(Value::as_u64).collect())
+                        .unwrap_or_default();
+                    let now = Instant::now();
+                    let ch = state.channels.entry(channel).or_default();
+                    let mut acks = serde_json::Map::new();
+                    for id in ids {
+                        let ready = matches!(ch.pending.get(&id), Some(Some(at)) if *at <= now);
+                        if ready {
+                            ch.pending.remove(&id);
+                        }
+                        acks.insert(id.to_string(), json!(ready));
+                    }
+                    record.log(&mut state, &Answer::new(200, 0));
+                    return (
+                        StatusCode::OK,
+                        [(header::CONTENT_TYPE, "application/json")],
+                        json!({ "acks": acks }).to_string(),
+                    )
+                        .into_response();
+                }
+            },
         }
     };
     record.log(&mut state, &answer);
     answer.into_response()
+}
+
+/// The `channel` query parameter of an ack request.
+fn query_channel(uri: &Uri) -> Option<String> {
+    uri.query()?
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("channel="))
+        .map(str::to_owned)
 }
 
 /// Anything else.
