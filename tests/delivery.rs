@@ -1,0 +1,216 @@
+//! Delivery guarantees under HEC faults: indexer acknowledgement, several URLs, timeouts.
+
+mod common;
+
+use std::time::Duration;
+
+use chrono::{TimeDelta, Utc};
+use common::{World, assert_each_once, eventually};
+use rc_audit_hec::app::Pipeline;
+use rc_audit_hec::sim::hec::{HecSim, HecSimConfig};
+use rc_audit_hec::telemetry::Stats;
+use tokio_util::sync::CancellationToken;
+
+async fn spooled(w: &World, n: usize, hec: &str) -> Pipeline {
+    w.rc.generate(
+        &w.accounts[0].account_id,
+        n,
+        Utc::now() - TimeDelta::hours(3),
+        Utc::now() - TimeDelta::hours(1),
+        7,
+    );
+    let p = w.pipeline("", hec);
+    p.pollers(None).remove(0).poll_window().await.unwrap();
+    assert_eq!(p.spool.depth().unwrap(), n as u64);
+    p
+}
+
+async fn ack_world() -> World {
+    let mut w = World::new(1).await;
+    let mut cfg = HecSimConfig::new(common::HEC_TOKEN);
+    cfg.ack = true;
+    w.hec = HecSim::start(cfg).await.unwrap();
+    w
+}
+
+#[tokio::test]
+async fn with_use_ack_a_batch_leaves_the_spool_only_when_its_ack_reads_true() {
+    let w = ack_world().await;
+    w.hec
+        .update_faults(|f| f.ack_delay = Duration::from_millis(1500));
+    let p = spooled(&w, 60, "use_ack = true\nbatch_max_events = 20").await;
+    let mut sink = p.sink().unwrap();
+    let drain = tokio::spawn(async move { sink.drain(&CancellationToken::new()).await });
+    assert!(eventually(Duration::from_secs(5), || w.hec.accepted() == 60).await);
+    assert_eq!(
+        p.spool.depth().unwrap(),
+        60,
+        "received is not indexed: nothing deleted before the ack"
+    );
+    tokio::time::timeout(Duration::from_secs(10), drain)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(p.spool.depth().unwrap(), 0);
+    assert_each_once(&w, &[0]);
+    let acks = w
+        .hec
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.ends_with("/ack"))
+        .count();
+    assert!(acks >= 2, "acks were polled ({acks})");
+    assert!(
+        w.hec.requests().iter().all(|r| r.channel.is_some()),
+        "every request carries the channel"
+    );
+}
+
+#[tokio::test]
+async fn a_lost_ack_is_resent_after_the_ack_deadline() {
+    let w = ack_world().await;
+    w.hec.update_faults(|f| f.lose_acks = true);
+    let p = spooled(&w, 10, "use_ack = true\nack_timeout = \"2s\"").await;
+    let stats = p.stats.clone();
+    let mut sink = p.sink().unwrap();
+    let drain = tokio::spawn(async move { sink.drain(&CancellationToken::new()).await });
+    assert!(eventually(Duration::from_secs(5), || w.hec.accepted() == 10).await);
+    w.hec.update_faults(|f| f.lose_acks = false);
+    tokio::time::timeout(Duration::from_secs(10), drain)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(Stats::get(&stats.ack_resends), 1);
+    assert_eq!(p.spool.depth().unwrap(), 0);
+    // The resend is the documented duplicate: every record twice, none lost.
+    let got = w.received();
+    assert_eq!(got.len(), 10);
+    assert!(got.values().all(|n| *n == 2), "{got:?}");
+}
+
+#[tokio::test]
+async fn use_ack_against_a_token_without_ack_falls_back_to_plain_delivery() {
+    let w = World::new(1).await;
+    let p = spooled(&w, 15, "use_ack = true").await;
+    common::drain(&p).await;
+    assert_each_once(&w, &[0]);
+    assert_eq!(p.spool.depth().unwrap(), 0);
+}
+
+#[tokio::test]
+async fn requests_rotate_over_urls_and_fail_over_when_one_is_down() {
+    let w = World::new(1).await;
+    let second = HecSim::start(HecSimConfig::new(common::HEC_TOKEN))
+        .await
+        .unwrap();
+    let urls = format!("urls = [\"{}\", \"{}\"]", w.hec.url(), second.url());
+    let toml = w
+        .toml("", "batch_max_events = 10")
+        .replace(&format!("url = \"{}\"", w.hec.url()), &urls);
+    let config = rc_audit_hec::config::Config::from_toml_str(&toml, &Default::default()).unwrap();
+    w.rc.generate(
+        &w.accounts[0].account_id,
+        100,
+        Utc::now() - TimeDelta::hours(3),
+        Utc::now() - TimeDelta::hours(1),
+        8,
+    );
+    let p = Pipeline::open(config, common::fast()).unwrap();
+    let mut poller = p.pollers(None).remove(0);
+    poller.poll_window().await.unwrap();
+
+    // Both healthy: round-robin.
+    let mut sink = p.sink().unwrap();
+    let stop = CancellationToken::new();
+    for _ in 0..4 {
+        sink.step(&stop).await.unwrap();
+    }
+    assert_eq!((w.hec.accepted(), second.accepted()), (20, 20));
+
+    // The first goes down: everything goes to the second, nothing is lost.
+    w.hec.set_down(true).await;
+    for _ in 0..3 {
+        sink.step(&stop).await.unwrap();
+    }
+    assert_eq!((w.hec.accepted(), second.accepted()), (20, 50));
+    assert_eq!(
+        p.health.snapshot()[&format!("hec:{}", w.hec.url())].state,
+        rc_audit_hec::telemetry::State::Degraded
+    );
+
+    // Back up: after its probe interval the health check returns it to the rotation.
+    w.hec.set_down(false).await;
+    tokio::time::sleep(rc_audit_hec::hec::client::PROBE_INTERVAL + Duration::from_millis(200))
+        .await;
+    sink.drain(&stop).await.unwrap();
+    assert!(
+        w.hec.accepted() > 20,
+        "the recovered endpoint gets traffic again"
+    );
+    let total = w.hec.accepted() + second.accepted();
+    assert_eq!(total, 100, "each event delivered exactly once across both");
+}
+
+#[tokio::test]
+async fn a_busy_endpoint_is_skipped_for_a_healthy_one() {
+    let w = World::new(1).await;
+    let second = HecSim::start(HecSimConfig::new(common::HEC_TOKEN))
+        .await
+        .unwrap();
+    w.hec.update_faults(|f| f.server_error = true);
+    let urls = format!("urls = [\"{}\", \"{}\"]", w.hec.url(), second.url());
+    let toml = w
+        .toml("", "")
+        .replace(&format!("url = \"{}\"", w.hec.url()), &urls);
+    let config = rc_audit_hec::config::Config::from_toml_str(&toml, &Default::default()).unwrap();
+    w.rc.generate(
+        &w.accounts[0].account_id,
+        30,
+        Utc::now() - TimeDelta::hours(3),
+        Utc::now() - TimeDelta::hours(1),
+        9,
+    );
+    let p = Pipeline::open(config, common::fast()).unwrap();
+    p.pollers(None).remove(0).poll_window().await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), common::drain(&p))
+        .await
+        .unwrap();
+    assert_eq!(second.accepted(), 30);
+    assert_eq!(
+        w.hec.requests().iter().filter(|r| r.status == 500).count(),
+        1,
+        "one failure, then failover"
+    );
+}
+
+#[tokio::test]
+async fn a_hec_answering_after_the_timeout_gets_at_most_one_duplicate_batch() {
+    let w = World::new(1).await;
+    let p = spooled(&w, 10, "timeout = \"1s\"").await;
+    w.hec
+        .update_faults(|f| f.slow = Duration::from_millis(1500));
+    let stats = p.stats.clone();
+    tokio::time::timeout(Duration::from_secs(30), common::drain(&p))
+        .await
+        .expect("no endless resend loop");
+    let requests = w
+        .hec
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.ends_with("/event"))
+        .count();
+    assert_eq!(
+        requests, 2,
+        "the first attempt timed out, the second waited long enough"
+    );
+    assert_eq!(Stats::get(&stats.hec_timeouts), 1);
+    let got = w.received();
+    assert_eq!(got.len(), 10);
+    assert!(
+        got.values().all(|n| *n == 2),
+        "exactly one duplicate batch: {got:?}"
+    );
+    assert_eq!(p.spool.depth().unwrap(), 0);
+}
