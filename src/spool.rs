@@ -8,9 +8,12 @@
 //! # On-disk format (`<state dir>/spool.db`, `PRAGMA user_version` = [`SCHEMA_VERSION`])
 //! - `outbox(seq, account, record_id, event, spooled_at_ms)`: serialized HEC events waiting for
 //!   delivery, in `seq` order (AUTOINCREMENT, so a seq is never reused).
-//! - `seen(account, record_id, event_time_ms)`: every record id ever enqueued, kept for
-//!   [`SEEN_RETENTION`] (longer than RingCentral keeps records), so overlapping windows and
-//!   re-polls after a crash enqueue a record once.
+//! - `seen(account, record_id, seen_at_ms)`: every record id ever enqueued, kept for
+//!   [`SEEN_RETENTION`] after it was first seen, so overlapping windows and re-polls after a crash
+//!   enqueue a record once. Pruning goes by when we saw an id, not by its `eventTime`: a record
+//!   seen more than 181 days ago is older than RingCentral's 180 days and cannot come back, while
+//!   a record with a bogus `eventTime` (say 1970) would otherwise be pruned and re-enqueued by
+//!   every overlapping poll.
 //! - `cursors(account, cursor_ms)`: the end of the last complete window per account.
 //! - `dead_letters(...)`: events HEC refused permanently, with the reason; never deleted by us.
 //!
@@ -78,10 +81,13 @@ const MIGRATIONS: &[(i64, &str)] = &[
              hec_code INTEGER,
              dead_at_ms INTEGER NOT NULL);",
     ),
-    // v2: per-account depth for `spool status` without a full scan.
+    // v2: per-account depth for `spool status` without a full scan; `seen` is pruned by when an
+    // id was seen (the v1 column held the record's eventTime; a v1 id counts as seen now).
     (
         2,
-        "CREATE INDEX IF NOT EXISTS outbox_by_account ON outbox(account);",
+        "CREATE INDEX IF NOT EXISTS outbox_by_account ON outbox(account);
+         ALTER TABLE seen RENAME COLUMN event_time_ms TO seen_at_ms;
+         UPDATE seen SET seen_at_ms = CAST(strftime('%s','now') AS INTEGER) * 1000;",
     ),
 ];
 
@@ -131,8 +137,6 @@ pub enum SpoolError {
 pub struct NewRecord {
     /// RingCentral record id (or derived id); the dedup key within an account.
     pub record_id: String,
-    /// Event time, for pruning `seen`.
-    pub event_time_ms: i64,
     /// The serialized HEC event.
     pub event: Vec<u8>,
 }
@@ -523,13 +527,13 @@ impl Spool {
         let mut done = Enqueued::default();
         {
             let mut seen = tx.prepare_cached(
-                "INSERT OR IGNORE INTO seen(account, record_id, event_time_ms) VALUES (?1, ?2, ?3)",
+                "INSERT OR IGNORE INTO seen(account, record_id, seen_at_ms) VALUES (?1, ?2, ?3)",
             )?;
             let mut outbox = tx.prepare_cached(
                 "INSERT INTO outbox(account, record_id, event, spooled_at_ms) VALUES (?1, ?2, ?3, ?4)",
             )?;
             for r in records {
-                if seen.execute(params![account, r.record_id, r.event_time_ms])? == 1 {
+                if seen.execute(params![account, r.record_id, now])? == 1 {
                     outbox.execute(params![account, r.record_id, r.event, now])?;
                     done.inserted += 1;
                 } else {
@@ -545,7 +549,7 @@ impl Spool {
             )?;
             let horizon = now - SEEN_RETENTION.as_millis() as i64;
             tx.execute(
-                "DELETE FROM seen WHERE account = ?1 AND event_time_ms < ?2",
+                "DELETE FROM seen WHERE account = ?1 AND seen_at_ms < ?2",
                 params![account, horizon],
             )?;
         }
@@ -774,7 +778,6 @@ mod tests {
     fn rec(id: &str) -> NewRecord {
         NewRecord {
             record_id: id.to_string(),
-            event_time_ms: now_ms(),
             event: format!("{{\"event\":{{\"id\":\"{id}\"}}}}").into_bytes(),
         }
     }
@@ -1163,7 +1166,6 @@ mod tests {
         let big: Vec<_> = (0..200)
             .map(|i| NewRecord {
                 record_id: format!("big{i}"),
-                event_time_ms: now_ms(),
                 event: vec![b'x'; 2000],
             })
             .collect();

@@ -429,7 +429,6 @@ async fn a_full_spool_pauses_polling_without_moving_the_cursor() {
     let big: Vec<_> = (0..300)
         .map(|i| rc_audit_hec::spool::NewRecord {
             record_id: format!("x{i}"),
-            event_time_ms: 0,
             event: vec![b' '; 4096],
         })
         .collect();

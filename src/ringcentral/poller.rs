@@ -172,7 +172,6 @@ impl Poller {
                     let meta = inspect_record(raw);
                     NewRecord {
                         event: self.transformer.event(raw, &meta, poll_ms),
-                        event_time_ms: meta.event_time_ms.unwrap_or(to_ms),
                         record_id: meta.id,
                     }
                 })

@@ -1,0 +1,1369 @@
+//! The Splunk app (`splunk-app/ringcentral_audit`) agrees with what the forwarder sends.
+//!
+//! The events are the forwarder's own: simulator records covering every action id it knows, turned
+//! into HEC envelopes by the real [`Transformer`]. The app side is read from its files: props,
+//! transforms, the action lookup, eventtypes, tags, macros, saved searches and the Dashboard
+//! Studio views. Then:
+//!
+//! - every JSON path props.conf reads (field aliases, calculated fields, the lookup input, the
+//!   timestamp prefix) is in every event as a scalar, and every JSON path a search, macro,
+//!   eventtype or dashboard names is in some event, never with another shape;
+//! - every `rc_*` field a search names is defined by the app or indexed by the forwarder;
+//! - the lookup, applied with Splunk's WILDCARD first-match semantics, puts every simulator action
+//!   id (and some ids a tenant may have) in the intended CIM dataset, through the eventtypes and
+//!   tags, never in two data models, with the CIM values each dataset needs;
+//! - every value a search compares a lookup field with (`action=failure`...) is one the lookup
+//!   gives real events; every macro, eventtype and dashboard token used is defined;
+//! - the sourcetype and the `source` format agree with the forwarder's;
+//! - app.conf and app.manifest carry the crate version.
+//!
+//! A change on either side that breaks the other fails here.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::LazyLock;
+
+use chrono::{DateTime, NaiveDateTime, Utc};
+use rc_audit_hec::config::{Config, DEFAULT_SOURCETYPE, LoadEnv};
+use rc_audit_hec::sim::records::{ACTION_IDS, generate_records};
+use rc_audit_hec::transform::{Transformer, inspect_record};
+use serde_json::Value;
+use serde_json::value::RawValue;
+
+const APP: &str = "ringcentral_audit";
+
+// ------------------------------------------------------------------------------------------------
+// The forwarder's side: HEC envelopes from simulator records.
+
+/// HEC envelopes (`{time, host, source, sourcetype, event, fields}`) for simulator records that
+/// cover every action id in `ACTION_IDS`, built with the forwarder's default configuration.
+static EVENTS: LazyLock<Vec<Value>> = LazyLock::new(|| {
+    let toml = r#"
+        [[accounts]]
+        name = "acme"
+        client_id = "c"
+        client_secret = "s"
+        jwt = "j"
+        [hec]
+        url = "https://splunk.example.com:8088"
+        token = "t"
+        host = "fwd1"
+    "#;
+    let config = Config::from_toml_str(toml, &LoadEnv::default()).expect("test config is valid");
+    let transformer = Transformer::new(&config.hec, &config.accounts[0]);
+    let at = |s: &str| {
+        DateTime::parse_from_rfc3339(s)
+            .expect("valid time")
+            .with_timezone(&Utc)
+    };
+    let records = generate_records(
+        11,
+        "403858014008",
+        "Acme Corp",
+        4000,
+        at("2024-08-06T00:00:00Z"),
+        at("2024-08-08T00:00:00Z"),
+    );
+    let events: Vec<Value> = records
+        .iter()
+        .map(|record| {
+            let raw = RawValue::from_string(record.to_string()).expect("records are JSON");
+            let meta = inspect_record(&raw);
+            serde_json::from_slice(&transformer.event(&raw, &meta, 0)).expect("events are JSON")
+        })
+        .collect();
+    let seen: BTreeSet<&str> = events
+        .iter()
+        .filter_map(|e| e["event"]["actionId"].as_str())
+        .collect();
+    for id in ACTION_IDS {
+        assert!(
+            seen.contains(id),
+            "the simulator records used here do not cover {id}: generate more"
+        );
+    }
+    events
+});
+
+/// The audit records inside the envelopes (what Splunk extracts JSON fields from).
+fn records() -> impl Iterator<Item = &'static Value> {
+    EVENTS.iter().map(|e| &e["event"])
+}
+
+/// The values at a Splunk JSON path (`a.b`, `a{}.b`: `{}` iterates an array), or why the record's
+/// shape does not give Splunk such a field. A missing key gives no values.
+fn resolve<'a>(v: &'a Value, path: &str) -> Result<Vec<&'a Value>, String> {
+    let mut current = vec![v];
+    for segment in path.split('.') {
+        let (name, array) = match segment.strip_suffix("{}") {
+            Some(name) => (name, true),
+            None => (segment, false),
+        };
+        let mut next = Vec::new();
+        for value in current {
+            let Some(obj) = value.as_object() else {
+                return Err(format!(
+                    "{path}: `{name}` is read from a {value}, not an object"
+                ));
+            };
+            match (obj.get(name), array) {
+                (None, _) => {}
+                (Some(Value::Array(items)), true) => next.extend(items),
+                (Some(other), true) => {
+                    return Err(format!("{path}: `{name}` is {other}, not an array"));
+                }
+                (Some(Value::Array(_)), false) => {
+                    return Err(format!(
+                        "{path}: `{name}` is an array, Splunk names it `{name}{{}}`"
+                    ));
+                }
+                (Some(other), false) => next.push(other),
+            }
+        }
+        current = next;
+    }
+    for leaf in &current {
+        if leaf.is_object() || leaf.is_array() {
+            return Err(format!(
+                "{path} is {leaf}, not a scalar: Splunk gives no such field"
+            ));
+        }
+    }
+    Ok(current)
+}
+
+// ------------------------------------------------------------------------------------------------
+// The app's side: files and small parsers for .conf, CSV and SPL.
+
+fn app_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("splunk-app")
+        .join(APP)
+}
+
+fn read(rel: &str) -> String {
+    let path = app_dir().join(rel);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// A .conf file: stanzas in file order, each with its keys in order. Keys before the first
+/// stanza go to a stanza named "".
+struct Conf {
+    file: String,
+    stanzas: Vec<(String, Vec<(String, String)>)>,
+}
+
+impl Conf {
+    fn load(rel: &str) -> Conf {
+        Conf::parse(rel, &read(rel))
+    }
+
+    /// Comment and blank lines are skipped; a value continues on the next line after a trailing
+    /// backslash. Duplicate stanzas or keys (Splunk would silently keep one) are errors.
+    fn parse(file: &str, text: &str) -> Conf {
+        let mut stanzas: Vec<(String, Vec<(String, String)>)> = Vec::new();
+        let mut lines = text.lines();
+        while let Some(line) = lines.next() {
+            let trimmed = line.trim();
+            if trimmed.is_empty() || trimmed.starts_with('#') {
+                continue;
+            }
+            if let Some(name) = trimmed.strip_prefix('[').and_then(|s| s.strip_suffix(']')) {
+                assert!(
+                    stanzas.iter().all(|(n, _)| n != name),
+                    "{file}: stanza [{name}] twice"
+                );
+                stanzas.push((name.to_string(), Vec::new()));
+                continue;
+            }
+            let mut logical = trimmed.to_string();
+            while logical.ends_with('\\') {
+                logical.pop();
+                logical.push('\n');
+                logical.push_str(lines.next().unwrap_or_default().trim());
+            }
+            let (key, value) = logical
+                .split_once('=')
+                .unwrap_or_else(|| panic!("{file}: not `key = value`: {logical}"));
+            if stanzas.is_empty() {
+                stanzas.push((String::new(), Vec::new()));
+            }
+            let (name, keys) = stanzas.last_mut().expect("a stanza");
+            let key = key.trim().to_string();
+            assert!(
+                keys.iter().all(|(k, _)| *k != key),
+                "{file}: [{name}] sets {key} twice"
+            );
+            keys.push((key, value.trim().to_string()));
+        }
+        Conf {
+            file: file.to_string(),
+            stanzas,
+        }
+    }
+
+    fn stanza(&self, name: &str) -> &[(String, String)] {
+        self.stanzas
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, keys)| keys.as_slice())
+            .unwrap_or_else(|| panic!("{}: no stanza [{name}]", self.file))
+    }
+
+    fn get(&self, stanza: &str, key: &str) -> Option<&str> {
+        self.stanza(stanza)
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn require(&self, stanza: &str, key: &str) -> &str {
+        self.get(stanza, key)
+            .unwrap_or_else(|| panic!("{}: [{stanza}] has no {key}", self.file))
+    }
+
+    fn names(&self) -> impl Iterator<Item = &str> {
+        self.stanzas.iter().map(|(n, _)| n.as_str())
+    }
+}
+
+/// CSV with a header row; fields may be double-quoted (`""` is a quote).
+fn parse_csv(text: &str) -> Vec<BTreeMap<String, String>> {
+    let parse_line = |line: &str| -> Vec<String> {
+        let mut fields = vec![String::new()];
+        let mut quoted = false;
+        let mut chars = line.chars().peekable();
+        while let Some(c) = chars.next() {
+            match (c, quoted) {
+                ('"', true) if chars.peek() == Some(&'"') => {
+                    chars.next();
+                    fields.last_mut().expect("a field").push('"');
+                }
+                ('"', _) => quoted = !quoted,
+                (',', false) => fields.push(String::new()),
+                (c, _) => fields.last_mut().expect("a field").push(c),
+            }
+        }
+        assert!(!quoted, "unterminated quote in CSV line {line}");
+        fields
+    };
+    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
+    let header = parse_line(lines.next().expect("CSV header"));
+    lines
+        .map(|line| {
+            let fields = parse_line(line);
+            assert_eq!(fields.len(), header.len(), "CSV row width: {line}");
+            header.iter().cloned().zip(fields).collect()
+        })
+        .collect()
+}
+
+/// A token of SPL (or of an eval expression).
+#[derive(Debug, Clone, PartialEq)]
+enum Tok {
+    /// A bare word: command, function, field name, value, keyword, number.
+    Word(String),
+    /// A double-quoted string.
+    Str(String),
+    /// A single-quoted field name (`'target.name'`).
+    Field(String),
+    /// A macro call, between backticks.
+    Macro(String),
+    /// A dashboard token, between dollar signs (`user|s`).
+    Token(String),
+    /// `=`, `==`, `!=`, `<`, `<=`, `>`, `>=`.
+    Op(String),
+    /// Any other character.
+    Punct(char),
+}
+
+fn tokenize(spl: &str) -> Vec<Tok> {
+    let c: Vec<char> = spl.chars().collect();
+    let delimited = |start: usize, close: char| -> (String, usize) {
+        let mut text = String::new();
+        let mut j = start + 1;
+        while j < c.len() && c[j] != close {
+            if c[j] == '\\' && close == '"' && j + 1 < c.len() {
+                text.push(c[j + 1]);
+                j += 2;
+                continue;
+            }
+            text.push(c[j]);
+            j += 1;
+        }
+        assert!(j < c.len(), "unterminated {close} in: {spl}");
+        (text, j + 1)
+    };
+    let is_word = |ch: char| ch.is_alphanumeric() || "_.{}*@%:".contains(ch);
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < c.len() {
+        let ch = c[i];
+        match ch {
+            _ if ch.is_whitespace() => i += 1,
+            '"' | '\'' | '`' | '$' => {
+                let (text, next) = delimited(i, ch);
+                out.push(match ch {
+                    '"' => Tok::Str(text),
+                    '\'' => Tok::Field(text),
+                    '`' => Tok::Macro(text),
+                    _ => Tok::Token(text),
+                });
+                i = next;
+            }
+            '=' | '!' | '<' | '>' => {
+                let mut op = ch.to_string();
+                if c.get(i + 1) == Some(&'=') {
+                    op.push('=');
+                    i += 1;
+                }
+                i += 1;
+                out.push(if op == "!" {
+                    Tok::Punct('!')
+                } else {
+                    Tok::Op(op)
+                });
+            }
+            _ if is_word(ch) => {
+                let start = i;
+                while i < c.len() && is_word(c[i]) {
+                    i += 1;
+                }
+                out.push(Tok::Word(c[start..i].iter().collect()));
+            }
+            _ => {
+                out.push(Tok::Punct(ch));
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+/// A bare word that can only be a RingCentral JSON path: dotted, with `{}`, or camelCase
+/// (Splunk and CIM field names are snake_case; RingCentral's are camelCase).
+fn is_json_path(word: &str) -> bool {
+    let mut chars = word.chars();
+    let first = chars.next().unwrap_or(' ');
+    first.is_ascii_alphabetic()
+        && (word.contains('.')
+            || word.contains("{}")
+            || (first.is_ascii_lowercase() && word.chars().any(|c| c.is_ascii_uppercase())))
+}
+
+/// The JSON paths an SPL text (or eval expression) reads.
+fn json_paths(tokens: &[Tok]) -> BTreeSet<String> {
+    tokens
+        .iter()
+        .filter_map(|t| match t {
+            Tok::Field(f) if is_json_path(f) => Some(f.clone()),
+            Tok::Word(w) if is_json_path(w) => Some(w.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// `field = value` comparisons in SPL (value unquoted or double-quoted). Assignments of `eval`
+/// (`| eval x = ...`, `..., y = ...` outside parentheses) are not comparisons and are skipped.
+fn comparisons(tokens: &[Tok]) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut command = String::new();
+    let mut depth = 0usize;
+    for (i, t) in tokens.iter().enumerate() {
+        match t {
+            Tok::Punct('|') | Tok::Punct('[') if depth == 0 => command.clear(),
+            Tok::Punct('(') => depth += 1,
+            Tok::Punct(')') => depth = depth.saturating_sub(1),
+            Tok::Word(w) if command.is_empty() => command = w.to_ascii_lowercase(),
+            _ => {}
+        }
+        let Some(window) = tokens.get(i..i + 3) else {
+            break;
+        };
+        if let [Tok::Word(f), Tok::Op(op), Tok::Word(v) | Tok::Str(v)] = window
+            && (op == "=" || op == "==")
+        {
+            let after_eval_or_comma = match i.checked_sub(1).map(|j| &tokens[j]) {
+                Some(Tok::Word(w)) => w.eq_ignore_ascii_case("eval"),
+                Some(Tok::Punct(',')) => true,
+                _ => false,
+            };
+            let assignment = command == "eval" && op == "=" && depth == 0 && after_eval_or_comma;
+            if !assignment {
+                out.push((f.clone(), v.clone()));
+            }
+        }
+    }
+    out
+}
+
+fn macros_used(tokens: &[Tok]) -> BTreeSet<String> {
+    tokens
+        .iter()
+        .filter_map(|t| match t {
+            Tok::Macro(m) => Some(m.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Splunk's WILDCARD lookup match: `*` is any run of characters (no other wildcard).
+fn wildcard_match(pattern: &str, text: &str, case_sensitive: bool) -> bool {
+    let (p, t) = if case_sensitive {
+        (pattern.to_string(), text.to_string())
+    } else {
+        (pattern.to_lowercase(), text.to_lowercase())
+    };
+    let parts: Vec<&str> = p.split('*').collect();
+    if parts.len() == 1 {
+        return p == t;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !t.starts_with(first) || t.len() < first.len() + last.len() || !t.ends_with(last) {
+        return false;
+    }
+    let mut rest = &t[first.len()..t.len() - last.len()];
+    for part in &parts[1..parts.len() - 1] {
+        match rest.find(part) {
+            Some(at) => rest = &rest[at + part.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+// ------------------------------------------------------------------------------------------------
+// The app, loaded once.
+
+struct App {
+    props: Conf,
+    transforms: Conf,
+    eventtypes: Conf,
+    tags: Conf,
+    macros: Conf,
+    savedsearches: Conf,
+    /// (file name, definition JSON)
+    dashboards: Vec<(String, Value)>,
+    lookup: Vec<BTreeMap<String, String>>,
+}
+
+static APP_FILES: LazyLock<App> = LazyLock::new(|| {
+    let views = app_dir().join("default/data/ui/views");
+    let mut dashboards = Vec::new();
+    let mut entries: Vec<_> = std::fs::read_dir(&views)
+        .expect("views directory")
+        .map(|e| e.expect("dir entry").path())
+        .collect();
+    entries.sort();
+    for path in entries {
+        let name = path
+            .file_name()
+            .expect("file name")
+            .to_string_lossy()
+            .into_owned();
+        let xml = std::fs::read_to_string(&path).expect("view file");
+        assert!(
+            xml.contains(r#"<dashboard version="2""#),
+            "{name}: not a Dashboard Studio view"
+        );
+        let start = xml.find("<![CDATA[").expect("definition CDATA") + "<![CDATA[".len();
+        let end = xml[start..].find("]]>").expect("end of CDATA") + start;
+        let definition: Value = serde_json::from_str(&xml[start..end])
+            .unwrap_or_else(|e| panic!("{name}: definition is not JSON: {e}"));
+        dashboards.push((name, definition));
+    }
+    let transforms = Conf::load("default/transforms.conf");
+    let filename = transforms
+        .require("ringcentral_audit_actions", "filename")
+        .to_string();
+    App {
+        props: Conf::load("default/props.conf"),
+        transforms,
+        eventtypes: Conf::load("default/eventtypes.conf"),
+        tags: Conf::load("default/tags.conf"),
+        macros: Conf::load("default/macros.conf"),
+        savedsearches: Conf::load("default/savedsearches.conf"),
+        dashboards,
+        lookup: parse_csv(&read(&format!("lookups/{filename}"))),
+    }
+});
+
+impl App {
+    /// Every SPL text of the app, named: saved searches, macro definitions, eventtype searches,
+    /// dashboard queries.
+    fn spl(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for name in self.savedsearches.names() {
+            if let Some(s) = self.savedsearches.get(name, "search") {
+                out.push((format!("savedsearches.conf [{name}]"), s.to_string()));
+            }
+        }
+        for name in self.macros.names() {
+            out.push((
+                format!("macros.conf [{name}]"),
+                self.macros.require(name, "definition").to_string(),
+            ));
+        }
+        for name in self.eventtypes.names() {
+            out.push((
+                format!("eventtypes.conf [{name}]"),
+                self.eventtypes.require(name, "search").to_string(),
+            ));
+        }
+        for (file, def) in &self.dashboards {
+            for (id, ds) in def["dataSources"].as_object().expect("dataSources") {
+                if let Some(q) = ds["options"]["query"].as_str() {
+                    out.push((format!("{file} {id}"), q.to_string()));
+                }
+            }
+        }
+        out
+    }
+
+    /// The one props stanza: the forwarder's sourcetype.
+    fn props_stanza(&self) -> &[(String, String)] {
+        self.props.stanza(DEFAULT_SOURCETYPE)
+    }
+
+    /// The action lookup as props.conf invokes it: (transform name, event field it matches on,
+    /// output fields).
+    fn lookup_call(&self) -> (String, String, Vec<String>) {
+        let lookups: Vec<&String> = self
+            .props_stanza()
+            .iter()
+            .filter(|(k, _)| k.starts_with("LOOKUP-"))
+            .map(|(_, v)| v)
+            .collect();
+        assert_eq!(lookups.len(), 1, "one LOOKUP- in props.conf");
+        let words: Vec<&str> = lookups[0].split_whitespace().collect();
+        let output_at = words
+            .iter()
+            .position(|w| w.eq_ignore_ascii_case("OUTPUT"))
+            .expect("LOOKUP- with OUTPUT (not OUTPUTNEW: the lookup must set every field)");
+        let table = words[0].to_string();
+        let inputs = &words[1..output_at];
+        assert_eq!(inputs.len(), 3, "LOOKUP- input is `<column> AS <field>`");
+        assert!(inputs[1].eq_ignore_ascii_case("AS"));
+        assert_eq!(
+            inputs[0], "vendor_action",
+            "the lookup matches on its vendor_action column"
+        );
+        let outputs = words[output_at + 1..]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        (table, inputs[2].to_string(), outputs)
+    }
+
+    /// The first lookup row matching `action_id`, as Splunk's WILDCARD lookup with
+    /// `max_matches = 1` picks it: rows in file order, first match wins.
+    fn lookup_row(&self, action_id: &str) -> Option<&BTreeMap<String, String>> {
+        let case_sensitive = !matches!(
+            self.transforms
+                .get("ringcentral_audit_actions", "case_sensitive_match")
+                .map(str::to_ascii_lowercase)
+                .as_deref(),
+            Some("false" | "0" | "f" | "no")
+        );
+        self.lookup
+            .iter()
+            .find(|row| wildcard_match(&row["vendor_action"], action_id, case_sensitive))
+    }
+
+    /// The search-time fields of an event as far as eventtypes need them: the envelope's
+    /// sourcetype plus the lookup's output for its actionId.
+    fn fields(&self, envelope: &Value) -> BTreeMap<String, String> {
+        let mut fields = BTreeMap::new();
+        if let Some(st) = envelope["sourcetype"].as_str() {
+            fields.insert("sourcetype".to_string(), st.to_string());
+        }
+        let (_, input, outputs) = self.lookup_call();
+        let key = resolve(&envelope["event"], &input)
+            .ok()
+            .and_then(|v| v.first().and_then(|v| v.as_str()).map(str::to_string));
+        if let Some(row) = key.as_deref().and_then(|k| self.lookup_row(k)) {
+            for out in outputs {
+                let value = &row[&out];
+                if !value.is_empty() {
+                    fields.insert(out, value.clone());
+                }
+            }
+        }
+        fields
+    }
+
+    /// The eventtypes whose search matches `fields`. Eventtype searches here must be plain
+    /// `field=value` terms (ANDed), so that this test can evaluate them.
+    fn eventtypes_of(&self, fields: &BTreeMap<String, String>) -> Vec<String> {
+        self.eventtypes
+            .names()
+            .filter(|name| {
+                let search = self.eventtypes.require(name, "search");
+                let tokens = tokenize(search);
+                let terms = comparisons(&tokens);
+                assert_eq!(
+                    terms.len() * 3,
+                    tokens.len(),
+                    "eventtype {name}: only `field=value` terms are supported here: {search}"
+                );
+                terms.iter().all(|(f, v)| {
+                    fields
+                        .get(f)
+                        .is_some_and(|have| wildcard_match(v, have, false))
+                })
+            })
+            .map(str::to_string)
+            .collect()
+    }
+
+    fn tags_of(&self, eventtype: &str) -> BTreeSet<String> {
+        self.tags
+            .stanza(&format!("eventtype={eventtype}"))
+            .iter()
+            .filter(|(_, v)| v == "enabled")
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
+    /// The CIM datasets an event with `fields` lands in, from its tags and the datasets'
+    /// constraints (Authentication: tag=authentication; Change: tag=change; Account_Management:
+    /// tag=account under Change; Account_Lockouts: result=lockout under Account_Management).
+    fn datasets(&self, fields: &BTreeMap<String, String>) -> BTreeSet<&'static str> {
+        let tags: BTreeSet<String> = self
+            .eventtypes_of(fields)
+            .iter()
+            .flat_map(|et| self.tags_of(et))
+            .collect();
+        let mut out = BTreeSet::new();
+        if tags.contains("authentication") {
+            out.insert("Authentication");
+        }
+        if tags.contains("change") {
+            out.insert("Change");
+            if tags.contains("account") {
+                out.insert("Change.Account_Management");
+                if fields.get("result").map(String::as_str) == Some("lockout") {
+                    out.insert("Change.Account_Management.Account_Lockouts");
+                }
+            }
+        }
+        out
+    }
+
+    /// Fields props.conf defines (aliases, calculated fields, lookup outputs).
+    fn defined_fields(&self) -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        for (key, value) in self.props_stanza() {
+            if let Some(name) = key.strip_prefix("EVAL-") {
+                out.insert(name.to_string());
+            } else if key.starts_with("FIELDALIAS-") {
+                let words: Vec<&str> = value.split_whitespace().collect();
+                for pair in words.chunks(3) {
+                    out.insert(pair[2].to_string());
+                }
+            }
+        }
+        out.extend(self.lookup_call().2);
+        out
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// What the app is meant to do with each action id.
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Intended {
+    FailedLogin,
+    SuccessfulLogin,
+    Lockout,
+    AccountManagement,
+    Configuration,
+}
+
+/// The intended CIM category of each simulator action id (issue 4): failed logins and successful
+/// logins in Authentication, lockouts in Account_Lockouts, user and role changes in
+/// Account_Management, everything else a configuration change. A new simulator id that belongs
+/// to one of the first four must be added here.
+fn intended(action_id: &str) -> Intended {
+    match action_id {
+        "LOGIN_SUCCESSFULLY" => Intended::SuccessfulLogin,
+        id if id.starts_with("LOGIN_FAILED") => Intended::FailedLogin,
+        "ACCOUNT_LOCKED" | "USER_LOCKED_OUT" => Intended::Lockout,
+        "CHANGE_USER_ROLE" | "CREATE_USER" | "DELETE_USER" | "ENABLE_USER" | "DISABLE_USER"
+        | "CHANGE_SECRET_INFO" | "CHANGE_USER_INFO" => Intended::AccountManagement,
+        _ => Intended::Configuration,
+    }
+}
+
+/// Ids a tenant may have that the simulator does not emit: the lookup's patterns must place them.
+const TENANT_IDS: &[(&str, Intended)] = &[
+    ("USER_LOGIN_FAILED", Intended::FailedLogin),
+    ("FAILED_LOGIN_ATTEMPT", Intended::FailedLogin),
+    ("login_failed_mfa", Intended::FailedLogin),
+    ("AUTHENTICATION_FAILED", Intended::FailedLogin),
+    ("EXTENSION_LOCKED", Intended::Lockout),
+    ("USER_LOCKOUT", Intended::Lockout),
+    ("UNLOCK_USER", Intended::AccountManagement),
+    ("USER_UNLOCKED", Intended::AccountManagement),
+    ("RESET_PASSWORD", Intended::AccountManagement),
+    ("CHANGE_CALL_BLOCKING", Intended::Configuration),
+    ("ADD_BLOCKED_NUMBER", Intended::Configuration),
+    ("CHANGE_CLOCK_FORMAT", Intended::Configuration),
+    ("SOME_FUTURE_ACTION", Intended::Configuration),
+];
+
+/// Checks the CIM fields and datasets an event with `fields` gets, for `what` intended category.
+fn check_category(app: &App, id: &str, what: Intended, fields: &BTreeMap<String, String>) {
+    let get = |k: &str| fields.get(k).map(String::as_str).unwrap_or("");
+    let datasets = app.datasets(fields);
+    let eventtypes = app.eventtypes_of(fields);
+    assert_eq!(
+        eventtypes.len(),
+        1,
+        "{id}: exactly one eventtype, got {eventtypes:?} (fields {fields:?})"
+    );
+    let change_columns = ["status", "result", "change_type", "object_category"];
+    let expect: &[&str] = match what {
+        Intended::FailedLogin | Intended::SuccessfulLogin => {
+            let action = if what == Intended::FailedLogin {
+                "failure"
+            } else {
+                "success"
+            };
+            assert_eq!(get("action"), action, "{id}: action");
+            for c in change_columns {
+                assert_eq!(
+                    get(c),
+                    "",
+                    "{id}: a login leaves the Change field {c} empty"
+                );
+            }
+            &["Authentication"]
+        }
+        Intended::Lockout => {
+            assert_eq!(
+                (
+                    get("action"),
+                    get("result"),
+                    get("status"),
+                    get("change_type"),
+                    get("object_category")
+                ),
+                ("lockout", "lockout", "success", "AAA", "user"),
+                "{id}: lockout fields"
+            );
+            &[
+                "Change",
+                "Change.Account_Management",
+                "Change.Account_Management.Account_Lockouts",
+            ]
+        }
+        Intended::AccountManagement => {
+            assert!(
+                ["created", "deleted", "modified"].contains(&get("action")),
+                "{id}: action {}",
+                get("action")
+            );
+            assert_eq!(
+                (
+                    get("status"),
+                    get("change_type"),
+                    get("object_category"),
+                    get("result")
+                ),
+                ("success", "AAA", "user", ""),
+                "{id}: account management fields"
+            );
+            &["Change", "Change.Account_Management"]
+        }
+        Intended::Configuration => {
+            assert!(
+                ["created", "deleted", "modified"].contains(&get("action")),
+                "{id}: action {}",
+                get("action")
+            );
+            assert_eq!(
+                (get("status"), get("change_type"), get("result")),
+                ("success", "configuration", ""),
+                "{id}: configuration change fields"
+            );
+            assert!(!get("object_category").is_empty(), "{id}: object_category");
+            &["Change"]
+        }
+    };
+    assert!(!get("signature").is_empty(), "{id}: signature");
+    assert_eq!(
+        datasets,
+        expect.iter().copied().collect(),
+        "{id}: CIM datasets (intended {what:?}; fields {fields:?})"
+    );
+}
+
+// ------------------------------------------------------------------------------------------------
+// Tests.
+
+#[test]
+fn the_sourcetype_and_source_are_the_forwarders() {
+    let app = &*APP_FILES;
+    let stanzas: Vec<&str> = app.props.names().collect();
+    assert_eq!(
+        stanzas,
+        [DEFAULT_SOURCETYPE],
+        "props.conf defines the forwarder's default sourcetype, and only it"
+    );
+    for e in EVENTS.iter() {
+        assert_eq!(e["sourcetype"], DEFAULT_SOURCETYPE);
+    }
+    assert_eq!(
+        app.props.get(DEFAULT_SOURCETYPE, "KV_MODE"),
+        Some("json"),
+        "KV_MODE = json"
+    );
+    assert_eq!(
+        app.props.get(DEFAULT_SOURCETYPE, "INDEXED_EXTRACTIONS"),
+        None,
+        "INDEXED_EXTRACTIONS would duplicate the JSON fields"
+    );
+    let sources: BTreeSet<&str> = EVENTS.iter().filter_map(|e| e["source"].as_str()).collect();
+    let mut literals = 0;
+    for (name, spl) in app.spl() {
+        for (field, value) in comparisons(&tokenize(&spl)) {
+            // A dashboard token stands for any value.
+            let mut glob = String::new();
+            for (i, part) in value.split('$').enumerate() {
+                glob.push_str(if i % 2 == 1 { "*" } else { part });
+            }
+            match field.as_str() {
+                "sourcetype" => {
+                    literals += 1;
+                    assert_eq!(value, DEFAULT_SOURCETYPE, "{name}: sourcetype");
+                }
+                "source" => {
+                    literals += 1;
+                    assert!(
+                        sources.iter().all(|s| wildcard_match(&glob, s, true)),
+                        "{name}: source={value} does not match the forwarder's {sources:?}"
+                    );
+                }
+                _ => {}
+            }
+        }
+    }
+    assert!(literals > 0, "the searches name the sourcetype somewhere");
+}
+
+#[test]
+fn every_json_path_the_app_reads_is_in_the_events_with_the_right_shape() {
+    let app = &*APP_FILES;
+    // props.conf: what field aliases, calculated fields, the lookup and the timestamp read.
+    let mut from_props = BTreeSet::new();
+    for (key, value) in app.props_stanza() {
+        if key.starts_with("FIELDALIAS-") {
+            let words: Vec<&str> = value.split_whitespace().collect();
+            assert!(
+                words.len().is_multiple_of(3) && words.chunks(3).all(|w| w[1] == "AS"),
+                "{key}: `field AS alias` pairs: {value}"
+            );
+            from_props.extend(words.chunks(3).map(|w| w[0].trim_matches('"').to_string()));
+        } else if key.starts_with("EVAL-") {
+            from_props.extend(json_paths(&tokenize(value)));
+        }
+    }
+    let (_, lookup_input, _) = app.lookup_call();
+    from_props.insert(lookup_input);
+    let prefix = app.props.require(DEFAULT_SOURCETYPE, "TIME_PREFIX");
+    let time_field = prefix
+        .split('"')
+        .nth(1)
+        .expect("TIME_PREFIX names a quoted JSON key");
+    from_props.insert(time_field.to_string());
+    for path in [
+        "clientIp",
+        "actionId",
+        "initiator.name",
+        "target.name",
+        "target.objectId",
+    ] {
+        assert!(
+            from_props.contains(path),
+            "props.conf no longer reads {path}: {from_props:?}"
+        );
+    }
+    for path in &from_props {
+        for (i, record) in records().enumerate() {
+            let values = resolve(record, path).unwrap_or_else(|e| panic!("props.conf reads {e}"));
+            assert!(
+                !values.is_empty(),
+                "props.conf reads {path}, missing in event {i}: {record}"
+            );
+        }
+    }
+    // details.parameters{}.key and .value are read as aligned lists (mvfind on keys, mvindex on
+    // values): every parameter must have both.
+    for record in records() {
+        let keys = resolve(record, "details.parameters{}.key").expect("parameter keys");
+        let values = resolve(record, "details.parameters{}.value").expect("parameter values");
+        assert_eq!(keys.len(), values.len(), "parameters misaligned: {record}");
+        assert!(keys.iter().chain(&values).all(|v| v.is_string()));
+    }
+    // The parameter keys the calculated fields look for exist in some event.
+    for (key, value) in app.props_stanza() {
+        if !key.starts_with("EVAL-") {
+            continue;
+        }
+        let tokens = tokenize(value);
+        for w in tokens.windows(5) {
+            if let [
+                Tok::Word(f),
+                Tok::Punct('('),
+                Tok::Field(p),
+                Tok::Punct(','),
+                Tok::Str(re),
+            ] = w
+                && f == "mvfind"
+                && p == "details.parameters{}.key"
+            {
+                let wanted = re.trim_start_matches('^').trim_end_matches('$');
+                assert!(
+                    records().any(|r| resolve(r, "details.parameters{}.key")
+                        .expect("keys")
+                        .iter()
+                        .any(|k| k.as_str() == Some(wanted))),
+                    "{key} looks for parameter {wanted}, which no event has"
+                );
+            }
+        }
+    }
+    // The time prefix and format parse the records' eventTime, and agree with the envelope time.
+    let format = app
+        .props
+        .require(DEFAULT_SOURCETYPE, "TIME_FORMAT")
+        .replace(".%3N", "%.3f");
+    for e in EVENTS.iter() {
+        let text = e["event"][time_field].as_str().expect("eventTime string");
+        let t = NaiveDateTime::parse_from_str(text, &format)
+            .unwrap_or_else(|err| panic!("TIME_FORMAT does not parse {text}: {err}"));
+        let ms = t.and_utc().timestamp_millis();
+        let time = e["time"].as_f64().expect("envelope time is a number");
+        assert_eq!(
+            (time * 1000.0).round() as i64,
+            ms,
+            "envelope time of {text}"
+        );
+    }
+    // Searches, macros, eventtypes and dashboards: each JSON path is in some event, and never
+    // has another shape.
+    let mut from_searches = BTreeSet::new();
+    for (name, spl) in app.spl() {
+        for path in json_paths(&tokenize(&spl)) {
+            let mut present = 0;
+            for record in records() {
+                let values = resolve(record, &path).unwrap_or_else(|e| panic!("{name}: {e}"));
+                present += usize::from(!values.is_empty());
+            }
+            assert!(present > 0, "{name} reads {path}, which no event has");
+            from_searches.insert(path);
+        }
+    }
+    assert!(
+        from_searches.contains("actionId"),
+        "the reports list actionId: {from_searches:?}"
+    );
+}
+
+#[test]
+fn every_rc_field_a_search_names_is_defined_by_the_app_or_indexed_by_the_forwarder() {
+    let app = &*APP_FILES;
+    let mut known = app.defined_fields();
+    for e in EVENTS.iter() {
+        known.extend(
+            e["fields"]
+                .as_object()
+                .expect("indexed fields")
+                .keys()
+                .cloned(),
+        );
+    }
+    assert!(known.contains("rc_account") && known.contains("rc_action_id"));
+    let mut used = 0;
+    for (name, spl) in app.spl() {
+        for t in tokenize(&spl) {
+            if let Tok::Word(w) | Tok::Field(w) = t
+                && w.starts_with("rc_")
+            {
+                used += 1;
+                assert!(known.contains(&w), "{name} uses {w}, which nothing defines");
+            }
+        }
+    }
+    assert!(used > 0);
+    // The CIM fields each dataset requires are all defined.
+    for field in [
+        "action",
+        "app",
+        "dest",
+        "src",
+        "user",
+        "change_type",
+        "command",
+        "dvc",
+        "object",
+        "object_attrs",
+        "object_category",
+        "object_id",
+        "status",
+        "vendor_product",
+        "src_user",
+        "signature",
+        "result",
+    ] {
+        assert!(
+            known.contains(field),
+            "props.conf does not define CIM field {field}"
+        );
+    }
+}
+
+#[test]
+fn every_simulator_action_id_lands_in_its_intended_cim_dataset_through_the_lookup() {
+    let app = &*APP_FILES;
+    let t = "ringcentral_audit_actions";
+    let (table, _, outputs) = app.lookup_call();
+    assert_eq!(table, t);
+    assert_eq!(
+        app.transforms.get(t, "match_type"),
+        Some("WILDCARD(vendor_action)")
+    );
+    assert_eq!(
+        app.transforms.get(t, "max_matches"),
+        Some("1"),
+        "first row wins"
+    );
+    let columns: BTreeSet<&String> = app.lookup[0].keys().collect();
+    for out in &outputs {
+        assert!(columns.contains(out), "lookup has no column {out}");
+    }
+    let last = app.lookup.last().expect("lookup rows");
+    assert_eq!(last["vendor_action"], "*", "the catch-all row is last");
+    assert!(
+        app.lookup[..app.lookup.len() - 1]
+            .iter()
+            .all(|r| r["vendor_action"] != "*"),
+        "only one catch-all row"
+    );
+    // Through the real events: every simulator action id.
+    let mut checked = BTreeSet::new();
+    for e in EVENTS.iter() {
+        let id = e["event"]["actionId"].as_str().expect("actionId");
+        if checked.insert(id.to_string()) {
+            check_category(app, id, intended(id), &app.fields(e));
+        }
+    }
+    assert_eq!(checked.len(), ACTION_IDS.len());
+    // Ids a tenant may have: the patterns place them.
+    for (id, what) in TENANT_IDS {
+        let mut envelope = EVENTS[0].clone();
+        envelope["event"]["actionId"] = Value::from(*id);
+        check_category(app, id, *what, &app.fields(&envelope));
+    }
+    // Every failed-login and lockout id of the simulator is caught by a pattern, not an exact
+    // row: RingCentral publishes no such ids, so the simulator's are invented.
+    for id in ACTION_IDS {
+        if matches!(intended(id), Intended::FailedLogin | Intended::Lockout) {
+            let row = app.lookup_row(id).expect("a row");
+            assert!(
+                row["vendor_action"].contains('*'),
+                "{id} must be matched by a pattern, not listed: {row:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn searches_compare_lookup_fields_only_with_values_the_lookup_gives() {
+    let app = &*APP_FILES;
+    let (_, _, outputs) = app.lookup_call();
+    let mut given: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for e in EVENTS.iter() {
+        for (k, v) in app.fields(e) {
+            given.entry(k).or_default().insert(v);
+        }
+    }
+    let mut compared = 0;
+    for (name, spl) in app.spl() {
+        for (field, value) in comparisons(&tokenize(&spl)) {
+            if !outputs.contains(&field) || value.contains('*') || value.contains('$') {
+                continue;
+            }
+            compared += 1;
+            assert!(
+                given.get(&field).is_some_and(|vs| vs.contains(&value)),
+                "{name}: {field}={value}, but the lookup gives the events only {:?}",
+                given.get(&field)
+            );
+        }
+    }
+    assert!(compared > 0);
+}
+
+#[test]
+fn macros_eventtypes_and_dashboard_tokens_used_are_defined() {
+    let app = &*APP_FILES;
+    let macros: BTreeSet<&str> = app.macros.names().collect();
+    let eventtypes: BTreeSet<&str> = app.eventtypes.names().collect();
+    for (name, spl) in app.spl() {
+        let tokens = tokenize(&spl);
+        for m in macros_used(&tokens) {
+            assert!(
+                macros.contains(m.as_str()),
+                "{name} uses undefined macro `{m}`"
+            );
+        }
+        for (field, value) in comparisons(&tokens) {
+            if field == "eventtype" {
+                assert!(
+                    eventtypes.contains(value.as_str()),
+                    "{name}: no eventtype {value}"
+                );
+            }
+        }
+    }
+    assert!(
+        app.macros
+            .require("ringcentral_audit_index", "definition")
+            .starts_with("index="),
+        "the index macro is `index=...`"
+    );
+    assert!(
+        macros_used(&tokenize(
+            app.macros.require("ringcentral_audit", "definition")
+        ))
+        .contains("ringcentral_audit_index")
+    );
+    for name in app.eventtypes.names() {
+        let search = app.eventtypes.require(name, "search");
+        assert!(
+            !search.contains("index="),
+            "eventtype {name} names an index"
+        );
+        assert!(
+            !app.tags_of(name).is_empty(),
+            "eventtype {name} has no tags"
+        );
+    }
+    for (file, def) in &app.dashboards {
+        let inputs = def["inputs"].as_object().expect("inputs");
+        let mut tokens: BTreeSet<String> = BTreeSet::new();
+        for input in inputs.values() {
+            let token = input["options"]["token"].as_str().expect("input token");
+            if input["type"] == "input.timerange" {
+                tokens.insert(format!("{token}.earliest"));
+                tokens.insert(format!("{token}.latest"));
+            } else {
+                tokens.insert(token.to_string());
+            }
+        }
+        let check = |text: &str, what: &str| {
+            for (i, part) in text.split('$').enumerate() {
+                if i % 2 == 1 {
+                    let name = part.split('|').next().unwrap_or_default();
+                    assert!(
+                        tokens.contains(name) || name.starts_with("row."),
+                        "{file} {what}: undefined token ${part}$"
+                    );
+                }
+            }
+        };
+        let data_sources = def["dataSources"].as_object().expect("dataSources");
+        for (id, ds) in data_sources {
+            check(ds["options"]["query"].as_str().unwrap_or_default(), id);
+        }
+        check(&def["defaults"].to_string(), "defaults");
+        let visualizations = def["visualizations"].as_object().expect("visualizations");
+        for (id, viz) in visualizations {
+            let primary = viz["dataSources"]["primary"].as_str().expect("primary");
+            assert!(
+                data_sources.contains_key(primary),
+                "{file} {id}: no data source {primary}"
+            );
+            check(&viz["eventHandlers"].to_string(), id);
+        }
+        for item in def["layout"]["structure"].as_array().expect("layout") {
+            let id = item["item"].as_str().expect("item");
+            assert!(
+                visualizations.contains_key(id),
+                "{file}: layout item {id} is not a visualization"
+            );
+        }
+        for input in def["layout"]["globalInputs"].as_array().expect("inputs") {
+            assert!(inputs.contains_key(input.as_str().expect("input id")));
+        }
+    }
+    let nav = read("default/data/ui/nav/default.xml");
+    let default_view = nav
+        .split("<view ")
+        .find(|v| v.contains(r#"default="true""#))
+        .and_then(|v| v.split('"').nth(1))
+        .expect("a default view");
+    assert_eq!(default_view, "ringcentral_audit_overview");
+    assert!(
+        app.dashboards
+            .iter()
+            .any(|(f, _)| f == "ringcentral_audit_overview.xml")
+    );
+    assert!(
+        app.dashboards
+            .iter()
+            .any(|(f, _)| f == "ringcentral_audit_investigation.xml")
+    );
+}
+
+#[test]
+fn alerts_ship_disabled_scheduled_throttled_and_without_recipients() {
+    let app = &*APP_FILES;
+    let ss = &app.savedsearches;
+    let alerts: BTreeSet<&str> = ss
+        .names()
+        .filter(|n| ss.get(n, "enableSched") == Some("1"))
+        .collect();
+    let expected: BTreeSet<&str> = [
+        "RingCentral - Excessive Failed Logins",
+        "RingCentral - Password Spraying",
+        "RingCentral - Account Locked Out",
+        "RingCentral - Failed Logins Followed by Success",
+        "RingCentral - Admin Role Granted or Changed",
+        "RingCentral - Burst of Changes by One Admin",
+        "RingCentral - Forwarder Silent",
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(alerts, expected);
+    for name in &alerts {
+        assert_eq!(
+            ss.get(name, "disabled"),
+            Some("1"),
+            "{name}: ships disabled"
+        );
+        let earliest = ss.require(name, "dispatch.earliest_time");
+        assert!(!earliest.starts_with("rt"), "{name}: real-time");
+        ss.require(name, "dispatch.latest_time");
+        let cron = ss.require(name, "cron_schedule");
+        let minute = cron.split_whitespace().next().expect("cron minute field");
+        let per_hour = if let Some(step) = minute.strip_prefix("*/") {
+            60 / step.parse::<usize>().expect("cron step")
+        } else if minute == "*" {
+            60
+        } else {
+            minute.split(',').count()
+        };
+        assert!(per_hour <= 12, "{name}: runs {per_hour} times an hour");
+        assert_eq!(
+            ss.get(name, "alert.suppress"),
+            Some("1"),
+            "{name}: throttled"
+        );
+        assert!(!ss.require(name, "alert.suppress.fields").is_empty());
+        ss.require(name, "alert.suppress.period");
+        for key in ["counttype", "relation", "quantity", "alert.severity"] {
+            ss.require(name, key);
+        }
+        for (key, value) in ss.stanza(name) {
+            assert!(
+                !(key.starts_with("action.") && value.contains('@')),
+                "{name}: hard-coded recipient in {key}"
+            );
+            assert!(
+                !["alert_type", "alert_threshold", "alert_comparator"].contains(&key.as_str()),
+                "{name}: {key} is not a savedsearches.conf key"
+            );
+        }
+        let search = ss.require(name, "search");
+        assert!(
+            macros_used(&tokenize(search))
+                .iter()
+                .any(|m| m.starts_with("ringcentral_audit")),
+            "{name}: scoped by the app's macros"
+        );
+    }
+    // Thresholds live in macros: the numeric comparisons in alerts use macros, not literals.
+    for name in &alerts {
+        let tokens = tokenize(ss.require(name, "search"));
+        for w in tokens.windows(3) {
+            if let [Tok::Word(_), Tok::Op(op), Tok::Word(n)] = w
+                && op.starts_with('>')
+            {
+                assert!(
+                    n == "0" || n.parse::<f64>().is_err(),
+                    "{name}: hard-coded threshold {n}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn app_conf_and_manifest_carry_the_crate_version_and_the_app_id() {
+    let version = env!("CARGO_PKG_VERSION");
+    let conf = Conf::load("default/app.conf");
+    assert_eq!(conf.get("launcher", "version"), Some(version), "[launcher]");
+    assert_eq!(conf.get("id", "version"), Some(version), "[id]");
+    assert_eq!(conf.get("package", "id"), Some(APP));
+    assert_eq!(conf.get("id", "name"), Some(APP));
+    assert_eq!(conf.get("package", "check_for_updates"), Some("false"));
+    let manifest: Value =
+        serde_json::from_str(&read("app.manifest")).expect("app.manifest is JSON");
+    assert_eq!(manifest["schemaVersion"], "2.0.0");
+    assert_eq!(manifest["info"]["id"]["version"], version, "app.manifest");
+    assert_eq!(manifest["info"]["id"]["name"], APP);
+    // Conventions Splunk Cloud vetting relies on.
+    assert!(!app_dir().join("local").exists(), "no local/ in the app");
+    assert!(!app_dir().join("metadata/local.meta").exists());
+    let meta = Conf::load("metadata/default.meta");
+    let access = meta.require("", "access");
+    assert!(
+        access.contains("write : [ admin, sc_admin ]"),
+        "write: [admin, sc_admin], got {access}"
+    );
+    for kind in [
+        "props",
+        "transforms",
+        "lookups",
+        "eventtypes",
+        "tags",
+        "macros",
+    ] {
+        assert_eq!(
+            meta.get(kind, "export"),
+            Some("system"),
+            "[{kind}] export = system"
+        );
+    }
+    for file in [
+        "props",
+        "transforms",
+        "eventtypes",
+        "tags",
+        "macros",
+        "savedsearches",
+    ] {
+        let conf = Conf::load(&format!("default/{file}.conf"));
+        assert!(
+            conf.names().all(|n| n != "default" && !n.is_empty()),
+            "{file}.conf: no [default] stanza or global keys"
+        );
+    }
+}
+
+#[test]
+fn the_wildcard_matcher_is_splunks() {
+    assert!(wildcard_match("*", "", true));
+    assert!(wildcard_match("*LOGIN*FAIL*", "LOGIN_FAILED", true));
+    assert!(wildcard_match("LOCK_*", "LOCK_USER", true));
+    assert!(!wildcard_match("LOCK_*", "UNLOCK_USER", true));
+    assert!(!wildcard_match("*LOCKED*", "account_locked", true));
+    assert!(wildcard_match("*LOCKED*", "account_locked", false));
+    assert!(!wildcard_match("A*A", "A", true));
+    assert!(wildcard_match("A*A", "AA", true));
+    assert!(!wildcard_match("LOGIN?", "LOGIN1", true), "? is literal");
+    assert!(!wildcard_match("EXACT", "EXACT_NOT", true));
+}
