@@ -342,3 +342,97 @@ async fn run_serves_admin_refuses_a_second_instance_and_stops_on_sigterm() {
     assert_eq!(status.code(), Some(0), "graceful stop on SIGTERM");
     assert_each_once(&w, &[0]);
 }
+
+#[tokio::test]
+async fn spool_commands_inspect_and_requeue_while_the_service_runs() {
+    let w = World::new(1).await;
+    w.rc.generate(
+        &w.accounts[0].account_id,
+        20,
+        Utc::now() - TimeDelta::hours(3),
+        Utc::now() - TimeDelta::hours(1),
+        6,
+    );
+    let bad = w.generated(0)[5].clone();
+    w.hec.update_faults(|f| {
+        f.reject_event_ids.insert(bad.clone());
+    });
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let toml = w
+        .toml("", "")
+        .replace("listen = \"\"", &format!("listen = \"127.0.0.1:{port}\""));
+    let cfg = write_config(w.dir.path(), &toml);
+    let mut child = bin()
+        .arg("--config")
+        .arg(&cfg)
+        .arg("run")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(eventually(Duration::from_secs(10), || w.hec.accepted() >= 19).await);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let spool = |args: &[&str]| {
+        let mut c = bin();
+        c.arg("--config").arg(&cfg).arg("spool").args(args);
+        c
+    };
+    let out = run(spool(&["status"])).await;
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{t}");
+    assert!(
+        t.contains("waiting events: 0") && t.contains("dead letters: 1"),
+        "{t}"
+    );
+    assert!(
+        t.contains("service: running, ok") && t.contains("acct0"),
+        "{t}"
+    );
+
+    let out = run(spool(&["status", "--json"])).await;
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["dead_letters"], 1);
+    assert_eq!(doc["cursors"][0]["account"], "acct0");
+
+    let out = run(spool(&["dead-letters", "--json"])).await;
+    let dead: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(dead[0]["record_id"], bad.as_str());
+    assert_eq!(
+        dead[0]["event"]["event"]["id"],
+        bad.as_str(),
+        "the event itself, as JSON"
+    );
+    assert!(dead[0]["reason"].as_str().unwrap().contains("code 6"));
+
+    // The cause is fixed on the Splunk side; requeue, and the running service delivers it.
+    w.hec.update_faults(|f| f.reject_event_ids.clear());
+    let out = run(spool(&["requeue", "--all"])).await;
+    assert!(text(&out).contains("requeued 1"), "{}", text(&out));
+    assert!(eventually(Duration::from_secs(5), || w.received().contains_key(&bad)).await);
+    assert_eq!(
+        run(spool(&["requeue"])).await.status.code(),
+        Some(2),
+        "--all or --id is required"
+    );
+
+    signal_term(&child);
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert_each_once(&w, &[0]);
+}
+
+fn signal_term(child: &std::process::Child) {
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+}

@@ -580,3 +580,54 @@ async fn records_without_an_id_are_forwarded_once_with_unknown_fields_kept() {
         "unknown fields kept"
     );
 }
+
+#[tokio::test]
+async fn a_full_disk_pauses_polling_with_a_reason_and_recovers_without_a_restart() {
+    let w = World::new(1).await;
+    w.rc.generate(
+        &w.accounts[0].account_id,
+        50,
+        hours_ago(2),
+        hours_ago(1),
+        60,
+    );
+    let p = w.pipeline("", "");
+    let (spool, health) = (p.spool.clone(), p.health.clone());
+    let pages = spool.used_bytes().unwrap() / 4096;
+    spool.set_max_page_count(pages).unwrap();
+    let shutdown = CancellationToken::new();
+    let service = tokio::spawn(p.run(shutdown.clone()));
+    let component = format!("account:{}", World::name(0));
+    let failing = || {
+        health.snapshot().get(&component).is_some_and(|h| {
+            h.state == State::Failing && h.reason.as_deref().unwrap_or("").contains("full")
+        })
+    };
+    assert!(
+        eventually(Duration::from_secs(5), failing).await,
+        "{:?}",
+        health.snapshot()
+    );
+    assert_eq!(
+        spool.cursor(&World::name(0)).unwrap(),
+        None,
+        "no cursor without its records"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !service.is_finished(),
+        "a full disk never stops the process"
+    );
+    // Space comes back: polling resumes by itself.
+    spool.set_max_page_count(1 << 30).unwrap();
+    assert!(eventually(Duration::from_secs(10), || w.hec.accepted() == 50).await);
+    assert!(
+        eventually(Duration::from_secs(5), || health.snapshot()[&component]
+            .state
+            == State::Ok)
+        .await
+    );
+    shutdown.cancel();
+    service.await.unwrap().unwrap();
+    assert_each_once(&w, &[0]);
+}
