@@ -214,3 +214,79 @@ async fn a_hec_answering_after_the_timeout_gets_at_most_one_duplicate_batch() {
     );
     assert_eq!(p.spool.depth().unwrap(), 0);
 }
+
+#[tokio::test]
+async fn ack_switched_off_on_the_token_falls_back_to_plain_mode_without_loss() {
+    let w = ack_world().await;
+    w.hec.update_faults(|f| f.lose_acks = true);
+    let p = spooled(&w, 30, "use_ack = true\nbatch_max_events = 10").await;
+    let mut sink = p.sink().unwrap();
+    let drain = tokio::spawn(async move { sink.drain(&CancellationToken::new()).await });
+    assert!(eventually(Duration::from_secs(5), || w.hec.accepted() == 30).await);
+    assert_eq!(p.spool.depth().unwrap(), 30, "awaiting acks");
+    // The Splunk admin turns acknowledgement off: the ack endpoint now answers code 14.
+    w.hec.set_ack(false);
+    tokio::time::timeout(Duration::from_secs(10), drain)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(p.spool.depth().unwrap(), 0);
+    assert_each_once(&w, &[0]);
+    assert!(
+        w.hec
+            .requests()
+            .iter()
+            .any(|r| r.path.ends_with("/ack") && r.code == 14)
+    );
+}
+
+#[tokio::test]
+async fn the_simulator_acks_read_true_once() {
+    let w = ack_world().await;
+    let http = reqwest::Client::new();
+    let channel = uuid::Uuid::new_v4().to_string();
+    let auth = format!("Splunk {}", common::HEC_TOKEN);
+    let sent: serde_json::Value = http
+        .post(format!("{}/services/collector/event", w.hec.url()))
+        .header("Authorization", &auth)
+        .header("X-Splunk-Request-Channel", &channel)
+        .body(r#"{"event":{"id":"a"}}"#)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = sent["ackId"].as_u64().expect("an ackId");
+    let ask = || async {
+        http.post(format!(
+            "{}/services/collector/ack?channel={channel}",
+            w.hec.url()
+        ))
+        .header("Authorization", &auth)
+        .json(&serde_json::json!({ "acks": [id] }))
+        .send()
+        .await
+        .unwrap()
+        .json::<serde_json::Value>()
+        .await
+        .unwrap()
+    };
+    assert_eq!(ask().await["acks"][id.to_string()], true);
+    assert_eq!(
+        ask().await["acks"][id.to_string()],
+        false,
+        "Splunk forgets an id once it read true"
+    );
+    // Without a channel, an ack-enabled token refuses events (code 10).
+    let status = http
+        .post(format!("{}/services/collector/event", w.hec.url()))
+        .header("Authorization", &auth)
+        .body(r#"{"event":1}"#)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 400);
+}

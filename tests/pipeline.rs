@@ -426,10 +426,11 @@ async fn a_full_spool_pauses_polling_without_moving_the_cursor() {
     w.rc.generate(&w.accounts[0].account_id, 5, hours_ago(2), hours_ago(1), 30);
     let p = w.pipeline("", "");
     // Fill the spool past a 1 MiB limit with another account's undelivered events.
+    let padding = "x".repeat(4000);
     let big: Vec<_> = (0..300)
         .map(|i| rc_audit_hec::spool::NewRecord {
             record_id: format!("x{i}"),
-            event: vec![b' '; 4096],
+            event: format!(r#"{{"event":{{"id":"x{i}","pad":"{padding}"}}}}"#).into_bytes(),
         })
         .collect();
     p.spool.enqueue_page("filler", &big, None).unwrap();
@@ -444,6 +445,14 @@ async fn a_full_spool_pauses_polling_without_moving_the_cursor() {
     ));
     assert_eq!(p.spool.cursor(&World::name(0)).unwrap(), None);
     assert!(w.rc.requests().is_empty(), "nothing polled while full");
+    // Delivery continues while polling is paused, and frees the space: polling resumes.
+    drain(&p).await;
+    assert_eq!(w.hec.accepted(), 300);
+    assert!(matches!(
+        poller.poll_window().await.unwrap(),
+        WindowOutcome::Polled { records: 5, .. }
+    ));
+    assert!(p.spool.cursor(&World::name(0)).unwrap().is_some());
 }
 
 #[tokio::test]

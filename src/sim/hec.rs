@@ -145,7 +145,7 @@ impl HecSim {
         };
         let shared = Arc::new(Shared {
             allowed_indexes: config.allowed_indexes,
-            ack: config.ack,
+            ack: std::sync::atomic::AtomicBool::new(config.ack),
             state: Mutex::new(HecState {
                 token: config.token,
                 faults: HecFaults::default(),
@@ -183,6 +183,13 @@ impl HecSim {
         self.shared.lock().token = token.to_owned();
     }
 
+    /// Switches indexer acknowledgement on the token on or off (ids already pending are kept).
+    pub fn set_ack(&self, on: bool) {
+        self.shared
+            .ack
+            .store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// Changes the faults; they apply to the next request.
     pub fn update_faults(&self, f: impl FnOnce(&mut HecFaults)) {
         f(&mut self.shared.lock().faults);
@@ -208,8 +215,8 @@ impl HecSim {
 struct Shared {
     /// Fixed: indexes the token may use.
     allowed_indexes: Option<Vec<String>>,
-    /// Fixed: the token has indexer acknowledgement.
-    ack: bool,
+    /// The token has indexer acknowledgement (an operator may switch it off: [`HecSim::set_ack`]).
+    ack: std::sync::atomic::AtomicBool,
     /// Everything that changes.
     state: Mutex<HecState>,
 }
@@ -453,7 +460,7 @@ fn handle_events(
     if let Err(answer) = check_auth(headers, &state.token).and(channel_ok) {
         return answer;
     }
-    if shared.ack && record.channel.is_none() {
+    if shared.ack.load(std::sync::atomic::Ordering::SeqCst) && record.channel.is_none() {
         return Answer::new(400, 10);
     }
     if state.faults.busy {
@@ -513,7 +520,7 @@ fn handle_events(
     index(state, accepted);
     failure.unwrap_or_else(|| {
         let mut answer = Answer::new(200, success_code);
-        if shared.ack
+        if shared.ack.load(std::sync::atomic::Ordering::SeqCst)
             && let Some(channel) = record.channel.clone()
         {
             let ready = (!state.faults.lose_acks).then(|| Instant::now() + state.faults.ack_delay);
@@ -641,7 +648,7 @@ async fn ack(
     } else {
         match check_auth(&headers, &state.token).and(channel_ok) {
             Err(answer) => answer,
-            Ok(()) if !shared.ack => Answer::new(400, 14),
+            Ok(()) if !shared.ack.load(std::sync::atomic::Ordering::SeqCst) => Answer::new(400, 14),
             Ok(()) => match (
                 query_channel(&uri).or(record.channel.clone()),
                 serde_json::from_slice::<Value>(&body),
