@@ -159,7 +159,11 @@ async fn a_busy_endpoint_is_skipped_for_a_healthy_one() {
     let second = HecSim::start(HecSimConfig::new(common::HEC_TOKEN))
         .await
         .unwrap();
-    w.hec.update_faults(|f| f.server_error = true);
+    // 503 with a long Retry-After: that endpoint waits, the delivery does not.
+    w.hec.update_faults(|f| {
+        f.busy = true;
+        f.retry_after = Some(Duration::from_secs(60));
+    });
     let urls = format!("urls = [\"{}\", \"{}\"]", w.hec.url(), second.url());
     let toml = w
         .toml("", "")
@@ -176,10 +180,10 @@ async fn a_busy_endpoint_is_skipped_for_a_healthy_one() {
     p.pollers(None).remove(0).poll_window().await.unwrap();
     tokio::time::timeout(Duration::from_secs(5), common::drain(&p))
         .await
-        .unwrap();
+        .expect("failed over without waiting out Retry-After");
     assert_eq!(second.accepted(), 30);
     assert_eq!(
-        w.hec.requests().iter().filter(|r| r.status == 500).count(),
+        w.hec.requests().iter().filter(|r| r.status == 503).count(),
         1,
         "one failure, then failover"
     );

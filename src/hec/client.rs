@@ -154,8 +154,9 @@ impl HecClient {
         self.endpoints.iter().any(|e| e.healthy)
     }
 
-    /// Takes `endpoint` out of the rotation after a failed request.
-    pub fn mark_failed(&mut self, endpoint: usize, reason: &str) {
+    /// Takes `endpoint` out of the rotation after a failed request; it is not probed before
+    /// `retry_after` (the server's own `Retry-After`) has passed.
+    pub fn mark_failed(&mut self, endpoint: usize, reason: &str, retry_after: Option<Duration>) {
         let e = &mut self.endpoints[endpoint];
         if e.healthy {
             e.healthy = false;
@@ -167,7 +168,7 @@ impl HecClient {
             e.probe_interval = (e.probe_interval * 2).min(MAX_PROBE_INTERVAL);
         }
         let e = &mut self.endpoints[endpoint];
-        e.probe_at = Instant::now() + e.probe_interval;
+        e.probe_at = Instant::now() + e.probe_interval.max(retry_after.unwrap_or_default());
         let url = e.url.clone();
         self.report(&url, State::Degraded, Some(reason.to_string()));
     }
@@ -201,7 +202,7 @@ impl HecClient {
             }
             match self.health_of(&e.url.clone()).await {
                 Ok(()) => self.mark_healthy(i),
-                Err(reason) => self.mark_failed(i, &reason),
+                Err(reason) => self.mark_failed(i, &reason, None),
             }
         }
     }
@@ -278,8 +279,11 @@ impl HecClient {
             }
         };
         match &outcome {
-            Outcome::Retry { reason, .. } => self.mark_failed(endpoint, reason),
-            Outcome::TimedOut => self.mark_failed(endpoint, "no answer within the timeout"),
+            Outcome::Retry {
+                reason,
+                retry_after,
+            } => self.mark_failed(endpoint, reason, *retry_after),
+            Outcome::TimedOut => self.mark_failed(endpoint, "no answer within the timeout", None),
             Outcome::Pause { .. } => {}
             _ => self.mark_healthy(endpoint),
         }

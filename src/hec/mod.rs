@@ -459,8 +459,9 @@ impl Sink {
                     reason,
                 } => {
                     Stats::add(&self.stats.hec_failures, 1);
-                    if self.client.any_healthy() && retry_after.is_none() {
-                        // Another endpoint is up: fail over at once.
+                    if self.client.any_healthy() {
+                        // Another endpoint is up: fail over at once (Retry-After keeps the
+                        // busy one out of the rotation for that long).
                         continue;
                     }
                     let delay = backoff.next_delay(retry_after);
