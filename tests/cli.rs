@@ -39,6 +39,18 @@ fn text(o: &Output) -> String {
     )
 }
 
+/// The world's config with the admin endpoint on a free port.
+fn config_with_admin(w: &World) -> (PathBuf, u16) {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let toml = w
+        .toml("", "")
+        .replace("listen = \"\"", &format!("listen = \"127.0.0.1:{port}\""));
+    (write_config(w.dir.path(), &toml), port)
+}
+
 fn write_config(dir: &Path, toml: &str) -> PathBuf {
     let p = dir.join("config.toml");
     std::fs::write(&p, toml).unwrap();
@@ -282,14 +294,7 @@ async fn run_serves_admin_refuses_a_second_instance_and_stops_on_sigterm() {
         Utc::now() - TimeDelta::hours(1),
         5,
     );
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let toml = w
-        .toml("", "")
-        .replace("listen = \"\"", &format!("listen = \"127.0.0.1:{port}\""));
-    let cfg = write_config(w.dir.path(), &toml);
+    let (cfg, port) = config_with_admin(&w);
     let mut child = bin()
         .arg("--config")
         .arg(&cfg)
@@ -357,14 +362,7 @@ async fn spool_commands_inspect_and_requeue_while_the_service_runs() {
     w.hec.update_faults(|f| {
         f.reject_event_ids.insert(bad.clone());
     });
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let toml = w
-        .toml("", "")
-        .replace("listen = \"\"", &format!("listen = \"127.0.0.1:{port}\""));
-    let cfg = write_config(w.dir.path(), &toml);
+    let (cfg, port) = config_with_admin(&w);
     let mut child = bin()
         .arg("--config")
         .arg(&cfg)

@@ -25,6 +25,19 @@ async fn spooled(w: &World, n: usize, hec: &str) -> Pipeline {
     p
 }
 
+/// A second HEC simulator and a config listing both URLs.
+async fn two_hecs(w: &World, hec: &str) -> (HecSim, rc_audit_hec::config::Config) {
+    let second = HecSim::start(HecSimConfig::new(common::HEC_TOKEN))
+        .await
+        .unwrap();
+    let urls = format!("urls = [\"{}\", \"{}\"]", w.hec.url(), second.url());
+    let toml = w
+        .toml("", hec)
+        .replace(&format!("url = \"{}\"", w.hec.url()), &urls);
+    let config = rc_audit_hec::config::Config::from_toml_str(&toml, &Default::default()).unwrap();
+    (second, config)
+}
+
 async fn ack_world() -> World {
     let mut w = World::new(1).await;
     let mut cfg = HecSimConfig::new(common::HEC_TOKEN);
@@ -102,14 +115,7 @@ async fn use_ack_against_a_token_without_ack_falls_back_to_plain_delivery() {
 #[tokio::test]
 async fn requests_rotate_over_urls_and_fail_over_when_one_is_down() {
     let w = World::new(1).await;
-    let second = HecSim::start(HecSimConfig::new(common::HEC_TOKEN))
-        .await
-        .unwrap();
-    let urls = format!("urls = [\"{}\", \"{}\"]", w.hec.url(), second.url());
-    let toml = w
-        .toml("", "batch_max_events = 10")
-        .replace(&format!("url = \"{}\"", w.hec.url()), &urls);
-    let config = rc_audit_hec::config::Config::from_toml_str(&toml, &Default::default()).unwrap();
+    let (second, config) = two_hecs(&w, "batch_max_events = 10").await;
     w.rc.generate(
         &w.accounts[0].account_id,
         100,
@@ -156,19 +162,12 @@ async fn requests_rotate_over_urls_and_fail_over_when_one_is_down() {
 #[tokio::test]
 async fn a_busy_endpoint_is_skipped_for_a_healthy_one() {
     let w = World::new(1).await;
-    let second = HecSim::start(HecSimConfig::new(common::HEC_TOKEN))
-        .await
-        .unwrap();
+    let (second, config) = two_hecs(&w, "").await;
     // 503 with a long Retry-After: that endpoint waits, the delivery does not.
     w.hec.update_faults(|f| {
         f.busy = true;
         f.retry_after = Some(Duration::from_secs(60));
     });
-    let urls = format!("urls = [\"{}\", \"{}\"]", w.hec.url(), second.url());
-    let toml = w
-        .toml("", "")
-        .replace(&format!("url = \"{}\"", w.hec.url()), &urls);
-    let config = rc_audit_hec::config::Config::from_toml_str(&toml, &Default::default()).unwrap();
     w.rc.generate(
         &w.accounts[0].account_id,
         30,
