@@ -362,7 +362,7 @@ async fn spool_commands_inspect_and_requeue_while_the_service_runs() {
     w.hec.update_faults(|f| {
         f.reject_event_ids.insert(bad.clone());
     });
-    let (cfg, port) = config_with_admin(&w);
+    let (cfg, _admin_port) = config_with_admin(&w);
     let mut child = bin()
         .arg("--config")
         .arg(&cfg)

@@ -61,6 +61,11 @@ pub struct HecSimConfig {
     pub output: Option<PathBuf>,
     /// The token has indexer acknowledgement on.
     pub ack: bool,
+    /// Benchmark mode: check the token, gunzip, count the events and answer success; no
+    /// per-event validation, nothing stored, no faults, no log. It measures what a receiver
+    /// costs at the least, so the forwarder's throughput can be compared with it. Never use it
+    /// to test behaviour: that is what the strict (default) mode is for.
+    pub fast: bool,
 }
 
 impl HecSimConfig {
@@ -71,6 +76,7 @@ impl HecSimConfig {
             allowed_indexes: None,
             output: None,
             ack: false,
+            fast: false,
         }
     }
 }
@@ -145,6 +151,9 @@ impl HecSim {
         };
         let shared = Arc::new(Shared {
             allowed_indexes: config.allowed_indexes,
+            fast: config.fast,
+            fast_token: format!("Splunk {}", config.token),
+            accepted: std::sync::atomic::AtomicUsize::new(0),
             ack: std::sync::atomic::AtomicBool::new(config.ack),
             state: Mutex::new(HecState {
                 token: config.token,
@@ -202,7 +211,9 @@ impl HecSim {
 
     /// How many events were accepted.
     pub fn accepted(&self) -> usize {
-        self.shared.lock().events.len()
+        self.shared
+            .accepted
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Every request received so far, in order.
@@ -215,6 +226,12 @@ impl HecSim {
 struct Shared {
     /// Fixed: indexes the token may use.
     allowed_indexes: Option<Vec<String>>,
+    /// Fixed: benchmark mode ([`HecSimConfig::fast`]).
+    fast: bool,
+    /// The token, for the fast path (which takes no lock).
+    fast_token: String,
+    /// Events accepted so far (both modes).
+    accepted: std::sync::atomic::AtomicUsize,
     /// The token has indexer acknowledgement (an operator may switch it off: [`HecSim::set_ack`]).
     ack: std::sync::atomic::AtomicBool,
     /// Everything that changes.
@@ -422,6 +439,9 @@ async fn event(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    if shared.fast {
+        return fast_events(&shared, &headers, &body);
+    }
     let mut record = Record::new(&uri, &headers, body.len());
     let (answer, slow) = {
         let mut state = shared.lock();
@@ -438,6 +458,43 @@ async fn event(
         tokio::time::sleep(slow).await;
     }
     answer.into_response()
+}
+
+/// The benchmark fast path: token, gunzip, count.
+fn fast_events(shared: &Shared, headers: &HeaderMap, body: &[u8]) -> Response {
+    if headers.get(header::AUTHORIZATION).map(|v| v.as_bytes())
+        != Some(shared.fast_token.as_bytes())
+    {
+        return Answer::new(403, 4).into_response();
+    }
+    let decoded;
+    let data: &[u8] = if headers
+        .get(header::CONTENT_ENCODING)
+        .is_some_and(|v| v.as_bytes() == b"gzip")
+    {
+        let mut out = Vec::with_capacity(body.len() * 8);
+        if flate2::read::MultiGzDecoder::new(body)
+            .read_to_end(&mut out)
+            .is_err()
+        {
+            return Answer::new(400, 6).into_response();
+        }
+        decoded = out;
+        &decoded
+    } else {
+        body
+    };
+    let mut n = 0;
+    for item in serde_json::Deserializer::from_slice(data).into_iter::<serde::de::IgnoredAny>() {
+        if item.is_err() {
+            return Answer::new(400, 6).at_event(n).into_response();
+        }
+        n += 1;
+    }
+    shared
+        .accepted
+        .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    Answer::new(200, 0).into_response()
 }
 
 /// Auth, faults, decoding and per-event indexing for one event request.
@@ -517,6 +574,7 @@ fn handle_events(
     let failure =
         failure.or_else(|| parse_failed.then(|| Answer::new(400, 6).at_event(accepted.len())));
     record.indexed = accepted.len();
+    count_accepted(shared, accepted.len());
     index(state, accepted);
     failure.unwrap_or_else(|| {
         let mut answer = Answer::new(200, success_code);
@@ -595,6 +653,13 @@ fn index(state: &mut HecState, accepted: Vec<Value>) {
         }
     }
     state.events.extend(accepted);
+}
+
+/// Counts what [`index`] is about to record.
+fn count_accepted(shared: &Shared, n: usize) {
+    shared
+        .accepted
+        .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// `GET /services/collector/health`.
@@ -1116,6 +1181,37 @@ mod tests {
         assert_eq!(sim.url(), url);
         assert_eq!(post(&sim, envelope("c").to_string()).await?.0, 200);
         assert_eq!(ids(&sim), ["a", "c"]);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn fast_mode_counts_gzipped_events_and_still_checks_the_token() -> TestResult {
+        let mut cfg = HecSimConfig::new("tok");
+        cfg.fast = true;
+        let sim = HecSim::start(cfg).await?;
+        let mut gz = GzEncoder::new(Vec::new(), Compression::fast());
+        gz.write_all(b"{\"event\":1}\n{\"event\":2}{\"event\":3}")?;
+        let body = gz.finish()?;
+        let client = Client::new();
+        let url = format!("{}/services/collector/event", sim.url());
+        let ok = client
+            .post(&url)
+            .header("Authorization", "Splunk tok")
+            .header("Content-Encoding", "gzip")
+            .body(body.clone())
+            .send()
+            .await?;
+        assert_eq!(ok.status(), 200);
+        let bad = client
+            .post(&url)
+            .header("Authorization", "Splunk nope")
+            .header("Content-Encoding", "gzip")
+            .body(body)
+            .send()
+            .await?;
+        assert_eq!(bad.status(), 403);
+        assert_eq!(sim.accepted(), 3);
+        assert!(sim.events().is_empty(), "fast mode stores nothing");
         Ok(())
     }
 }
