@@ -1,0 +1,406 @@
+//! Benchmarks for the moments that matter: a big backfill, a backlog drain after an outage, many
+//! accounts. Run them in release mode:
+//!
+//! ```sh
+//! cargo build --release && cargo run --release --example bench -- all --runs 3
+//! cargo run --release --example bench -- drain --records 1000000 --runs 3
+//! ```
+//!
+//! Subcommands: `transform`, `spool`, `drain`, `poll`, `footprint`, `all`. Options: `--runs N`
+//! (repeat each measure, report median and spread), `--records N` (drain backlog size).
+//! Drain and footprint run the real release binary (`target/release/rc-audit-hec`) as a child
+//! process, so its CPU time, peak RSS and time to READY are its own, read from `/proc`.
+//! Output is Markdown rows for BENCHMARKS.md.
+
+use std::hint::black_box;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use chrono::{TimeDelta, Utc};
+use rc_audit_hec::config::{Config, LoadEnv};
+use rc_audit_hec::hec::batch::build_body;
+use rc_audit_hec::ringcentral::model::SearchPage;
+use rc_audit_hec::sim::hec::{HecSim, HecSimConfig};
+use rc_audit_hec::sim::records::generate_records;
+use rc_audit_hec::sim::ringcentral::{RcSim, RcSimConfig, SimAccount};
+use rc_audit_hec::spool::{NewRecord, Spool};
+use rc_audit_hec::transform::{Transformer, inspect_record};
+
+const TOKEN: &str = "00000000-0000-4000-8000-000000000000";
+
+struct Opts {
+    runs: usize,
+    records: usize,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut opts = Opts { runs: 3, records: 1_000_000 };
+    let mut what = "all".to_string();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--runs" => opts.runs = it.next().context("--runs N")?.parse()?,
+            "--records" => opts.records = it.next().context("--records N")?.parse()?,
+            "transform" | "spool" | "drain" | "poll" | "footprint" | "all" => what = a.clone(),
+            other => bail!("unknown argument {other:?}; see the doc comment at the top of examples/bench.rs"),
+        }
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    println!("| measure | median | min | max | unit |\n| --- | --- | --- | --- | --- |");
+    let all = what == "all";
+    if all || what == "transform" {
+        transform(&opts)?;
+    }
+    if all || what == "spool" {
+        spool(&opts)?;
+    }
+    if all || what == "poll" {
+        rt.block_on(poll(&opts))?;
+    }
+    if all || what == "drain" || what == "footprint" {
+        rt.block_on(drain_and_footprint(&opts, all || what == "drain", all || what == "footprint"))?;
+    }
+    Ok(())
+}
+
+fn row(name: &str, unit: &str, mut samples: Vec<f64>) {
+    samples.sort_by(|a, b| a.total_cmp(b));
+    let median = samples[samples.len() / 2];
+    let fmt = |v: f64| if v >= 100.0 { format!("{v:.0}") } else { format!("{v:.2}") };
+    println!(
+        "| {name} | {} | {} | {} | {unit} |",
+        fmt(median),
+        fmt(samples[0]),
+        fmt(samples[samples.len() - 1])
+    );
+    let _ = std::io::stdout().flush();
+}
+
+fn config_toml(rc_url: &str, account: &SimAccount, hec_url: &str, dir: &Path, extra_hec: &str) -> String {
+    format!(
+        r#"[[accounts]]
+name = "bench"
+server_url = "{rc_url}"
+client_id = "{}"
+client_secret = "{}"
+jwt = "{}"
+[poll]
+interval = "1h"
+settle_delay = "0s"
+[hec]
+url = "{hec_url}"
+token = "{TOKEN}"
+host = "bench"
+{extra_hec}
+[spool]
+dir = {:?}
+max_bytes = "100GiB"
+[admin]
+listen = ""
+"#,
+        account.client_id, account.client_secret, account.jwt, dir
+    )
+}
+
+fn transformer() -> anyhow::Result<Transformer> {
+    let acct = SimAccount::new("400100001", "Acme Corp");
+    let c = Config::from_toml_str(&config_toml("http://127.0.0.1:1", &acct, "http://127.0.0.1:1", Path::new("/tmp"), ""), &LoadEnv::default())?;
+    Ok(Transformer::new(&c.hec, &c.accounts[0]))
+}
+
+/// Pages of 1000 realistic records as RingCentral would send them.
+fn pages(n_pages: usize) -> Vec<String> {
+    let now = Utc::now();
+    (0..n_pages)
+        .map(|p| {
+            let records = generate_records(p as u64, "400100001", "Acme Corp", 1000, now - TimeDelta::days(30), now);
+            serde_json::json!({"records": records, "paging": {"page": 1, "perPage": 1000}}).to_string()
+        })
+        .collect()
+}
+
+fn transform(opts: &Opts) -> anyhow::Result<()> {
+    let pages = pages(20);
+    let bytes: usize = pages.iter().map(String::len).sum();
+    let n = pages.len() * 1000;
+    let t = transformer()?;
+    let (mut ours, mut floor) = (Vec::new(), Vec::new());
+    for _ in 0..opts.runs.max(3) {
+        // Floor: serde_json parses each page into values and writes each record out again.
+        let start = Instant::now();
+        for p in &pages {
+            let v: serde_json::Value = serde_json::from_str(p)?;
+            for r in v["records"].as_array().into_iter().flatten() {
+                black_box(serde_json::to_vec(r)?);
+            }
+        }
+        floor.push(n as f64 / start.elapsed().as_secs_f64());
+        // Ours: what the poller does with a page.
+        let start = Instant::now();
+        for p in &pages {
+            let page: SearchPage = serde_json::from_str(p)?;
+            for raw in &page.records {
+                let meta = inspect_record(raw);
+                black_box(t.event(raw, &meta, 0));
+            }
+        }
+        ours.push(n as f64 / start.elapsed().as_secs_f64());
+    }
+    let mb = bytes as f64 / n as f64 / 1e6;
+    row("transform (records -> HEC events)", "records/s", ours.clone());
+    row("transform", "MB/s", ours.iter().map(|r| r * mb).collect());
+    row("floor: serde_json parse + reserialize", "records/s", floor.clone());
+    row("transform time / floor time (target <= 1.5)", "ratio", floor.iter().zip(&ours).map(|(f, o)| f / o).collect());
+    Ok(())
+}
+
+fn events(n: usize) -> anyhow::Result<Vec<Vec<u8>>> {
+    let t = transformer()?;
+    let mut out = Vec::with_capacity(n);
+    for p in pages(n.div_ceil(1000)) {
+        let page: SearchPage = serde_json::from_str(&p)?;
+        for raw in &page.records {
+            out.push(t.event(raw, &inspect_record(raw), 0));
+        }
+    }
+    out.truncate(n);
+    Ok(out)
+}
+
+fn bench_dir(name: &str) -> anyhow::Result<PathBuf> {
+    // On disk (not tmpfs), so fsync costs what it costs.
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target").join("bench").join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// Fills a spool with `n` events (ids unique, bodies cycling over 10,000 realistic events).
+fn fill(spool: &Spool, n: usize, pool: &[Vec<u8>]) -> anyhow::Result<()> {
+    let mut i = 0;
+    while i < n {
+        let page: Vec<NewRecord> = (i..(i + 1000).min(n))
+            .map(|k| NewRecord { record_id: format!("r{k}"), event: pool[k % pool.len()].clone() })
+            .collect();
+        i += page.len();
+        spool.enqueue_page("bench", &page, Some(i as i64))?;
+    }
+    Ok(())
+}
+
+fn spool(opts: &Opts) -> anyhow::Result<()> {
+    let pool = events(10_000)?;
+    let (mut enq, mut drain) = (Vec::new(), Vec::new());
+    for _ in 0..opts.runs {
+        let dir = bench_dir("spool")?;
+        let s = Spool::open(&dir)?;
+        let n = 200_000;
+        let start = Instant::now();
+        fill(&s, n, &pool)?;
+        enq.push(n as f64 / start.elapsed().as_secs_f64());
+        let start = Instant::now();
+        loop {
+            let batch = s.read_batch(1000, usize::MAX)?;
+            let (Some(first), Some(last)) = (batch.first(), batch.last()) else { break };
+            s.settle(Some((first.seq, last.seq)), &[])?;
+        }
+        drain.push(n as f64 / start.elapsed().as_secs_f64());
+    }
+    row("spool enqueue (pages of 1000, cursor commit, synchronous=FULL)", "records/s", enq);
+    row("spool read + delete (batches of 1000)", "records/s", drain);
+    Ok(())
+}
+
+async fn poll(opts: &Opts) -> anyhow::Result<()> {
+    let acct = SimAccount::new("400100001", "Acme Corp");
+    let rc = RcSim::start(RcSimConfig { accounts: vec![acct.clone()], rate_limits: false, ..RcSimConfig::default() }).await?;
+    let n = 10_000; // the API's own per-search maximum
+    let now = Utc::now();
+    rc.generate(&acct.account_id, n, now - TimeDelta::days(10), now - TimeDelta::minutes(1), 1);
+    let mut rates = Vec::new();
+    for _ in 0..opts.runs.max(3) {
+        let dir = bench_dir("poll")?;
+        let toml = config_toml(&rc.url(), &acct, "http://127.0.0.1:1", &dir, "");
+        let mut cfg = Config::from_toml_str(&toml, &LoadEnv::default())?;
+        cfg.poll.initial_lookback = Duration::from_secs(11 * 86400);
+        let p = rc_audit_hec::app::Pipeline::open(cfg, Default::default())?;
+        let mut poller = p.pollers(None).remove(0);
+        let start = Instant::now();
+        poller.poll_window().await?;
+        rates.push(n as f64 / start.elapsed().as_secs_f64());
+        anyhow::ensure!(p.spool.depth()? == n as u64, "poll stored everything");
+    }
+    row("poll (simulator -> spool, pages of 1000, no rate limits)", "records/s", rates);
+    Ok(())
+}
+
+/// Reads a `/proc/<pid>/status` field in kB.
+fn proc_kb(pid: u32, key: &str) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find(|l| l.starts_with(key))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// utime + stime of a process in seconds (clock ticks of 100 Hz, the Linux default).
+fn proc_cpu(pid: u32) -> Option<f64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &s[s.rfind(')')? + 2..];
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
+}
+
+fn binary() -> anyhow::Result<PathBuf> {
+    let b = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/rc-audit-hec");
+    anyhow::ensure!(b.exists(), "build the release binary first: cargo build --release");
+    Ok(b)
+}
+
+/// Starts `run` with a notify socket and returns the time until it says READY=1.
+fn time_to_ready(config: &Path, dir: &Path) -> anyhow::Result<Duration> {
+    let sock_path = dir.join("notify.sock");
+    let _ = std::fs::remove_file(&sock_path);
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path)?;
+    sock.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let start = Instant::now();
+    let mut child = Command::new(binary()?)
+        .arg("--config")
+        .arg(config)
+        .arg("run")
+        .env("NOTIFY_SOCKET", &sock_path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let mut buf = [0u8; 4096];
+    let ready = loop {
+        let n = sock.recv(&mut buf).context("no READY=1 within 30 s")?;
+        if String::from_utf8_lossy(&buf[..n]).lines().any(|l| l == "READY=1") {
+            break start.elapsed();
+        }
+    };
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let _ = child.wait();
+    Ok(ready)
+}
+
+async fn drain_and_footprint(opts: &Opts, do_drain: bool, do_footprint: bool) -> anyhow::Result<()> {
+    let bin = binary()?;
+    let acct = SimAccount::new("400100001", "Acme Corp");
+    let rc = RcSim::start(RcSimConfig { accounts: vec![acct.clone()], rate_limits: false, ..RcSimConfig::default() }).await?;
+    let mut hec_cfg = HecSimConfig::new(TOKEN);
+    hec_cfg.fast = true;
+    let hec = HecSim::start(hec_cfg).await?;
+    let pool = events(10_000)?;
+
+    if do_footprint {
+        let size = std::fs::metadata(&bin)?.len() as f64 / 1e6;
+        row("release binary size (stripped)", "MB", vec![size]);
+        let (mut ready_empty, mut idle) = (Vec::new(), Vec::new());
+        for _ in 0..opts.runs {
+            let dir = bench_dir("ready-empty")?;
+            let cfg = dir.join("config.toml");
+            std::fs::write(&cfg, config_toml(&rc.url(), &acct, &hec.url(), &dir.join("state"), ""))?;
+            ready_empty.push(time_to_ready(&cfg, &dir)?.as_secs_f64() * 1000.0);
+            // Idle RSS: running, nothing to do.
+            let mut child = Command::new(&bin).arg("--config").arg(&cfg).arg("run").stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            idle.push(proc_kb(child.id(), "VmRSS:").unwrap_or(0) as f64 / 1024.0);
+            let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+            let _ = child.wait();
+        }
+        row("start to READY, empty spool", "ms", ready_empty);
+        row("RSS idle (run, nothing to do)", "MB", idle);
+    }
+
+    let mut drain_rates = Vec::new();
+    let (mut mbps, mut cpu, mut rss, mut ready_full, mut capacity) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let avg = pool.iter().map(Vec::len).sum::<usize>() as f64 / pool.len() as f64;
+    for run in 0..opts.runs {
+        let dir = bench_dir("drain")?;
+        {
+            let spool = Spool::open(&dir.join("state"))?;
+            eprintln!("run {}: filling the spool with {} events...", run + 1, opts.records);
+            fill(&spool, opts.records, &pool)?;
+        }
+        let cfg = dir.join("config.toml");
+        if do_footprint {
+            // READY with the backlog, HEC unreachable so nothing drains meanwhile.
+            std::fs::write(&cfg, config_toml(&rc.url(), &acct, "http://127.0.0.1:9", &dir.join("state"), ""))?;
+            ready_full.push(time_to_ready(&cfg, &dir)?.as_secs_f64() * 1000.0);
+        }
+        if !do_drain {
+            continue;
+        }
+        std::fs::write(&cfg, config_toml(&rc.url(), &acct, &hec.url(), &dir.join("state"), ""))?;
+        let before = hec.accepted();
+        let start = Instant::now();
+        let mut child = Command::new(&bin)
+            .arg("--config")
+            .arg(&cfg)
+            .args(["once", "--max-wait", "30m"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let pid = child.id();
+        let (mut peak, mut cpu_s) = (0u64, 0.0f64);
+        loop {
+            if let Some(status) = child.try_wait()? {
+                anyhow::ensure!(status.success(), "the drain exited with {status}");
+                break;
+            }
+            peak = peak.max(proc_kb(pid, "VmHWM:").unwrap_or(0));
+            cpu_s = proc_cpu(pid).unwrap_or(cpu_s);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let secs = start.elapsed().as_secs_f64();
+        let delivered = hec.accepted() - before;
+        anyhow::ensure!(delivered == opts.records, "delivered {delivered} of {}", opts.records);
+        drain_rates.push(delivered as f64 / secs);
+        mbps.push(delivered as f64 * avg / secs / 1e6);
+        cpu.push(cpu_s);
+        rss.push(peak as f64 / 1024.0);
+
+        // The receiver alone: pre-built gzip batches of 1000, one request in flight, as the
+        // forwarder sends them.
+        let bodies: Vec<bytes::Bytes> = pool
+            .chunks(1000)
+            .map(|c| build_body(c.iter().map(Vec::as_slice), true).map(bytes::Bytes::from))
+            .collect::<Result<_, _>>()?;
+        let http = reqwest::Client::new();
+        let url = format!("{}/services/collector/event", hec.url());
+        let n_batches = (opts.records / 1000).min(300);
+        let start = Instant::now();
+        for i in 0..n_batches {
+            let resp = http
+                .post(&url)
+                .header("Authorization", format!("Splunk {TOKEN}"))
+                .header("Content-Encoding", "gzip")
+                .body(bodies[i % bodies.len()].clone())
+                .send()
+                .await?;
+            anyhow::ensure!(resp.status() == 200, "simulator refused a batch");
+            resp.bytes().await?;
+        }
+        capacity.push(n_batches as f64 * 1000.0 / start.elapsed().as_secs_f64());
+    }
+    if do_footprint {
+        row(&format!("start to READY, {} spooled", opts.records), "ms", ready_full);
+    }
+    if do_drain {
+        row(&format!("drain {} events, gzip on", opts.records), "events/s", drain_rates.clone());
+        row("drain throughput (uncompressed)", "MB/s", mbps);
+        row("drain CPU time of the forwarder", "s", cpu);
+        row("drain peak RSS of the forwarder", "MB", rss);
+        row("HEC simulator alone (pre-built batches, 1 in flight)", "events/s", capacity.clone());
+        row("drain / simulator capacity (target >= 0.8)", "ratio", drain_rates.iter().zip(&capacity).map(|(d, c)| d / c).collect());
+    }
+    Ok(())
+}
