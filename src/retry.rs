@@ -61,7 +61,8 @@ impl Backoff {
     pub fn next_delay(&mut self, retry_after: Option<Duration>) -> Duration {
         self.attempts = self.attempts.saturating_add(1);
         let step = self.iter.next().unwrap_or(self.policy.max);
-        retry_after.unwrap_or(step)
+        // A `Retry-After: 0` must not turn into a tight loop.
+        retry_after.map_or(step, |ra| ra.max(self.policy.min))
     }
 
     /// Failures in this streak so far.
@@ -106,6 +107,11 @@ mod tests {
         assert_eq!(
             b.next_delay(Some(Duration::from_secs(7))),
             Duration::from_secs(7)
+        );
+        assert_eq!(
+            b.next_delay(Some(Duration::ZERO)),
+            p.min,
+            "Retry-After: 0 is no tight loop"
         );
         b.reset();
         assert!(b.next_delay(None) <= Duration::from_millis(200));

@@ -473,6 +473,13 @@ impl Spool {
         self.inner.recovery.as_ref()
     }
 
+    /// Fault injection for tests and drills: makes every write fail (as on a filesystem
+    /// remounted read-only) until switched off.
+    pub fn set_read_only(&self, on: bool) -> Result<(), SpoolError> {
+        self.conn().pragma_update(None, "query_only", on)?;
+        Ok(())
+    }
+
     /// Fault injection for tests and drills: caps the database at `pages` pages, so writes past it
     /// fail with "database or disk is full" exactly as on a full disk.
     pub fn set_max_page_count(&self, pages: u64) -> Result<(), SpoolError> {

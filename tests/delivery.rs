@@ -293,3 +293,76 @@ async fn the_simulator_acks_read_true_once() {
         .status();
     assert_eq!(status, 400);
 }
+
+#[tokio::test]
+async fn with_use_ack_a_refused_event_is_dead_lettered_and_the_rest_confirmed_by_ack() {
+    let w = ack_world().await;
+    let p = spooled(&w, 30, "use_ack = true\nbatch_max_events = 10").await;
+    let bad = w.generated(0)[13].clone();
+    w.hec.update_faults(|f| {
+        f.reject_event_ids.insert(bad.clone());
+    });
+    tokio::time::timeout(Duration::from_secs(15), common::drain(&p))
+        .await
+        .unwrap();
+    // Nothing was deleted on a 400's word: every good record got an ack (some twice, allowed).
+    let got = w.received();
+    assert_eq!(got.len(), 29);
+    assert!(!got.contains_key(&bad));
+    assert_eq!(p.spool.depth().unwrap(), 0);
+    let dead = p.spool.dead_letters().unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].record_id, bad);
+}
+
+#[tokio::test]
+async fn a_failed_settle_after_acceptance_is_retried_not_resent() {
+    let w = World::new(1).await;
+    let p = spooled(&w, 10, "").await;
+    p.spool.set_read_only(true).unwrap();
+    let stop = CancellationToken::new();
+    let mut sink = p.sink().unwrap();
+    let drain = {
+        let stop = stop.clone();
+        tokio::spawn(async move { sink.drain(&stop).await })
+    };
+    assert!(eventually(Duration::from_secs(5), || w.hec.accepted() == 10).await);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        w.hec.requests().len(),
+        1,
+        "HEC has the batch: it is not sent again"
+    );
+    assert_eq!(
+        p.health.snapshot()["hec"].state,
+        rc_audit_hec::telemetry::State::Failing
+    );
+    p.spool.set_read_only(false).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), drain)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(p.spool.depth().unwrap(), 0);
+    assert_each_once(&w, &[0]);
+}
+
+#[tokio::test]
+async fn a_url_refusing_the_token_is_skipped_for_one_that_accepts_it() {
+    let w = World::new(1).await;
+    let (second, config) = two_hecs(&w, "").await;
+    w.hec.set_token("this-indexer-has-another-token");
+    w.rc.generate(
+        &w.accounts[0].account_id,
+        20,
+        Utc::now() - TimeDelta::hours(3),
+        Utc::now() - TimeDelta::hours(1),
+        10,
+    );
+    let p = Pipeline::open(config, common::fast()).unwrap();
+    p.pollers(None).remove(0).poll_window().await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), common::drain(&p))
+        .await
+        .expect("no backoff while a URL works");
+    assert_eq!(second.accepted(), 20);
+}

@@ -41,6 +41,8 @@ pub struct Pending {
 #[derive(Debug)]
 pub struct AckTracker {
     pending: Vec<Pending>,
+    /// Batches to resend at the next round whatever their age (their ack id was reused).
+    resend_now: Vec<Pending>,
     deadline: Duration,
 }
 
@@ -49,28 +51,49 @@ impl AckTracker {
     pub fn new(deadline: Duration) -> Self {
         AckTracker {
             pending: Vec::new(),
+            resend_now: Vec::new(),
             deadline,
         }
     }
 
-    /// Records a received batch.
+    /// Records a received batch. If the endpoint handed out an id that an older pending batch
+    /// already holds (its ack counter restarted, e.g. the indexer restarted or a load balancer
+    /// switched indexers), a `true` for that id could not say which batch it means: the older
+    /// batch is sent again rather than ever being settled by the newer one's ack.
     pub fn push(&mut self, p: Pending) {
+        let (clash, rest): (Vec<Pending>, Vec<Pending>) = std::mem::take(&mut self.pending)
+            .into_iter()
+            .partition(|q| q.endpoint == p.endpoint && q.ack_id == p.ack_id);
+        self.pending = rest;
+        self.resend_now.extend(clash);
         self.pending.push(p);
+    }
+
+    /// True when `seq` belongs to a batch in flight (or queued for resend).
+    pub fn covers(&self, seq: i64) -> bool {
+        self.pending
+            .iter()
+            .chain(&self.resend_now)
+            .any(|p| p.first <= seq && seq <= p.last)
     }
 
     /// Batches in flight.
     pub fn len(&self) -> usize {
-        self.pending.len()
+        self.pending.len() + self.resend_now.len()
     }
 
     /// True when nothing awaits confirmation.
     pub fn is_empty(&self) -> bool {
-        self.pending.is_empty()
+        self.pending.is_empty() && self.resend_now.is_empty()
     }
 
     /// The highest `seq` in flight: the sink reads new batches after it.
     pub fn last_seq(&self) -> Option<i64> {
-        self.pending.iter().map(|p| p.last).max()
+        self.pending
+            .iter()
+            .chain(&self.resend_now)
+            .map(|p| p.last)
+            .max()
     }
 
     /// Pending ack ids grouped by endpoint, for the ack queries.
@@ -91,19 +114,24 @@ impl AckTracker {
         done
     }
 
-    /// Removes and returns the batches past the deadline (to be resent).
+    /// Removes and returns the batches to send again: past the deadline, or with a reused id.
     pub fn take_expired(&mut self, now: Instant) -> Vec<Pending> {
         let deadline = self.deadline;
-        let (expired, rest) = std::mem::take(&mut self.pending)
+        let (mut expired, rest): (Vec<Pending>, Vec<Pending>) = std::mem::take(&mut self.pending)
             .into_iter()
             .partition(|p| now.duration_since(p.sent_at) >= deadline);
         self.pending = rest;
+        expired.append(&mut self.resend_now);
         expired
     }
 
-    /// Removes and returns everything (falling back to plain mode).
-    pub fn take_all(&mut self) -> Vec<Pending> {
-        std::mem::take(&mut self.pending)
+    /// Removes and returns what HEC received (falling back to plain mode). Batches whose ack id
+    /// was reused are not among them: they must be sent again.
+    pub fn take_all(&mut self) -> (Vec<Pending>, Vec<Pending>) {
+        (
+            std::mem::take(&mut self.pending),
+            std::mem::take(&mut self.resend_now),
+        )
     }
 }
 
@@ -139,5 +167,27 @@ mod tests {
         let expired = t.take_expired(t0 + Duration::from_secs(300));
         assert_eq!(expired.len(), 2);
         assert!(t.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reused_ack_id_never_settles_the_older_batch() {
+        let t0 = Instant::now();
+        let mut t = AckTracker::new(Duration::from_secs(300));
+        t.push(p(5, 0, 1, t0));
+        // The indexer restarted: its counter handed out 5 again for a newer batch.
+        t.push(p(5, 0, 11, t0));
+        let done = t.confirm(0, &HashMap::from([(5, true)]));
+        assert_eq!(
+            done.iter().map(|d| d.first).collect::<Vec<_>>(),
+            vec![11],
+            "only the newest holder"
+        );
+        let resend = t.take_expired(t0);
+        assert_eq!(
+            resend.iter().map(|d| d.first).collect::<Vec<_>>(),
+            vec![1],
+            "the older one goes again at once"
+        );
+        assert!(t.covers(5) || t.is_empty());
     }
 }

@@ -253,6 +253,11 @@ impl HecClient {
             req = req.header(CONTENT_ENCODING, "gzip");
         }
         let outcome = match req.send().await {
+            // Never sent (connect failed or timed out): nothing can have been indexed.
+            Err(e) if e.is_connect() => Outcome::Retry {
+                retry_after: None,
+                reason: format!("cannot connect to HEC: {}", e.without_url()),
+            },
             Err(e) if e.is_timeout() => Outcome::TimedOut,
             Err(e) => Outcome::Retry {
                 retry_after: None,
@@ -284,7 +289,9 @@ impl HecClient {
                 retry_after,
             } => self.mark_failed(endpoint, reason, *retry_after),
             Outcome::TimedOut => self.mark_failed(endpoint, "no answer within the timeout", None),
-            Outcome::Pause { .. } => {}
+            // A URL that refuses the token or does not exist leaves the rotation too: another
+            // URL may work, and if none does the sink backs off anyway.
+            Outcome::Pause { reason } => self.mark_failed(endpoint, reason, None),
             _ => self.mark_healthy(endpoint),
         }
         Sent {

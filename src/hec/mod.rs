@@ -57,6 +57,9 @@ pub enum SinkError {
     /// The spool failed in a way retries did not fix before shutdown.
     #[error(transparent)]
     Spool(#[from] SpoolError),
+    /// A request body could not be built (out of memory).
+    #[error("cannot build a request body: {0}")]
+    Body(std::io::Error),
 }
 
 /// Delivers spooled events to HEC.
@@ -74,6 +77,8 @@ pub struct Sink {
     limit: usize,
     /// Events still to send one by one to find a bad event HEC did not name.
     isolate: usize,
+    /// The smallest batch HEC refused as too large (413): batches grow back only below it.
+    too_large_at: Option<usize>,
     /// Batches awaiting indexer acknowledgement; `None` in plain mode.
     acks: Option<AckTracker>,
     next_ack_poll: Instant,
@@ -121,6 +126,7 @@ impl Sink {
             health,
             limit: cfg.batch_max_events,
             isolate: 0,
+            too_large_at: None,
             acks: cfg.use_ack.then(|| AckTracker::new(cfg.ack_timeout)),
             next_ack_poll: Instant::now(),
         })
@@ -228,10 +234,49 @@ impl Sink {
             self.dead_letter(&bad, dead).await?;
             return Ok(Step::Progress);
         }
-        Ok(match self.deliver(&good, shutdown).await? {
-            Delivered::Stopped => Step::Stopped,
-            _ => Step::Progress,
-        })
+        let (first, last) = (good[0].seq, good[good.len() - 1].seq);
+        self.deliver_range(first, last, shutdown).await
+    }
+
+    /// Sends the rows of `first..=last` that are neither settled nor awaiting an ack, a
+    /// contiguous chunk at a time, until none is left. A bad event, a split, or an ack resend
+    /// therefore never strands the rest of a range behind newer batches.
+    async fn deliver_range(
+        &mut self,
+        first: i64,
+        last: i64,
+        shutdown: &CancellationToken,
+    ) -> Result<Step, SinkError> {
+        loop {
+            let rows = self.spool.run(move |s| s.read_range(first, last)).await?;
+            let covered = |seq: i64| self.acks.as_ref().is_some_and(|t| t.covers(seq));
+            let limit = if self.isolate > 0 { 1 } else { self.limit };
+            // A chunk is a run of untracked rows with no tracked row inside it: it is settled by
+            // range, and a range must never take a batch that awaits its ack with it.
+            let mut chunk: Vec<Spooled> = Vec::new();
+            let mut bytes = 0;
+            for row in rows {
+                if covered(row.seq) {
+                    if chunk.is_empty() {
+                        continue;
+                    }
+                    break;
+                }
+                if chunk.len() >= limit
+                    || (!chunk.is_empty() && bytes + row.event.len() > self.max_bytes)
+                {
+                    break;
+                }
+                bytes += row.event.len();
+                chunk.push(row);
+            }
+            if chunk.is_empty() {
+                return Ok(Step::Progress);
+            }
+            if let Delivered::Stopped = self.deliver(&chunk, shutdown).await? {
+                return Ok(Step::Stopped);
+            }
+        }
     }
 
     async fn wait_for_acks(&mut self, shutdown: &CancellationToken) -> Step {
@@ -262,12 +307,18 @@ impl Sink {
                         .map(|t| t.confirm(endpoint, &answer))
                         .unwrap_or_default();
                     for p in done {
-                        self.settle_accepted(p.first, p.last, p.events).await?;
+                        if self
+                            .settle(Some((p.first, p.last)), p.events, Vec::new(), shutdown)
+                            .await?
+                        {
+                            return Ok(Step::Stopped);
+                        }
                     }
                 }
                 Err(AckError::Disabled) => {
                     self.fall_back_to_plain(
                         "the ack endpoint says acknowledgement is disabled on the token (code 14)",
+                        shutdown,
                     )
                     .await?;
                     return Ok(Step::Progress);
@@ -289,12 +340,7 @@ impl Sink {
                 events = p.events,
                 "no indexer acknowledgement within hec.ack_timeout: resending the batch (it may be indexed twice)"
             );
-            let (first, last) = (p.first, p.last);
-            let batch = self.spool.run(move |s| s.read_range(first, last)).await?;
-            if batch.is_empty() {
-                continue;
-            }
-            if let Delivered::Stopped = self.deliver(&batch, shutdown).await? {
+            if self.deliver_range(p.first, p.last, shutdown).await? == Step::Stopped {
                 return Ok(Step::Stopped);
             }
         }
@@ -303,48 +349,80 @@ impl Sink {
 
     /// Ack mode turns out to be unavailable: treat what HEC received (200, code 0) as delivered,
     /// as plain mode does, and carry on without acks.
-    async fn fall_back_to_plain(&mut self, why: &str) -> Result<(), SinkError> {
+    async fn fall_back_to_plain(
+        &mut self,
+        why: &str,
+        shutdown: &CancellationToken,
+    ) -> Result<(), SinkError> {
         warn!(
             "{why}: falling back to plain mode (a 200 with code 0 counts as delivered); set hec.use_ack = false to silence this"
         );
         if let Some(mut tracker) = self.acks.take() {
-            for p in tracker.take_all() {
-                self.settle_accepted(p.first, p.last, p.events).await?;
+            // Batches with a reused ack id stay spooled: plain mode sends them again.
+            let (received, _resend) = tracker.take_all();
+            for p in received {
+                if self
+                    .settle(Some((p.first, p.last)), p.events, Vec::new(), shutdown)
+                    .await?
+                {
+                    break;
+                }
             }
         }
         Ok(())
     }
 
-    async fn settle_accepted(
+    /// Records a delivery outcome in the spool, retrying until it sticks: HEC already has the
+    /// events, and sending them again because the bookkeeping failed would only duplicate them.
+    /// Returns true when shutdown came first.
+    async fn settle(
         &mut self,
-        first: i64,
-        last: i64,
-        events: usize,
-    ) -> Result<(), SinkError> {
-        self.spool
-            .run(move |s| s.settle(Some((first, last)), &[]))
-            .await?;
-        Stats::add(&self.stats.events_delivered, events as u64);
-        Ok(())
+        accepted: Option<(i64, i64)>,
+        delivered: usize,
+        dead: Vec<DeadLetter>,
+        shutdown: &CancellationToken,
+    ) -> Result<bool, SinkError> {
+        let mut backoff = self.retry.backoff();
+        let n_dead = dead.len() as u64;
+        loop {
+            let d = dead.clone();
+            match self.spool.run(move |s| s.settle(accepted, &d)).await {
+                Ok(()) => {
+                    Stats::add(&self.stats.events_delivered, delivered as u64);
+                    Stats::add(&self.stats.events_dead_lettered, n_dead);
+                    return Ok(false);
+                }
+                Err(e) => {
+                    let reason = format!(
+                        "cannot record delivered events in the spool ({e}); retrying, nothing else is sent meanwhile (if the process stops now, that batch is sent once more)"
+                    );
+                    if self
+                        .health
+                        .set(COMPONENT, State::Failing, Some(reason.clone()))
+                    {
+                        error!("{reason}");
+                    }
+                    if sleep_or_stop(backoff.next_delay(None), shutdown).await {
+                        return Ok(true);
+                    }
+                }
+            }
+        }
     }
 
-    /// Sends one batch until HEC decides its fate.
+    /// Sends one batch (contiguous in the outbox) until HEC decides its fate.
     async fn deliver(
         &mut self,
         good: &[Spooled],
         shutdown: &CancellationToken,
     ) -> Result<Delivered, SinkError> {
-        let body = match build_body(good.iter().map(|e| e.event.as_slice()), self.gzip) {
-            Ok(b) => Bytes::from(b),
-            Err(e) => {
-                // Only an allocation failure can get here; the next step tries again.
-                warn!("cannot build a request body: {e}");
-                return Ok(Delivered::Settled);
-            }
-        };
+        let body = build_body(good.iter().map(|e| e.event.as_slice()), self.gzip)
+            .map(Bytes::from)
+            .map_err(SinkError::Body)?;
         let (first, last) = (good[0].seq, good[good.len() - 1].seq);
         let mut backoff = self.retry.backoff();
         let mut timeout = self.timeout;
+        let mut timed_out = false;
         loop {
             Stats::add(&self.stats.hec_requests, 1);
             let sent = tokio::select! {
@@ -357,7 +435,10 @@ impl Sink {
                     if self.health.set(COMPONENT, State::Ok, None) {
                         info!(%url, "HEC accepting events");
                     }
-                    self.limit = (self.limit * 2).min(self.max_events);
+                    let cap = self
+                        .too_large_at
+                        .map_or(self.max_events, |n| n.saturating_sub(1).max(1));
+                    self.limit = (self.limit * 2).min(self.max_events).min(cap);
                     self.isolate = self.isolate.saturating_sub(good.len());
                     match (self.acks.as_mut(), ack_id) {
                         (Some(tracker), Some(ack_id)) => {
@@ -372,11 +453,20 @@ impl Sink {
                             return Ok(Delivered::AwaitingAck);
                         }
                         (Some(_), None) => {
-                            self.fall_back_to_plain("HEC accepted a batch without an ackId: the token has no indexer acknowledgement").await?;
+                            self.fall_back_to_plain(
+                                "HEC accepted a batch without an ackId: the token has no indexer acknowledgement",
+                                shutdown,
+                            )
+                            .await?;
                         }
                         (None, _) => {}
                     }
-                    self.settle_accepted(first, last, good.len()).await?;
+                    if self
+                        .settle(Some((first, last)), good.len(), Vec::new(), shutdown)
+                        .await?
+                    {
+                        return Ok(Delivered::Stopped);
+                    }
                     return Ok(Delivered::Settled);
                 }
                 Outcome::BadEvent {
@@ -387,18 +477,25 @@ impl Sink {
                     Stats::add(&self.stats.hec_failures, 1);
                     match index.filter(|k| *k < good.len()) {
                         Some(k) => {
-                            // HEC indexed 0..k; k is bad; k+1.. are sent again by the next step.
-                            let accepted = (k > 0).then(|| (first, good[k - 1].seq));
+                            // HEC indexed 0..k and refused k. Without acks that counts as
+                            // delivered; with acks nothing confirms it, so 0..k are sent again
+                            // (possibly twice in Splunk) rather than deleted unconfirmed.
+                            let plain = self.acks.is_none();
+                            let accepted = (plain && k > 0).then(|| (first, good[k - 1].seq));
                             let dead = DeadLetter {
                                 seq: good[k].seq,
                                 reason: reason.clone(),
                                 hec_code: Some(code),
                             };
-                            self.spool.run(move |s| s.settle(accepted, &[dead])).await?;
-                            Stats::add(&self.stats.events_delivered, k as u64);
-                            Stats::add(&self.stats.events_dead_lettered, 1);
                             warn!(%url, record_id = %good[k].record_id, account = %good[k].account,
                                 "HEC refused one event; moved it to dead letters (see `rc-audit-hec spool dead-letters`): {reason}");
+                            let delivered = if plain { k } else { 0 };
+                            if self
+                                .settle(accepted, delivered, vec![dead], shutdown)
+                                .await?
+                            {
+                                return Ok(Delivered::Stopped);
+                            }
                             self.isolate = self.isolate.saturating_sub(k + 1);
                         }
                         None if good.len() == 1 => {
@@ -431,6 +528,8 @@ impl Sink {
                         }];
                         self.dead_letter(good, dead).await?;
                     } else {
+                        self.too_large_at =
+                            Some(self.too_large_at.map_or(good.len(), |n| n.min(good.len())));
                         self.limit = (good.len() / 2).max(1);
                         warn!(%url, events = good.len(), "HEC says the request is too large (413): splitting; lower hec.batch_max_bytes to match Splunk's max_content_length");
                     }
@@ -439,18 +538,20 @@ impl Sink {
                 Outcome::TimedOut => {
                     Stats::add(&self.stats.hec_failures, 1);
                     Stats::add(&self.stats.hec_timeouts, 1);
-                    timeout = self.timeout * TIMEOUT_FACTOR;
                     let reason = format!(
-                        "no answer within {}; HEC may still index the batch, so it is resent once with a {}x longer timeout (expect one duplicate batch); raise hec.timeout if Splunk is this slow",
+                        "no answer within {}; HEC may still index the batch, so it is resent with a {}x longer timeout (expect one duplicate batch); raise hec.timeout if Splunk is this slow",
                         humantime::format_duration(self.timeout),
                         TIMEOUT_FACTOR
                     );
                     self.health
                         .set(COMPONENT, State::Degraded, Some(reason.clone()));
                     warn!(%url, "{reason}");
-                    if !self.client.any_healthy()
-                        && sleep_or_stop(backoff.next_delay(None), shutdown).await
-                    {
+                    timeout = self.timeout.saturating_mul(TIMEOUT_FACTOR);
+                    // The first timeout may fail over at once; after that, back off like any
+                    // other failure, so a HEC that never answers is not fed a batch a second.
+                    let immediate = !timed_out && self.client.any_healthy();
+                    timed_out = true;
+                    if !immediate && sleep_or_stop(backoff.next_delay(None), shutdown).await {
                         return Ok(Delivered::Stopped);
                     }
                 }
@@ -479,14 +580,17 @@ impl Sink {
                 }
                 Outcome::Pause { reason } => {
                     Stats::add(&self.stats.hec_failures, 1);
-                    let delay = backoff.next_delay(None);
                     if self
                         .health
                         .set(COMPONENT, State::Failing, Some(reason.clone()))
                     {
                         error!(%url, "HEC delivery paused, events stay spooled: {reason}");
                     }
-                    if sleep_or_stop(delay, shutdown).await {
+                    if self.client.any_healthy() {
+                        // This URL is misconfigured or refuses the token; another may not.
+                        continue;
+                    }
+                    if sleep_or_stop(backoff.next_delay(None), shutdown).await {
                         return Ok(Delivered::Stopped);
                     }
                 }

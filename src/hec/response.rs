@@ -100,7 +100,7 @@ pub fn classify(status: u16, retry_after: Option<Duration>, body: &[u8]) -> Outc
             "the HEC token is missing, invalid or disabled: fix hec.token (delivery resumes by itself, records stay spooled)",
         ),
         (400, Some(10 | 11)) => pause(
-            "the token requires indexer acknowledgement (a data channel); this version does not use it: disable acknowledgement on the token",
+            "HEC says the data channel is missing or invalid, yet one is always sent: report this as a bug (a proxy may strip X-Splunk-Request-Channel)",
         ),
         (400, Some(14)) => {
             pause("acknowledgement is disabled on the token: set hec.use_ack = false")

@@ -15,6 +15,9 @@ use crate::retry::parse_seconds;
 
 /// The penalty assumed when a 429 carries no `Retry-After`.
 pub const DEFAULT_PENALTY: Duration = Duration::from_secs(30);
+/// The shortest penalty honoured: a `Retry-After: 0` must not turn into a request storm that
+/// restarts the penalty.
+pub const MIN_PENALTY: Duration = Duration::from_millis(100);
 /// The window assumed when `Remaining` hits 0 without a `Window` header.
 pub const DEFAULT_WINDOW: Duration = Duration::from_secs(60);
 
@@ -85,7 +88,9 @@ impl RateLimiter {
         };
         let now = Instant::now();
         if status == StatusCode::TOO_MANY_REQUESTS {
-            let penalty = header("retry-after").unwrap_or(DEFAULT_PENALTY);
+            let penalty = header("retry-after")
+                .unwrap_or(DEFAULT_PENALTY)
+                .max(MIN_PENALTY);
             self.penalty_until = Some(now + penalty);
             return Observed::Penalty(penalty);
         }
