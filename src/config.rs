@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use figment::Figment;
-use figment::providers::{Env, Format, Toml};
+use figment::providers::{Format, Toml};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -264,7 +264,7 @@ impl Config {
         }
         let figment = Figment::new()
             .merge(Toml::file_exact(path))
-            .merge(Env::prefixed(ENV_PREFIX).split("__"));
+            .merge(RawEnv::from_process());
         Config::from_figment(&figment, env)
     }
 
@@ -275,7 +275,8 @@ impl Config {
 
     /// Extracts and validates; see the module docs.
     pub fn from_figment(figment: &Figment, env: &LoadEnv) -> Result<Config, ConfigError> {
-        let raw: RawConfig = figment.extract().map_err(|e| {
+        // Lossy: environment values are strings, and `"1000"` must still fill a number.
+        let raw: RawConfig = figment.extract_lossy().map_err(|e| {
             ConfigError::Parse(
                 e.into_iter()
                     .map(|e| describe_figment_error(&e))
@@ -289,6 +290,76 @@ impl Config {
     /// The effective configuration as TOML, secrets shown as `[REDACTED]`.
     pub fn to_redacted_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+    }
+}
+
+/// `RC_AUDIT_HEC_*` variables as configuration, every value kept as the exact string it is.
+///
+/// figment's own `Env` provider parses values, so `007` (a numeric account id or secret) would
+/// arrive as the number 7 and `1.5e3` as a float echoed in error messages. Here only values that
+/// look like a TOML array or table (`["a","b"]`, for `hec.urls`) are parsed; extraction is lossy,
+/// so a string still fills a number or boolean key.
+pub struct RawEnv {
+    vars: Vec<(String, String)>,
+}
+
+impl RawEnv {
+    /// The process environment's variables with [`ENV_PREFIX`].
+    pub fn from_process() -> Self {
+        RawEnv::from_vars(std::env::vars())
+    }
+
+    /// The given variables with [`ENV_PREFIX`] (tests).
+    pub fn from_vars(vars: impl IntoIterator<Item = (String, String)>) -> Self {
+        RawEnv {
+            vars: vars
+                .into_iter()
+                .filter_map(|(k, v)| {
+                    let key = k
+                        .strip_prefix(ENV_PREFIX)?
+                        .to_lowercase()
+                        .replace("__", ".");
+                    (!key.is_empty()).then_some((key, v))
+                })
+                .collect(),
+        }
+    }
+}
+
+impl figment::Provider for RawEnv {
+    fn metadata(&self) -> figment::Metadata {
+        figment::Metadata::named("environment variable(s)")
+    }
+
+    fn data(
+        &self,
+    ) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
+        use figment::value::{Dict, Value};
+        fn merge(into: &mut Dict, from: Dict) {
+            for (k, v) in from {
+                match (into.get_mut(&k), v) {
+                    (Some(Value::Dict(_, a)), Value::Dict(_, b)) => merge(a, b),
+                    (_, v) => {
+                        into.insert(k, v);
+                    }
+                }
+            }
+        }
+        let mut dict = Dict::new();
+        for (key, value) in &self.vars {
+            let trimmed = value.trim_start();
+            let parsed = if trimmed.starts_with('[') || trimmed.starts_with('{') {
+                value
+                    .parse::<Value>()
+                    .unwrap_or_else(|_| Value::from(value.clone()))
+            } else {
+                Value::from(value.clone())
+            };
+            if let Value::Dict(_, nested) = figment::util::nest(key, parsed) {
+                merge(&mut dict, nested);
+            }
+        }
+        Ok(figment::Profile::Default.collect(dict))
     }
 }
 
@@ -413,8 +484,27 @@ impl Validator<'_> {
         }
 
         let p = raw.poll;
-        if p.interval.is_zero() {
-            return Err(self.invalid("poll.interval", "must be more than 0, e.g. \"5m\""));
+        let day = Duration::from_secs(86_400);
+        if p.interval.is_zero() || p.interval > day {
+            return Err(self.invalid(
+                "poll.interval",
+                "must be more than 0 and at most 24h, e.g. \"5m\"",
+            ));
+        }
+        if p.overlap > MAX_LOOKBACK {
+            return Err(self.invalid(
+                "poll.overlap",
+                "must be at most 180d (RingCentral keeps no more)",
+            ));
+        }
+        if p.settle_delay > day {
+            return Err(self.invalid("poll.settle_delay", "must be at most 24h, e.g. \"1m\""));
+        }
+        if p.initial_lookback <= p.settle_delay {
+            return Err(self.invalid(
+                "poll.initial_lookback",
+                "must be longer than poll.settle_delay, or the first window is empty and the account is never polled",
+            ));
         }
         if !(1..=MAX_PAGE_SIZE).contains(&p.page_size) {
             return Err(self.invalid(
@@ -474,13 +564,16 @@ impl Validator<'_> {
                 "must be at least 1024; Splunk's default request limit is about 1 MB (1000000)",
             ));
         }
-        if h.timeout.is_zero() {
-            return Err(self.invalid("hec.timeout", "must be more than 0, e.g. \"60s\""));
+        if h.timeout.is_zero() || h.timeout > Duration::from_secs(3600) {
+            return Err(self.invalid(
+                "hec.timeout",
+                "must be more than 0 and at most 1h, e.g. \"60s\"",
+            ));
         }
-        if h.ack_timeout < Duration::from_secs(1) {
+        if h.ack_timeout < Duration::from_secs(1) || h.ack_timeout > Duration::from_secs(86_400) {
             return Err(self.invalid(
                 "hec.ack_timeout",
-                "must be at least 1s (Splunk's own default is 300s)",
+                "must be between 1s and 24h (Splunk's own default is 300s)",
             ));
         }
         let sourcetype = h
@@ -677,10 +770,10 @@ struct RawAccount {
     account_id: Option<String>,
     #[serde(default, deserialize_with = "de_opt_string")]
     client_id: Option<String>,
-    #[serde(default, deserialize_with = "de_opt_string")]
+    #[serde(default, deserialize_with = "de_opt_secret")]
     client_secret: Option<String>,
     client_secret_file: Option<PathBuf>,
-    #[serde(default, deserialize_with = "de_opt_string")]
+    #[serde(default, deserialize_with = "de_opt_secret")]
     jwt: Option<String>,
     jwt_file: Option<PathBuf>,
     #[serde(default, deserialize_with = "de_opt_string")]
@@ -725,7 +818,7 @@ struct RawHec {
     #[serde(default, deserialize_with = "de_opt_string")]
     url: Option<String>,
     urls: Option<Vec<String>>,
-    #[serde(default, deserialize_with = "de_opt_string")]
+    #[serde(default, deserialize_with = "de_opt_secret")]
     token: Option<String>,
     token_file: Option<PathBuf>,
     #[serde(default, deserialize_with = "de_opt_string")]
@@ -890,6 +983,17 @@ fn de_string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
         other => Err(serde::de::Error::custom(format!(
             "expected a string, found {other}"
         ))),
+    }
+}
+
+/// Like [`de_string`], but an error never shows the value: it is a secret.
+fn de_opt_secret<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    match Scalar::deserialize(d)? {
+        Scalar::Str(s) => Ok(Some(s)),
+        Scalar::Int(n) => Ok(Some(n.to_string())),
+        _ => Err(serde::de::Error::custom(
+            "expected a string (the value is a secret and is not shown)",
+        )),
     }
 }
 
@@ -1075,5 +1179,64 @@ mod tests {
         assert_eq!(parse_byte_size("500 MB"), Some(500_000_000));
         assert_eq!(parse_byte_size("1024"), Some(1024));
         assert_eq!(parse_byte_size("lots"), None);
+    }
+
+    fn with_env(toml: &str, vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let env = RawEnv::from_vars(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        Config::from_figment(
+            &Figment::from(Toml::string(toml)).merge(env),
+            &LoadEnv::default(),
+        )
+    }
+
+    #[test]
+    fn environment_values_keep_their_exact_text() {
+        let c = with_env(
+            MINIMAL,
+            &[
+                ("RC_AUDIT_HEC_HEC__TOKEN", "007"),
+                ("RC_AUDIT_HEC_HEC__BATCH_MAX_EVENTS", "250"),
+                ("RC_AUDIT_HEC_HEC__GZIP", "false"),
+                ("RC_AUDIT_HEC_HEC__URL", "https://a:8088"),
+                ("RC_AUDIT_HEC_POLL__INTERVAL", "2m"),
+                ("UNRELATED", "x"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.hec.token.expose(), "007", "leading zeros survive");
+        assert_eq!(c.hec.batch_max_events, 250);
+        assert!(!c.hec.gzip);
+        assert_eq!(c.hec.urls, vec!["https://a:8088"]);
+        assert_eq!(c.poll.interval, Duration::from_secs(120));
+        let toml = MINIMAL.replace("url = \"https://splunk.example.com:8088\"", "");
+        let c = with_env(
+            &toml,
+            &[(
+                "RC_AUDIT_HEC_HEC__URLS",
+                r#"["https://a:8088", "https://b:8088"]"#,
+            )],
+        )
+        .unwrap();
+        assert_eq!(c.hec.urls.len(), 2, "a list in the environment");
+    }
+
+    #[test]
+    fn a_secret_of_the_wrong_type_is_not_echoed() {
+        let toml = MINIMAL.replace("token = \"hec-token-123\"", "token = 12.5e3");
+        let e = err(&toml);
+        assert!(e.contains("hec.token") && e.contains("not shown"), "{e}");
+        assert!(!e.contains("12500") && !e.contains("12.5"), "{e}");
+    }
+
+    #[test]
+    fn durations_that_would_never_poll_or_overflow_are_refused() {
+        let poll = |k: &str| MINIMAL.replace("[hec]", &format!("[poll]\n{k}\n[hec]"));
+        assert!(
+            err(&poll("initial_lookback = \"30s\"\nsettle_delay = \"1m\""))
+                .contains("poll.initial_lookback")
+        );
+        assert!(err(&poll("overlap = \"400d\"")).contains("poll.overlap"));
+        assert!(err(&poll("settle_delay = \"9999d\"")).contains("poll.settle_delay"));
+        assert!(err(&format!("{MINIMAL}\ntimeout = \"100000h\"")).contains("hec.timeout"));
     }
 }

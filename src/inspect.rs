@@ -12,10 +12,10 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use figment::Figment;
-use figment::providers::{Env, Format, Toml};
+use figment::providers::{Format, Toml};
 use serde::Serialize;
 
-use crate::config::{ENV_PREFIX, LoadEnv, parse_byte_size};
+use crate::config::{LoadEnv, RawEnv, parse_byte_size};
 use crate::spool::{Spool, SpoolError, Status, now_ms};
 
 /// What the inspection commands take from the configuration.
@@ -35,7 +35,7 @@ impl Settings {
     pub fn load(config: &Path, dir_override: Option<PathBuf>, env: &LoadEnv) -> Settings {
         let figment = Figment::new()
             .merge(Toml::file(config))
-            .merge(Env::prefixed(ENV_PREFIX).split("__"));
+            .merge(RawEnv::from_process());
         let dir = dir_override
             .or_else(|| figment.extract_inner::<PathBuf>("spool.dir").ok())
             .or_else(|| env.state_directory.clone())
@@ -49,7 +49,7 @@ impl Settings {
             .extract_inner::<String>("spool.max_bytes")
             .ok()
             .and_then(|s| parse_byte_size(&s))
-            .or_else(|| figment.extract_inner::<u64>("spool.max_bytes").ok());
+            .or_else(|| figment.extract_inner_lossy::<u64>("spool.max_bytes").ok());
         Settings {
             dir,
             admin,

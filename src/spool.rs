@@ -120,6 +120,16 @@ pub enum SpoolError {
     /// `spool status` and friends found no spool in the directory.
     #[error("there is no spool at {0}: check spool.dir (or the --config it comes from)")]
     Missing(PathBuf),
+    /// `spool` commands beside a running service of another version.
+    #[error(
+        "the spool {path} has schema version {found}, this program expects {SCHEMA_VERSION}: use the rc-audit-hec that runs the service (or stop it; this program then migrates the spool)"
+    )]
+    SchemaMismatch {
+        /// The database file.
+        path: PathBuf,
+        /// Its `user_version`.
+        found: i64,
+    },
     /// The database was written by a newer version of this program.
     #[error(
         "the spool {path} has schema version {found}, newer than this program's {SCHEMA_VERSION}: run the newer rc-audit-hec, or move the file aside"
@@ -295,46 +305,70 @@ fn set_aside(path: &Path) -> std::io::Result<PathBuf> {
     Ok(aside)
 }
 
-/// Copies what can still be read from a damaged spool into the new one, table by table.
+/// Copies what can still be read from a damaged spool into the new one, in one transaction (a
+/// crash mid-salvage leaves the new spool empty and the damaged file in place, never half a
+/// copy), table by table (a savepoint each, so one unreadable table does not spoil the rest).
 fn salvage(conn: &Connection, aside: &Path) -> Vec<(&'static str, Option<usize>)> {
     let uri = format!("file:{}?mode=ro", aside.display());
-    if conn.execute("ATTACH DATABASE ?1 AS old", [uri]).is_err() {
-        return vec![
+    let none = || {
+        vec![
             ("outbox", None),
             ("cursors", None),
             ("seen", None),
             ("dead_letters", None),
-        ];
-    }
-    let copy = |sql: &str| conn.execute(sql, []).ok();
-    let outbox = copy(
-        "INSERT INTO main.outbox(account, record_id, event, spooled_at_ms)
-         SELECT account, record_id, event, spooled_at_ms FROM old.outbox ORDER BY seq",
-    );
-    // Cursors and remembered ids may only come over with the outbox they cover: a record marked
-    // seen whose outbox row was lost would never be polled again. Without them every account
-    // re-polls from `initial_lookback` and dedup starts afresh (duplicates, never loss).
-    let (cursors, seen) = if outbox.is_some() {
-        (
-            copy("INSERT OR REPLACE INTO main.cursors SELECT * FROM old.cursors"),
-            copy("INSERT OR IGNORE INTO main.seen SELECT * FROM old.seen"),
-        )
-    } else {
-        error!(
-            "the damaged spool's outbox is unreadable: cursors are not carried over, so every account re-polls from poll.initial_lookback; to recover older undelivered records, backfill from the last delivery time"
-        );
-        (None, None)
+        ]
     };
-    let dead_letters = copy(
-        "INSERT INTO main.dead_letters(account, record_id, event, reason, hec_code, dead_at_ms)
-         SELECT account, record_id, event, reason, hec_code, dead_at_ms FROM old.dead_letters",
-    );
-    let result = vec![
-        ("outbox", outbox),
-        ("cursors", cursors),
-        ("seen", seen),
-        ("dead_letters", dead_letters),
-    ];
+    if conn.execute("ATTACH DATABASE ?1 AS old", [uri]).is_err() {
+        return none();
+    }
+    let copy = |sql: &str| -> Option<usize> {
+        conn.execute_batch("SAVEPOINT t").ok()?;
+        match conn.execute(sql, []) {
+            Ok(n) => conn.execute_batch("RELEASE t").ok().map(|()| n),
+            Err(_) => {
+                let _ = conn.execute_batch("ROLLBACK TO t; RELEASE t");
+                None
+            }
+        }
+    };
+    let result = if conn.execute_batch("BEGIN IMMEDIATE").is_ok() {
+        let outbox = copy(
+            "INSERT INTO main.outbox(account, record_id, event, spooled_at_ms)
+             SELECT account, record_id, event, spooled_at_ms FROM old.outbox ORDER BY seq",
+        );
+        let dead_letters = copy(
+            "INSERT INTO main.dead_letters(account, record_id, event, reason, hec_code, dead_at_ms)
+             SELECT account, record_id, event, reason, hec_code, dead_at_ms FROM old.dead_letters",
+        );
+        // Cursors and remembered ids may only come over with everything they cover: an id
+        // marked seen whose outbox row or dead letter was lost would never be polled again.
+        // Without them every account re-polls from `initial_lookback` and dedup starts afresh
+        // (duplicates, never loss, within that lookback).
+        let (cursors, seen) = if outbox.is_some() && dead_letters.is_some() {
+            (
+                copy("INSERT OR REPLACE INTO main.cursors SELECT * FROM old.cursors"),
+                copy("INSERT OR IGNORE INTO main.seen SELECT * FROM old.seen"),
+            )
+        } else {
+            error!(
+                "the damaged spool's outbox or dead letters are unreadable: cursors are not carried over, so every account re-polls from poll.initial_lookback; records older than that which were still undelivered are only in the set-aside file (raise poll.initial_lookback, up to 180d, before the next start to fetch them again)"
+            );
+            (None, None)
+        };
+        if conn.execute_batch("COMMIT").is_ok() {
+            vec![
+                ("outbox", outbox),
+                ("cursors", cursors),
+                ("seen", seen),
+                ("dead_letters", dead_letters),
+            ]
+        } else {
+            let _ = conn.execute_batch("ROLLBACK");
+            none()
+        }
+    } else {
+        none()
+    };
     let _ = conn.execute("DETACH DATABASE old", []);
     result
 }
@@ -452,7 +486,7 @@ impl Spool {
         conn.busy_timeout(Duration::from_secs(10))?;
         let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
         if version != SCHEMA_VERSION {
-            return Err(SpoolError::NewerSchema {
+            return Err(SpoolError::SchemaMismatch {
                 path,
                 found: version,
             });

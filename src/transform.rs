@@ -60,8 +60,9 @@ pub fn inspect_record(raw: &RawValue) -> RecordMeta {
         Some(r) => match serde_json::from_str::<String>(r.get()) {
             Ok(s) if !s.is_empty() => Some(s),
             Ok(_) => None,
-            // A number or other non-string id: its JSON text is still a stable identity.
-            Err(_) if r.get() != "null" => Some(r.get().to_string()),
+            // A number or other non-string id: its JSON text, typed so that `42` and `"42"`
+            // stay two records.
+            Err(_) if r.get() != "null" => Some(format!("json:{}", r.get())),
             Err(_) => None,
         },
         None => None,
@@ -94,9 +95,9 @@ pub fn parse_event_time(s: &str) -> Option<i64> {
 /// Milliseconds -> the HEC `time` number, e.g. `1722941419442` -> `1722941419.442`.
 /// Built from integers: `time` is exact to the millisecond for every representable instant.
 pub fn hec_time(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
-    let frac = ms.rem_euclid(1000);
-    format!("{secs}.{frac:03}")
+    let sign = if ms < 0 { "-" } else { "" };
+    let abs = ms.unsigned_abs();
+    format!("{sign}{}.{:03}", abs / 1000, abs % 1000)
 }
 
 /// A time as RingCentral wants it in a search: RFC 3339 UTC with milliseconds.
@@ -256,7 +257,8 @@ mod tests {
         assert_eq!(hec_time(1_722_941_419_442), "1722941419.442");
         assert_eq!(hec_time(1_722_941_419_000), "1722941419.000");
         assert_eq!(hec_time(5), "0.005");
-        assert_eq!(hec_time(-1), "-1.999");
+        assert_eq!(hec_time(-1), "-0.001");
+        assert_eq!(hec_time(-1500), "-1.500");
         // Offsets are converted to UTC; micro/nanoseconds truncate to the millisecond.
         assert_eq!(
             parse_event_time("2024-08-06T12:50:19.442+02:00"),
@@ -330,7 +332,7 @@ mod tests {
         let m = inspect_record(&raw(r#"{"id":42,"eventTime":7,"actionId":["A"]}"#));
         assert_eq!(
             (m.id.as_str(), m.event_time_ms, m.action_id),
-            ("42", None, None)
+            ("json:42", None, None)
         );
         // Not even an object: still gets an identity.
         assert!(inspect_record(&raw("[1,2]")).id.starts_with("sha256:"));

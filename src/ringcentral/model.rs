@@ -24,12 +24,16 @@ pub struct SearchRequest {
 /// One page of search results. Records stay raw: they are forwarded byte for byte.
 #[derive(Debug, Deserialize)]
 pub struct SearchPage {
-    /// The records of this page (possibly empty).
-    #[serde(default)]
+    /// The records of this page (possibly empty; `null` counts as empty).
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub records: Vec<Box<RawValue>>,
     /// Paging information; may be missing.
     #[serde(default)]
     pub paging: Option<Paging>,
+}
+
+fn null_as_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Box<RawValue>>, D::Error> {
+    Ok(Option::<Vec<Box<RawValue>>>::deserialize(d)?.unwrap_or_default())
 }
 
 /// `paging` of a search response. Every field may be missing.
@@ -132,6 +136,8 @@ mod tests {
         assert_eq!(p.paging.unwrap().total_found, Some(2));
         let p: SearchPage = serde_json::from_slice(b"{}").unwrap();
         assert!(p.records.is_empty() && p.paging.is_none());
+        let p: SearchPage = serde_json::from_slice(br#"{"records":null}"#).unwrap();
+        assert!(p.records.is_empty(), "null records are an empty page");
     }
 
     #[test]
