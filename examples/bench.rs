@@ -38,18 +38,27 @@ struct Opts {
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut opts = Opts { runs: 3, records: 1_000_000 };
+    let mut opts = Opts {
+        runs: 3,
+        records: 1_000_000,
+    };
     let mut what = "all".to_string();
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--runs" => opts.runs = it.next().context("--runs N")?.parse()?,
             "--records" => opts.records = it.next().context("--records N")?.parse()?,
-            "transform" | "spool" | "drain" | "poll" | "footprint" | "all" => what = a.clone(),
-            other => bail!("unknown argument {other:?}; see the doc comment at the top of examples/bench.rs"),
+            "transform" | "spool" | "drain" | "poll" | "footprint" | "gzip" | "all" => {
+                what = a.clone()
+            }
+            other => bail!(
+                "unknown argument {other:?}; see the doc comment at the top of examples/bench.rs"
+            ),
         }
     }
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     println!("| measure | median | min | max | unit |\n| --- | --- | --- | --- | --- |");
     let all = what == "all";
     if all || what == "transform" {
@@ -58,11 +67,18 @@ fn main() -> anyhow::Result<()> {
     if all || what == "spool" {
         spool(&opts)?;
     }
+    if all || what == "gzip" {
+        gzip_levels(&opts)?;
+    }
     if all || what == "poll" {
         rt.block_on(poll(&opts))?;
     }
     if all || what == "drain" || what == "footprint" {
-        rt.block_on(drain_and_footprint(&opts, all || what == "drain", all || what == "footprint"))?;
+        rt.block_on(drain_and_footprint(
+            &opts,
+            all || what == "drain",
+            all || what == "footprint",
+        ))?;
     }
     Ok(())
 }
@@ -70,7 +86,13 @@ fn main() -> anyhow::Result<()> {
 fn row(name: &str, unit: &str, mut samples: Vec<f64>) {
     samples.sort_by(|a, b| a.total_cmp(b));
     let median = samples[samples.len() / 2];
-    let fmt = |v: f64| if v >= 100.0 { format!("{v:.0}") } else { format!("{v:.2}") };
+    let fmt = |v: f64| {
+        if v >= 100.0 {
+            format!("{v:.0}")
+        } else {
+            format!("{v:.2}")
+        }
+    };
     println!(
         "| {name} | {} | {} | {} | {unit} |",
         fmt(median),
@@ -80,7 +102,13 @@ fn row(name: &str, unit: &str, mut samples: Vec<f64>) {
     let _ = std::io::stdout().flush();
 }
 
-fn config_toml(rc_url: &str, account: &SimAccount, hec_url: &str, dir: &Path, extra_hec: &str) -> String {
+fn config_toml(
+    rc_url: &str,
+    account: &SimAccount,
+    hec_url: &str,
+    dir: &Path,
+    extra_hec: &str,
+) -> String {
     format!(
         r#"[[accounts]]
 name = "bench"
@@ -108,7 +136,16 @@ listen = ""
 
 fn transformer() -> anyhow::Result<Transformer> {
     let acct = SimAccount::new("400100001", "Acme Corp");
-    let c = Config::from_toml_str(&config_toml("http://127.0.0.1:1", &acct, "http://127.0.0.1:1", Path::new("/tmp"), ""), &LoadEnv::default())?;
+    let c = Config::from_toml_str(
+        &config_toml(
+            "http://127.0.0.1:1",
+            &acct,
+            "http://127.0.0.1:1",
+            Path::new("/tmp"),
+            "",
+        ),
+        &LoadEnv::default(),
+    )?;
     Ok(Transformer::new(&c.hec, &c.accounts[0]))
 }
 
@@ -117,8 +154,16 @@ fn pages(n_pages: usize) -> Vec<String> {
     let now = Utc::now();
     (0..n_pages)
         .map(|p| {
-            let records = generate_records(p as u64, "400100001", "Acme Corp", 1000, now - TimeDelta::days(30), now);
-            serde_json::json!({"records": records, "paging": {"page": 1, "perPage": 1000}}).to_string()
+            let records = generate_records(
+                p as u64,
+                "400100001",
+                "Acme Corp",
+                1000,
+                now - TimeDelta::days(30),
+                now,
+            );
+            serde_json::json!({"records": records, "paging": {"page": 1, "perPage": 1000}})
+                .to_string()
         })
         .collect()
 }
@@ -151,10 +196,54 @@ fn transform(opts: &Opts) -> anyhow::Result<()> {
         ours.push(n as f64 / start.elapsed().as_secs_f64());
     }
     let mb = bytes as f64 / n as f64 / 1e6;
-    row("transform (records -> HEC events)", "records/s", ours.clone());
+    row(
+        "transform (records -> HEC events)",
+        "records/s",
+        ours.clone(),
+    );
     row("transform", "MB/s", ours.iter().map(|r| r * mb).collect());
-    row("floor: serde_json parse + reserialize", "records/s", floor.clone());
-    row("transform time / floor time (target <= 1.5)", "ratio", floor.iter().zip(&ours).map(|(f, o)| f / o).collect());
+    row(
+        "floor: serde_json parse + reserialize",
+        "records/s",
+        floor.clone(),
+    );
+    row(
+        "transform time / floor time (target <= 1.5)",
+        "ratio",
+        floor.iter().zip(&ours).map(|(f, o)| f / o).collect(),
+    );
+    Ok(())
+}
+
+/// Compression speed and ratio per gzip level on real batches (how the sink's level was chosen).
+fn gzip_levels(opts: &Opts) -> anyhow::Result<()> {
+    use flate2::Compression;
+    use flate2::write::GzEncoder;
+    let pool = events(10_000)?;
+    let raw: usize = pool.iter().map(|e| e.len() + 1).sum();
+    for level in [1u32, 3, 6] {
+        let (mut speed, mut ratio) = (Vec::new(), Vec::new());
+        for _ in 0..opts.runs.max(3) {
+            let start = Instant::now();
+            let mut compressed = 0;
+            for chunk in pool.chunks(1000) {
+                let mut enc = GzEncoder::new(Vec::new(), Compression::new(level));
+                for e in chunk {
+                    enc.write_all(e)?;
+                    enc.write_all(b"\n")?;
+                }
+                compressed += enc.finish()?.len();
+            }
+            speed.push(raw as f64 / start.elapsed().as_secs_f64() / 1e6);
+            ratio.push(raw as f64 / compressed as f64);
+        }
+        row(
+            &format!("gzip level {level}: compression speed"),
+            "MB/s",
+            speed,
+        );
+        row(&format!("gzip level {level}: ratio"), "x", ratio);
+    }
     Ok(())
 }
 
@@ -173,7 +262,10 @@ fn events(n: usize) -> anyhow::Result<Vec<Vec<u8>>> {
 
 fn bench_dir(name: &str) -> anyhow::Result<PathBuf> {
     // On disk (not tmpfs), so fsync costs what it costs.
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target").join("bench").join(name);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("target")
+        .join("bench")
+        .join(name);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
@@ -184,7 +276,10 @@ fn fill(spool: &Spool, n: usize, pool: &[Vec<u8>]) -> anyhow::Result<()> {
     let mut i = 0;
     while i < n {
         let page: Vec<NewRecord> = (i..(i + 1000).min(n))
-            .map(|k| NewRecord { record_id: format!("r{k}"), event: pool[k % pool.len()].clone() })
+            .map(|k| NewRecord {
+                record_id: format!("r{k}"),
+                event: pool[k % pool.len()].clone(),
+            })
             .collect();
         i += page.len();
         spool.enqueue_page("bench", &page, Some(i as i64))?;
@@ -205,22 +300,39 @@ fn spool(opts: &Opts) -> anyhow::Result<()> {
         let start = Instant::now();
         loop {
             let batch = s.read_batch(1000, usize::MAX)?;
-            let (Some(first), Some(last)) = (batch.first(), batch.last()) else { break };
+            let (Some(first), Some(last)) = (batch.first(), batch.last()) else {
+                break;
+            };
             s.settle(Some((first.seq, last.seq)), &[])?;
         }
         drain.push(n as f64 / start.elapsed().as_secs_f64());
     }
-    row("spool enqueue (pages of 1000, cursor commit, synchronous=FULL)", "records/s", enq);
+    row(
+        "spool enqueue (pages of 1000, cursor commit, synchronous=FULL)",
+        "records/s",
+        enq,
+    );
     row("spool read + delete (batches of 1000)", "records/s", drain);
     Ok(())
 }
 
 async fn poll(opts: &Opts) -> anyhow::Result<()> {
     let acct = SimAccount::new("400100001", "Acme Corp");
-    let rc = RcSim::start(RcSimConfig { accounts: vec![acct.clone()], rate_limits: false, ..RcSimConfig::default() }).await?;
+    let rc = RcSim::start(RcSimConfig {
+        accounts: vec![acct.clone()],
+        rate_limits: false,
+        ..RcSimConfig::default()
+    })
+    .await?;
     let n = 10_000; // the API's own per-search maximum
     let now = Utc::now();
-    rc.generate(&acct.account_id, n, now - TimeDelta::days(10), now - TimeDelta::minutes(1), 1);
+    rc.generate(
+        &acct.account_id,
+        n,
+        now - TimeDelta::days(10),
+        now - TimeDelta::minutes(1),
+        1,
+    );
     let mut rates = Vec::new();
     for _ in 0..opts.runs.max(3) {
         let dir = bench_dir("poll")?;
@@ -234,7 +346,11 @@ async fn poll(opts: &Opts) -> anyhow::Result<()> {
         rates.push(n as f64 / start.elapsed().as_secs_f64());
         anyhow::ensure!(p.spool.depth()? == n as u64, "poll stored everything");
     }
-    row("poll (simulator -> spool, pages of 1000, no rate limits)", "records/s", rates);
+    row(
+        "poll (simulator -> spool, pages of 1000, no rate limits)",
+        "records/s",
+        rates,
+    );
     Ok(())
 }
 
@@ -260,7 +376,10 @@ fn proc_cpu(pid: u32) -> Option<f64> {
 
 fn binary() -> anyhow::Result<PathBuf> {
     let b = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/rc-audit-hec");
-    anyhow::ensure!(b.exists(), "build the release binary first: cargo build --release");
+    anyhow::ensure!(
+        b.exists(),
+        "build the release binary first: cargo build --release"
+    );
     Ok(b)
 }
 
@@ -282,19 +401,33 @@ fn time_to_ready(config: &Path, dir: &Path) -> anyhow::Result<Duration> {
     let mut buf = [0u8; 4096];
     let ready = loop {
         let n = sock.recv(&mut buf).context("no READY=1 within 30 s")?;
-        if String::from_utf8_lossy(&buf[..n]).lines().any(|l| l == "READY=1") {
+        if String::from_utf8_lossy(&buf[..n])
+            .lines()
+            .any(|l| l == "READY=1")
+        {
             break start.elapsed();
         }
     };
-    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
     let _ = child.wait();
     Ok(ready)
 }
 
-async fn drain_and_footprint(opts: &Opts, do_drain: bool, do_footprint: bool) -> anyhow::Result<()> {
+async fn drain_and_footprint(
+    opts: &Opts,
+    do_drain: bool,
+    do_footprint: bool,
+) -> anyhow::Result<()> {
     let bin = binary()?;
     let acct = SimAccount::new("400100001", "Acme Corp");
-    let rc = RcSim::start(RcSimConfig { accounts: vec![acct.clone()], rate_limits: false, ..RcSimConfig::default() }).await?;
+    let rc = RcSim::start(RcSimConfig {
+        accounts: vec![acct.clone()],
+        rate_limits: false,
+        ..RcSimConfig::default()
+    })
+    .await?;
     let mut hec_cfg = HecSimConfig::new(TOKEN);
     hec_cfg.fast = true;
     let hec = HecSim::start(hec_cfg).await?;
@@ -307,13 +440,24 @@ async fn drain_and_footprint(opts: &Opts, do_drain: bool, do_footprint: bool) ->
         for _ in 0..opts.runs {
             let dir = bench_dir("ready-empty")?;
             let cfg = dir.join("config.toml");
-            std::fs::write(&cfg, config_toml(&rc.url(), &acct, &hec.url(), &dir.join("state"), ""))?;
+            std::fs::write(
+                &cfg,
+                config_toml(&rc.url(), &acct, &hec.url(), &dir.join("state"), ""),
+            )?;
             ready_empty.push(time_to_ready(&cfg, &dir)?.as_secs_f64() * 1000.0);
             // Idle RSS: running, nothing to do.
-            let mut child = Command::new(&bin).arg("--config").arg(&cfg).arg("run").stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
+            let mut child = Command::new(&bin)
+                .arg("--config")
+                .arg(&cfg)
+                .arg("run")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()?;
             tokio::time::sleep(Duration::from_secs(3)).await;
             idle.push(proc_kb(child.id(), "VmRSS:").unwrap_or(0) as f64 / 1024.0);
-            let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
             let _ = child.wait();
         }
         row("start to READY, empty spool", "ms", ready_empty);
@@ -321,25 +465,42 @@ async fn drain_and_footprint(opts: &Opts, do_drain: bool, do_footprint: bool) ->
     }
 
     let mut drain_rates = Vec::new();
-    let (mut mbps, mut cpu, mut rss, mut ready_full, mut capacity) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut mbps, mut cpu, mut rss, mut ready_full, mut capacity) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let avg = pool.iter().map(Vec::len).sum::<usize>() as f64 / pool.len() as f64;
     for run in 0..opts.runs {
         let dir = bench_dir("drain")?;
         {
             let spool = Spool::open(&dir.join("state"))?;
-            eprintln!("run {}: filling the spool with {} events...", run + 1, opts.records);
+            eprintln!(
+                "run {}: filling the spool with {} events...",
+                run + 1,
+                opts.records
+            );
             fill(&spool, opts.records, &pool)?;
         }
         let cfg = dir.join("config.toml");
         if do_footprint {
             // READY with the backlog, HEC unreachable so nothing drains meanwhile.
-            std::fs::write(&cfg, config_toml(&rc.url(), &acct, "http://127.0.0.1:9", &dir.join("state"), ""))?;
+            std::fs::write(
+                &cfg,
+                config_toml(
+                    &rc.url(),
+                    &acct,
+                    "http://127.0.0.1:9",
+                    &dir.join("state"),
+                    "",
+                ),
+            )?;
             ready_full.push(time_to_ready(&cfg, &dir)?.as_secs_f64() * 1000.0);
         }
         if !do_drain {
             continue;
         }
-        std::fs::write(&cfg, config_toml(&rc.url(), &acct, &hec.url(), &dir.join("state"), ""))?;
+        std::fs::write(
+            &cfg,
+            config_toml(&rc.url(), &acct, &hec.url(), &dir.join("state"), ""),
+        )?;
         let before = hec.accepted();
         let start = Instant::now();
         let mut child = Command::new(&bin)
@@ -362,7 +523,11 @@ async fn drain_and_footprint(opts: &Opts, do_drain: bool, do_footprint: bool) ->
         }
         let secs = start.elapsed().as_secs_f64();
         let delivered = hec.accepted() - before;
-        anyhow::ensure!(delivered == opts.records, "delivered {delivered} of {}", opts.records);
+        anyhow::ensure!(
+            delivered == opts.records,
+            "delivered {delivered} of {}",
+            opts.records
+        );
         drain_rates.push(delivered as f64 / secs);
         mbps.push(delivered as f64 * avg / secs / 1e6);
         cpu.push(cpu_s);
@@ -392,15 +557,35 @@ async fn drain_and_footprint(opts: &Opts, do_drain: bool, do_footprint: bool) ->
         capacity.push(n_batches as f64 * 1000.0 / start.elapsed().as_secs_f64());
     }
     if do_footprint {
-        row(&format!("start to READY, {} spooled", opts.records), "ms", ready_full);
+        row(
+            &format!("start to READY, {} spooled", opts.records),
+            "ms",
+            ready_full,
+        );
     }
     if do_drain {
-        row(&format!("drain {} events, gzip on", opts.records), "events/s", drain_rates.clone());
+        row(
+            &format!("drain {} events, gzip on", opts.records),
+            "events/s",
+            drain_rates.clone(),
+        );
         row("drain throughput (uncompressed)", "MB/s", mbps);
         row("drain CPU time of the forwarder", "s", cpu);
         row("drain peak RSS of the forwarder", "MB", rss);
-        row("HEC simulator alone (pre-built batches, 1 in flight)", "events/s", capacity.clone());
-        row("drain / simulator capacity (target >= 0.8)", "ratio", drain_rates.iter().zip(&capacity).map(|(d, c)| d / c).collect());
+        row(
+            "HEC simulator alone (pre-built batches, 1 in flight)",
+            "events/s",
+            capacity.clone(),
+        );
+        row(
+            "drain / simulator capacity (target >= 0.8)",
+            "ratio",
+            drain_rates
+                .iter()
+                .zip(&capacity)
+                .map(|(d, c)| d / c)
+                .collect(),
+        );
     }
     Ok(())
 }
