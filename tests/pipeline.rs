@@ -595,14 +595,14 @@ async fn a_full_disk_pauses_polling_with_a_reason_and_recovers_without_a_restart
     let w = World::new(1).await;
     w.rc.generate(
         &w.accounts[0].account_id,
-        50,
+        400,
         hours_ago(2),
         hours_ago(1),
         60,
     );
     let p = w.pipeline("", "");
     let (spool, health) = (p.spool.clone(), p.health.clone());
-    let pages = spool.used_bytes().unwrap() / 4096;
+    let pages = spool.used_bytes().unwrap() / spool.page_size().unwrap();
     spool.set_max_page_count(pages).unwrap();
     let shutdown = CancellationToken::new();
     let service = tokio::spawn(p.run(shutdown.clone()));
@@ -629,7 +629,7 @@ async fn a_full_disk_pauses_polling_with_a_reason_and_recovers_without_a_restart
     );
     // Space comes back: polling resumes by itself.
     spool.set_max_page_count(1 << 30).unwrap();
-    assert!(eventually(Duration::from_secs(10), || w.hec.accepted() == 50).await);
+    assert!(eventually(Duration::from_secs(10), || w.hec.accepted() == 400).await);
     assert!(
         eventually(Duration::from_secs(5), || health.snapshot()[&component]
             .state
