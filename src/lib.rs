@@ -35,14 +35,20 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod app;
+pub mod backfill;
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod dryrun;
 pub mod hec;
 pub mod retry;
 pub mod ringcentral;
+pub mod service;
 pub mod sim;
 pub mod spool;
 pub mod telemetry;
 pub mod transform;
+pub mod watchdog;

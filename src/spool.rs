@@ -13,6 +13,8 @@
 //!   re-polls after a crash enqueue a record once.
 //! - `cursors(account, cursor_ms)`: the end of the last complete window per account.
 //! - `dead_letters(...)`: events HEC refused permanently, with the reason; never deleted by us.
+//! - `backfill_done(account, from_ms, to_ms)`: past ranges `backfill` has completed
+//!   ([`backfill`]; created on first use).
 //!
 //! # Durability
 //! WAL with `synchronous=FULL`: a committed transaction survives power loss. Commits are per page
@@ -40,6 +42,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, params};
+
+pub mod backfill;
+pub mod peek;
 
 /// Schema version in `PRAGMA user_version`.
 pub const SCHEMA_VERSION: i64 = 1;

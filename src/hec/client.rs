@@ -36,6 +36,8 @@ pub struct HecClient {
     channel: String,
     gzip: bool,
     next: usize,
+    /// What the last `send` got back, for metrics and per-URL health ([`super::observe`]).
+    pub(super) observed: super::observe::Observed,
 }
 
 impl HecClient {
@@ -74,6 +76,7 @@ impl HecClient {
             channel: uuid::Uuid::new_v4().to_string(),
             gzip: cfg.gzip,
             next: 0,
+            observed: Default::default(),
         })
     }
 
@@ -108,7 +111,9 @@ impl HecClient {
         if self.gzip {
             req = req.header(CONTENT_ENCODING, "gzip");
         }
-        let outcome = match req.send().await {
+        let sent = req.send().await;
+        self.observed = super::observe::Observed::of(&sent);
+        let outcome = match sent {
             Err(e) => Outcome::Retry {
                 retry_after: None,
                 reason: if e.is_timeout() {
@@ -125,7 +130,12 @@ impl HecClient {
                     .and_then(|v| v.to_str().ok())
                     .and_then(parse_seconds);
                 match resp.bytes().await {
-                    Ok(b) => classify(status, retry_after, &b),
+                    Ok(b) => super::observe::classify_observed(
+                        &mut self.observed,
+                        status,
+                        retry_after,
+                        &b,
+                    ),
                     Err(e) => Outcome::Retry {
                         retry_after,
                         reason: format!(
@@ -149,7 +159,10 @@ impl HecClient {
                 req = req.header(AUTHORIZATION, auth);
             }
             let result = match req.send().await {
-                Err(e) => Err(format!("cannot reach HEC: {}", e.without_url())),
+                Err(e) => Err(format!(
+                    "cannot reach HEC: {}",
+                    crate::telemetry::logging::error_chain(&e.without_url())
+                )),
                 Ok(resp) => {
                     let status = resp.status().as_u16();
                     let body = resp.bytes().await.unwrap_or_default();

@@ -18,6 +18,7 @@
 
 pub mod batch;
 pub mod client;
+mod observe;
 pub mod response;
 
 use std::sync::Arc;
@@ -114,6 +115,7 @@ impl Sink {
     pub async fn run(mut self, shutdown: CancellationToken) {
         self.log_health().await;
         loop {
+            crate::watchdog::beat();
             match self.step(&shutdown).await {
                 Ok(Step::Progress) => continue,
                 Ok(Step::Stopped) => return,
@@ -189,11 +191,13 @@ impl Sink {
         };
         let mut backoff = self.retry.backoff();
         loop {
+            crate::watchdog::beat();
             Stats::add(&self.stats.hec_requests, 1);
             let (url, outcome) = tokio::select! {
                 r = self.client.send(body.clone()) => r,
                 _ = shutdown.cancelled() => return Ok(Step::Stopped),
             };
+            self.observe(&url, &outcome, good.len());
             let (first, last) = (good[0].seq, good[good.len() - 1].seq);
             match outcome {
                 Outcome::Accepted => {
@@ -317,6 +321,7 @@ impl Sink {
 
 /// Sleeps `d` unless `shutdown` comes first; true when it did.
 async fn sleep_or_stop(d: Duration, shutdown: &CancellationToken) -> bool {
+    crate::watchdog::waiting(d);
     tokio::select! {
         _ = tokio::time::sleep(d) => false,
         _ = shutdown.cancelled() => true,

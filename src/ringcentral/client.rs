@@ -21,7 +21,8 @@ use super::model::{ApiError, SearchPage, SearchRequest};
 use super::rate_limit::{Group, Observed, RateLimiter};
 use crate::config::{AccountConfig, Secret};
 use crate::retry::RetryPolicy;
-use crate::telemetry::Stats;
+use crate::telemetry::logging::error_chain;
+use crate::telemetry::{AccountStats, Stats};
 
 /// Why a RingCentral call failed for good. All but `Unavailable` need an operator.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -87,6 +88,8 @@ pub struct RcClient {
     /// `None`: retry transient failures forever (the service); `Some(n)`: give up after n.
     max_attempts: Option<u32>,
     stats: Arc<Stats>,
+    /// This account's counters (responses by status, rate-limit waits).
+    acct: Arc<AccountStats>,
 }
 
 enum Body<'a> {
@@ -117,6 +120,7 @@ impl RcClient {
             limiter: RateLimiter::default(),
             retry,
             max_attempts: None,
+            acct: stats.account(&account.name),
             stats,
         }
     }
@@ -165,8 +169,11 @@ impl RcClient {
                 Body::Token => None,
                 Body::Search(_) => Some(Box::pin(self.access_token()).await?),
             };
+            crate::watchdog::waiting(self.limiter.delay(group));
             let waited = self.limiter.wait(group).await;
+            crate::watchdog::beat();
             if !waited.is_zero() {
+                self.acct.rate_limit_wait(waited);
                 debug!(account = %self.name, ?group, waited_ms = waited.as_millis() as u64, "paced by RingCentral rate limit");
             }
             let request = match (&body, &bearer) {
@@ -192,9 +199,13 @@ impl RcClient {
             };
             Stats::add(&self.stats.rc_requests, 1);
             let failure = match request.send().await {
-                Err(e) => format!("request failed: {}", e.without_url()),
+                Err(e) => {
+                    self.acct.rc_response(0);
+                    format!("request failed: {}", error_chain(&e.without_url()))
+                }
                 Ok(resp) => {
                     let status = resp.status();
+                    self.acct.rc_response(status.as_u16());
                     let observed = self.limiter.observe(group, status, resp.headers());
                     let bytes = match resp.bytes().await {
                         Ok(b) => b,
@@ -283,7 +294,8 @@ impl RcClient {
             });
         }
         warn!(account = %self.name, attempt = backoff.attempts(), retry_in_ms = delay.as_millis() as u64,
-            "RingCentral request failed, retrying: {detail}");
+            "RingCentral request failed, retrying (if this persists, check server_url and the network path to RingCentral): {detail}");
+        crate::watchdog::waiting(delay);
         tokio::time::sleep(delay).await;
         Ok(())
     }
