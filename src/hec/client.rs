@@ -119,7 +119,7 @@ impl HecClient {
                 reason: if e.is_timeout() {
                     "no answer within hec.timeout (HEC may still index the batch: a resend can duplicate it)".to_string()
                 } else {
-                    format!("cannot reach HEC: {}", e.without_url())
+                    super::observe::unreachable_reason(e)
                 },
             },
             Ok(resp) => {

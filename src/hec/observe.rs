@@ -47,6 +47,19 @@ impl Observed {
     }
 }
 
+/// Why a request got no answer, with the error's causes and, for a certificate problem, the fix.
+pub fn unreachable_reason(e: reqwest::Error) -> String {
+    let chain = crate::telemetry::logging::error_chain(&e.without_url());
+    let lower = chain.to_ascii_lowercase();
+    if lower.contains("certificate") || lower.contains("unknownissuer") {
+        format!(
+            "cannot reach HEC: {chain} (TLS trust: set hec.tls_ca_file to the CA that signed Splunk's certificate, and check the certificate names the host in hec.urls)"
+        )
+    } else {
+        format!("cannot reach HEC: {chain} (check hec.urls, the network path and firewalls)")
+    }
+}
+
 /// [`classify`], noting HEC's `code` from the body in `observed` on the way.
 pub fn classify_observed(
     observed: &mut Observed,

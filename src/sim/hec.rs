@@ -56,6 +56,8 @@ pub struct HecSimConfig {
     /// A file that receives every accepted event as one JSON line (appended, flushed per
     /// request), so the demo can point users at what "Splunk" received.
     pub output: Option<PathBuf>,
+    /// Serve HTTPS with this certificate (the URL then starts with `https://`).
+    pub tls: Option<crate::sim::tls::SimTls>,
 }
 
 impl HecSimConfig {
@@ -65,6 +67,7 @@ impl HecSimConfig {
             token: token.to_owned(),
             allowed_indexes: None,
             output: None,
+            tls: None,
         }
     }
 }
@@ -151,7 +154,8 @@ impl HecSim {
             router = router.route(path, any(event));
         }
         let router = router.fallback(not_found).with_state(Arc::clone(&shared));
-        let server = DownableServer::start(router).await?;
+        let tls = config.tls.as_ref().map(|t| t.acceptor()).transpose()?;
+        let server = DownableServer::start_with_tls(router, tls).await?;
         tracing::debug!(url = %server.url(), "HEC simulator started");
         Ok(HecSim { server, shared })
     }
