@@ -51,7 +51,7 @@ pub struct Options {
     pub watchdog_interval: Option<Duration>,
     /// Where `READY=1`, `STATUS=`, `WATCHDOG=1`... go.
     pub notifier: crate::service::Notifier,
-    /// How often `STATUS=` is refreshed.
+    /// How often `STATUS=` is checked (it is sent when it changed).
     pub status_interval: Duration,
 }
 
@@ -64,7 +64,7 @@ impl Default for Options {
             stall_limit: None,
             watchdog_interval: None,
             notifier: crate::service::Notifier::default(),
-            status_interval: Duration::from_secs(10),
+            status_interval: Duration::from_secs(1),
         }
     }
 }

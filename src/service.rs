@@ -305,6 +305,11 @@ pub async fn run(
     service.sink = service.start_sink()?;
     service.admin = service.start_admin().await;
     service.pollers = service.start_pollers();
+    let depth = service.pipeline.spool.run(|s| s.depth()).await.unwrap_or(0);
+    info!(accounts = service.pipeline.config.accounts.len(), spooled = depth,
+        spool = %service.pipeline.spool.path().display(),
+        watchdog = ?watchdog_interval, "rc-audit-hec running");
+    options.notifier.notify(&[sd_notify::NotifyState::Ready]);
     let helpers = TaskTracker::new();
     helpers.spawn(report_status(
         service.pipeline.spool.clone(),
@@ -325,11 +330,6 @@ pub async fn run(
         shutdown.clone(),
     ));
     helpers.close();
-    let depth = service.pipeline.spool.run(|s| s.depth()).await.unwrap_or(0);
-    info!(accounts = service.pipeline.config.accounts.len(), spooled = depth,
-        spool = %service.pipeline.spool.path().display(),
-        watchdog = ?watchdog_interval, "rc-audit-hec running");
-    options.notifier.notify(&[sd_notify::NotifyState::Ready]);
 
     let mut reload = reload;
     loop {
@@ -370,8 +370,8 @@ pub async fn run(
     Ok(())
 }
 
-/// Sends `STATUS=` to systemd every `every`: spool depth, deliveries, the last delivery's age,
-/// and any stalled loop.
+/// Keeps systemd's `STATUS=` current: checks every `every` and sends when the text changed
+/// (spool depth, deliveries, the last delivery's time, stalled loops).
 async fn report_status(
     spool: crate::spool::Spool,
     stats: Arc<Stats>,
@@ -380,10 +380,14 @@ async fn report_status(
     every: Duration,
     shutdown: CancellationToken,
 ) {
+    let mut last = String::new();
     loop {
         let depth = spool.run(|s| s.depth()).await.ok();
-        let line = status_line(depth, &stats, &watchdog, crate::spool::now_ms());
-        notifier.notify(&[sd_notify::NotifyState::Status(&line)]);
+        let line = status_line(depth, &stats, &watchdog);
+        if line != last {
+            notifier.notify(&[sd_notify::NotifyState::Status(&line)]);
+            last = line;
+        }
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
             _ = shutdown.cancelled() => return,
@@ -391,8 +395,9 @@ async fn report_status(
     }
 }
 
-/// The `STATUS=` text, e.g. `spooled 12, delivered 3400 (last 4s ago), dead letters 0`.
-pub fn status_line(depth: Option<u64>, stats: &Stats, watchdog: &Watchdog, now_ms: i64) -> String {
+/// The `STATUS=` text, e.g.
+/// `spooled 12, delivered 3400 (last at 2026-03-01T10:00:00Z), dead letters 0`.
+pub fn status_line(depth: Option<u64>, stats: &Stats, watchdog: &Watchdog) -> String {
     let depth = depth.map_or_else(
         || "unknown (spool unreadable)".to_string(),
         |d| d.to_string(),
@@ -400,11 +405,12 @@ pub fn status_line(depth: Option<u64>, stats: &Stats, watchdog: &Watchdog, now_m
     let last = stats
         .last_delivery_ms
         .load(std::sync::atomic::Ordering::Relaxed);
-    let last = if last > 0 {
-        let ago = Duration::from_secs(u64::try_from((now_ms - last).max(0) / 1000).unwrap_or(0));
-        format!("last {} ago", humantime::format_duration(ago))
-    } else {
-        "none since start".to_string()
+    let last = match chrono::DateTime::from_timestamp_millis(last).filter(|_| last > 0) {
+        Some(t) => format!(
+            "last at {}",
+            t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        ),
+        None => "none since start".to_string(),
     };
     let mut line = format!(
         "spooled {depth}, delivered {} ({last}), dead letters {}",
