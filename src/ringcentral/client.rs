@@ -22,7 +22,7 @@ use super::rate_limit::{Group, Observed, RateLimiter};
 use crate::config::{AccountConfig, Secret};
 use crate::retry::RetryPolicy;
 use crate::telemetry::logging::error_chain;
-use crate::telemetry::{AccountStats, Stats};
+use crate::telemetry::{AccountStats, Health, State, Stats};
 
 /// Why a RingCentral call failed for good. All but `Unavailable` need an operator.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -90,6 +90,9 @@ pub struct RcClient {
     stats: Arc<Stats>,
     /// This account's counters (responses by status, rate-limit waits).
     acct: Arc<AccountStats>,
+    /// Where to say that the account is degraded while requests are retried or rate-limited
+    /// (the health component), so `/healthz` shows it before the poll gives up or succeeds.
+    health: Option<(Arc<Health>, String)>,
 }
 
 enum Body<'a> {
@@ -122,6 +125,7 @@ impl RcClient {
             max_attempts: None,
             acct: stats.account(&account.name),
             stats,
+            health: None,
         }
     }
 
@@ -129,6 +133,18 @@ impl RcClient {
     pub fn with_max_attempts(mut self, n: Option<u32>) -> Self {
         self.max_attempts = n;
         self
+    }
+
+    /// Reports retries and rate-limit penalties as `Degraded` in `health` under `component`.
+    pub fn with_health(mut self, health: Arc<Health>, component: String) -> Self {
+        self.health = Some((health, component));
+        self
+    }
+
+    fn degraded(&self, reason: String) {
+        if let Some((health, component)) = &self.health {
+            health.set(component, State::Degraded, Some(reason));
+        }
     }
 
     /// One page of audit-trail search results.
@@ -244,6 +260,11 @@ impl RcClient {
         if status == StatusCode::TOO_MANY_REQUESTS {
             Stats::add(&self.stats.rc_rate_limited, 1);
             if let Observed::Penalty(d) = observed {
+                self.degraded(format!(
+                    "rate limited by RingCentral (429 {}): sending nothing for {:.0}s; poll less often if this repeats",
+                    err.code().unwrap_or("-"),
+                    d.as_secs_f64()
+                ));
                 warn!(account = %self.name, code = err.code().unwrap_or("-"), penalty_s = d.as_secs_f64(),
                     "RingCentral rate limit exceeded: sending nothing to this account until the penalty is over; poll less often if this repeats");
             }
@@ -293,6 +314,10 @@ impl RcClient {
                 detail: detail.to_string(),
             });
         }
+        self.degraded(format!(
+            "RingCentral request failed, retrying (attempt {}): {detail}",
+            backoff.attempts()
+        ));
         warn!(account = %self.name, attempt = backoff.attempts(), retry_in_ms = delay.as_millis() as u64,
             "RingCentral request failed, retrying (if this persists, check server_url and the network path to RingCentral): {detail}");
         crate::watchdog::waiting(delay);

@@ -95,7 +95,7 @@ impl Poller {
         health: Arc<Health>,
     ) -> Self {
         Poller {
-            client,
+            client: client.with_health(health.clone(), format!("account:{account}")),
             spool,
             transformer,
             account: account.to_string(),
