@@ -266,5 +266,3 @@ pub fn cancel_on_signals(token: CancellationToken) {
         token.cancel();
     });
 }
-
-pub use crate::admin::serve_admin;

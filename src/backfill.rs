@@ -191,6 +191,8 @@ pub struct Progress {
     /// When the last plain line was written (lines at most every `line_every`).
     last_line: Mutex<Option<Instant>>,
     line_every: Duration,
+    /// False when following the service's backfill, which does not report record counts.
+    count_records: bool,
 }
 
 impl Progress {
@@ -216,6 +218,15 @@ impl Progress {
             accounts_done: AtomicUsize::new(0),
             last_line: Mutex::new(None),
             line_every: Duration::from_secs(5),
+            count_records: true,
+        }
+    }
+
+    /// Progress of a backfill the service does (days only: the service reports no records).
+    pub fn following(total_ms: u64, accounts: usize) -> Self {
+        Progress {
+            count_records: false,
+            ..Self::for_stderr(total_ms, accounts)
         }
     }
 
@@ -226,14 +237,28 @@ impl Progress {
 
     /// The summary text: `12.0 of 30.0 days, 4711 new records, 1/3 accounts done`.
     pub fn text(&self) -> String {
-        format!(
-            "{:.1} of {:.1} days, {} new records, {}/{} accounts done",
+        let days = format!(
+            "{:.1} of {:.1} days",
             self.done_ms.load(Ordering::Relaxed) as f64 / DAY_MS,
-            self.total_ms as f64 / DAY_MS,
+            self.total_ms as f64 / DAY_MS
+        );
+        if !self.count_records {
+            return days;
+        }
+        format!(
+            "{days}, {} new records, {}/{} accounts done",
             self.records.load(Ordering::Relaxed),
             self.accounts_done.load(Ordering::Relaxed),
             self.accounts
         )
+    }
+
+    /// Sets the amount done (when following the service).
+    pub fn set_done(&self, done_ms: u64) {
+        let before = self.done_ms.load(Ordering::Relaxed);
+        if done_ms > before {
+            self.advance(done_ms - before, 0);
+        }
     }
 
     fn advance(&self, ms: u64, inserted: u64) {
@@ -275,7 +300,8 @@ impl Progress {
         }
     }
 
-    fn finish(&self) {
+    /// Ends the bar (or writes the last line).
+    pub fn finish(&self) {
         match &self.bar {
             Some(bar) => bar.finish_with_message(self.text()),
             None => self.line(true),
@@ -283,19 +309,127 @@ impl Progress {
     }
 }
 
+/// Why a backfill could not be handed to the running service.
+#[derive(Debug, thiserror::Error)]
+pub enum HandOverError {
+    /// The admin endpoint is off, so there is no way to reach the service.
+    #[error(
+        "the running service holds the spool, and its admin endpoint is off (admin.listen = \"\"): turn admin.listen on and reload the service (systemctl reload rc-audit-hec), or stop it (systemctl stop rc-audit-hec), run backfill, and start it again"
+    )]
+    NoAdmin,
+    /// The endpoint did not answer.
+    #[error(
+        "cannot reach the running service's admin endpoint at {url}: {detail}; check admin.listen, or stop the service (systemctl stop rc-audit-hec), run backfill, and start it again"
+    )]
+    Unreachable {
+        /// The URL tried.
+        url: String,
+        /// Why.
+        detail: String,
+    },
+    /// The service answered with an error.
+    #[error("the running service refused the backfill: {0}")]
+    Refused(String),
+}
+
+/// While the service runs (it holds the spool), `backfill` hands the range to it through
+/// `POST /backfill` on the admin endpoint; the service polls it between live windows within the
+/// same rate limits. Then follows the progress (`GET /backfill`) until the service has no
+/// backfill left for `accounts`. Returns false when `shutdown` came first (the service carries
+/// on regardless).
+pub async fn hand_to_service(
+    listen: Option<std::net::SocketAddr>,
+    range: Range,
+    accounts: &[String],
+    all_accounts: bool,
+    shutdown: CancellationToken,
+) -> Result<bool, HandOverError> {
+    let addr = listen.ok_or(HandOverError::NoAdmin)?;
+    let ip = match addr.ip() {
+        std::net::IpAddr::V4(v4) if v4.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
+        std::net::IpAddr::V6(v6) if v6.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
+        ip => ip,
+    };
+    let url = format!(
+        "http://{}/backfill",
+        std::net::SocketAddr::new(ip, addr.port())
+    );
+    let unreachable = |e: reqwest::Error| HandOverError::Unreachable {
+        url: url.clone(),
+        detail: crate::telemetry::logging::error_chain(&e.without_url()),
+    };
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .map_err(unreachable)?;
+    let body = serde_json::json!({
+        "from": crate::transform::rfc3339_millis(range.from),
+        "to": crate::transform::rfc3339_millis(range.to),
+        "accounts": if all_accounts { Vec::new() } else { accounts.to_vec() },
+    });
+    let resp = http
+        .post(&url)
+        .json(&body)
+        .send()
+        .await
+        .map_err(unreachable)?;
+    let status = resp.status();
+    let doc: serde_json::Value = resp.json().await.map_err(unreachable)?;
+    if !status.is_success() {
+        let why = doc["error"]
+            .as_str()
+            .map_or_else(|| format!("HTTP {status}"), str::to_string);
+        return Err(HandOverError::Refused(why));
+    }
+    let remaining = |doc: &serde_json::Value| -> u64 {
+        doc["jobs"]
+            .as_array()
+            .map(|jobs| {
+                jobs.iter()
+                    .filter(|j| {
+                        j["account"]
+                            .as_str()
+                            .is_some_and(|a| accounts.iter().any(|n| n == a))
+                    })
+                    .map(|j| (j["remaining_seconds"].as_f64().unwrap_or(0.0) * 1000.0) as u64)
+                    .sum()
+            })
+            .unwrap_or(0)
+    };
+    let total = remaining(&doc);
+    eprintln!(
+        "backfill: the service is running, so it does the backfill itself, between live windows and within the same rate limits; following its progress (Ctrl-C stops following, not the backfill)"
+    );
+    let progress = Progress::following(total, accounts.len());
+    loop {
+        let left = match http.get(&url).send().await {
+            Ok(r) => match r.json::<serde_json::Value>().await {
+                Ok(doc) => Some(remaining(&doc)),
+                Err(_) => None,
+            },
+            Err(_) => None,
+        };
+        if let Some(left) = left {
+            progress.set_done(total.saturating_sub(left));
+            if left == 0 {
+                progress.finish();
+                return Ok(true);
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = shutdown.cancelled() => {
+                eprintln!("backfill: stopped following; the service carries on (GET {url} shows what is left)");
+                return Ok(false);
+            }
+        }
+    }
+}
+
 /// Checks `--account` names against the config; empty means every account.
-pub fn select_accounts(
-    pipeline: &Pipeline,
-    names: &[String],
-) -> Result<Vec<String>, BackfillError> {
-    let known: Vec<String> = pipeline
-        .config
-        .accounts
-        .iter()
-        .map(|a| a.name.clone())
-        .collect();
+pub fn select_accounts(known: &[String], names: &[String]) -> Result<Vec<String>, BackfillError> {
     if names.is_empty() {
-        return Ok(known);
+        return Ok(known.to_vec());
     }
     for n in names {
         if !known.contains(n) {
@@ -305,7 +439,11 @@ pub fn select_accounts(
             });
         }
     }
-    Ok(known.into_iter().filter(|k| names.contains(k)).collect())
+    Ok(known
+        .iter()
+        .filter(|k| names.contains(k))
+        .cloned()
+        .collect())
 }
 
 /// Backfills `range` for `accounts` (see the module docs) and delivers for at most

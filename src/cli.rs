@@ -279,16 +279,20 @@ async fn backfill(
             rfc3339_millis(range.from)
         );
     }
+    let listen = config.admin.listen;
+    let known: Vec<String> = config.accounts.iter().map(|a| a.name.clone()).collect();
+    let shutdown = CancellationToken::new();
     let pipeline = match Pipeline::open(config, Options::default()) {
-        Err(crate::app::AppError::Spool(e @ crate::spool::SpoolError::Locked { .. })) => {
-            return Err(anyhow::Error::new(e).context(
-                "backfill shares the spool and the RingCentral rate limits with the service: stop it (systemctl stop rc-audit-hec), run backfill, start it again; live polling resumes from its cursor and loses nothing",
-            ));
+        Err(crate::app::AppError::Spool(crate::spool::SpoolError::Locked { .. })) => {
+            let names = select_accounts(&known, accounts)?;
+            cancel_on_signals(shutdown.clone());
+            crate::backfill::hand_to_service(listen, range, &names, accounts.is_empty(), shutdown)
+                .await?;
+            return Ok(exit::OK);
         }
         other => other?,
     };
-    let names = select_accounts(&pipeline, accounts)?;
-    let shutdown = CancellationToken::new();
+    let names = select_accounts(&known, accounts)?;
     cancel_on_signals(shutdown.clone());
     let report = crate::backfill::run(
         &pipeline,

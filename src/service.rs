@@ -154,6 +154,8 @@ impl Loops {
 /// The running service's state.
 struct Service {
     pipeline: Pipeline,
+    /// The configured account names, for the admin endpoint (updated by reloads).
+    accounts: Arc<std::sync::RwLock<Vec<String>>>,
     watchdog: Arc<Watchdog>,
     stall_limit: Duration,
     shutdown: CancellationToken,
@@ -192,13 +194,13 @@ impl Service {
         };
         match crate::admin::bind(addr).await {
             Ok(listener) => {
-                let serve = crate::admin::serve(
-                    listener,
-                    self.pipeline.spool.clone(),
-                    self.pipeline.stats.clone(),
-                    self.pipeline.health.clone(),
-                    loops.stop.clone(),
-                );
+                let state = crate::admin::AdminState {
+                    spool: self.pipeline.spool.clone(),
+                    stats: self.pipeline.stats.clone(),
+                    health: self.pipeline.health.clone(),
+                    accounts: self.accounts.clone(),
+                };
+                let serve = crate::admin::serve(listener, state, loops.stop.clone());
                 loops.tracker.spawn(async move {
                     if let Err(e) = serve.await {
                         error!(%addr, "admin endpoint failed: {e}; /metrics and /healthz are unavailable until a restart");
@@ -255,6 +257,7 @@ impl Service {
         for gone in old_names.iter().filter(|n| !new_names.contains(n)) {
             self.pipeline.health.remove(&format!("account:{gone}"));
         }
+        *self.accounts.write().unwrap_or_else(|p| p.into_inner()) = new_names.clone();
         self.pollers = self.start_pollers();
         if admin_changed {
             let admin = std::mem::replace(&mut self.admin, Loops::new(&self.shutdown));
@@ -293,7 +296,14 @@ pub async fn run(
     let watchdog_interval = options
         .watchdog_interval
         .or_else(sd_notify::watchdog_enabled);
+    let names = pipeline
+        .config
+        .accounts
+        .iter()
+        .map(|a| a.name.clone())
+        .collect();
     let mut service = Service {
+        accounts: Arc::new(std::sync::RwLock::new(names)),
         watchdog: Arc::new(Watchdog::default()),
         stall_limit,
         shutdown: shutdown.clone(),

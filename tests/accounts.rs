@@ -101,6 +101,7 @@ async fn fifty_accounts_flow_while_one_is_rate_limited_one_is_down_and_one_is_fo
         stats: &stats,
         health: &health,
         spool: Some(&status),
+        backfill: &[],
         now_ms: Utc::now().timestamp_millis(),
     });
     for &i in &healthy {

@@ -341,3 +341,103 @@ async fn the_backfill_command_prints_plain_progress_and_refuses_bad_arguments() 
         text(&out)
     );
 }
+
+#[tokio::test]
+async fn a_running_service_takes_over_the_backfill_between_live_windows() {
+    let w = World::new(2).await;
+    for i in 0..2 {
+        w.rc.generate(
+            &w.accounts[i].account_id,
+            12,
+            days_ago(4),
+            days_ago(2),
+            105 + i as u64,
+        );
+        w.rc.generate(
+            &w.accounts[i].account_id,
+            5,
+            Utc::now() - TimeDelta::hours(3),
+            Utc::now() - TimeDelta::hours(1),
+            107 + i as u64,
+        );
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let toml = w
+        .toml("", "")
+        .replace("listen = \"\"", &format!("listen = \"127.0.0.1:{port}\""));
+    let cfg = write_config(w.dir.path(), &toml);
+    let mut service = bin()
+        .arg("--config")
+        .arg(&cfg)
+        .arg("run")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Live polling delivers the last day (initial lookback 24 h).
+    assert!(eventually(Duration::from_secs(10), || w.hec.accepted() >= 10).await);
+
+    let mut cmd = bin();
+    cmd.arg("--config").arg(&cfg).args([
+        "backfill",
+        "--from",
+        "5d",
+        "--to",
+        "1d",
+        "--account",
+        "acct1",
+    ]);
+    let out = output(cmd).await;
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{t}");
+    assert!(
+        t.contains("the service is running, so it does the backfill itself"),
+        "{t}"
+    );
+    assert!(t.contains("backfill: 100% (4.0 of 4.0 days)"), "{t}");
+    assert!(
+        eventually(Duration::from_secs(10), || w.hec.accepted() >= 22).await,
+        "acct1's history delivered by the service"
+    );
+
+    // Live polling goes on beside it: a new record is delivered.
+    w.rc.generate(
+        &w.accounts[0].account_id,
+        1,
+        Utc::now() - TimeDelta::minutes(3),
+        Utc::now() - TimeDelta::minutes(2),
+        109,
+    );
+    assert!(eventually(Duration::from_secs(10), || w.hec.accepted() >= 23).await);
+
+    // The service shows no backfill left; a request from the endpoint is checked.
+    let left: serde_json::Value = reqwest::get(format!("http://127.0.0.1:{port}/backfill"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(left["jobs"], serde_json::json!([]), "{left}");
+    let refused = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{port}/backfill"))
+        .json(&serde_json::json!({"from": "2020-01-01T00:00:00Z", "to": "2020-02-01T00:00:00Z"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status().as_u16(), 400);
+    let _ = service.kill();
+    let _ = service.wait();
+
+    // Each record once: all of acct1, and of acct0 only the live ones (its history was not
+    // asked for).
+    let got = w.received();
+    assert!(got.values().all(|n| *n == 1), "{got:?}");
+    for id in w.generated(1) {
+        assert_eq!(got.get(&id), Some(&1), "{id}");
+    }
+    assert_eq!(got.len(), 17 + 6);
+}

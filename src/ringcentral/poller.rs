@@ -13,8 +13,9 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::client::{RcClient, RcError};
 use super::model::{SearchPage, SearchRequest};
@@ -36,7 +37,7 @@ pub enum PollError {
     RingCentral(#[from] RcError),
     /// The spool could not store the page (disk full, I/O error); the cursor did not move.
     #[error(
-        "cannot store records in the spool (the cursor did not move; the window will be polled again): {0}"
+        "cannot store records in the spool (the cursor did not move; the window will be polled again): {0}; check free disk space and the state directory's permissions"
     )]
     Spool(#[from] SpoolError),
 }
@@ -214,62 +215,26 @@ impl Poller {
     /// are reported and retried at the poll interval, spool errors with a short pause.
     pub async fn run(mut self, shutdown: CancellationToken) {
         let component = self.component();
+        let mut next_live = Instant::now();
         loop {
             crate::watchdog::beat();
-            let outcome = tokio::select! {
-                r = self.poll_window() => r,
+            if Instant::now() >= next_live {
+                let wait = self.live_step(&component, &shutdown).await;
+                let Some(wait) = wait else { return };
+                next_live = Instant::now() + wait;
+            }
+            // Between live windows: one piece of a backfill the service was asked to do, through
+            // this same client (so within the same rate limits).
+            let did_piece = tokio::select! {
+                r = self.backfill_step() => r,
                 _ = shutdown.cancelled() => return,
             };
-            let wait = match outcome {
-                Ok(WindowOutcome::Polled {
-                    records,
-                    inserted,
-                    pages,
-                    from_ms,
-                    to_ms,
-                }) => {
-                    if self.health.set(&component, State::Ok, None) {
-                        info!(account = %self.account, "polling ok");
-                    }
-                    info!(account = %self.account, records, new = inserted, pages,
-                        window_s = (to_ms - from_ms) / 1000, "poll window complete");
-                    self.poll.interval
-                }
-                Ok(WindowOutcome::NotDue) => self.poll.interval.min(Duration::from_secs(5)),
-                Ok(WindowOutcome::SpoolFull { used }) => {
-                    let reason = format!(
-                        "spool full ({used} bytes in use, spool.max_bytes {}): polling paused until delivery frees space; RingCentral keeps 180 days, so nothing is lost",
-                        self.max_spool_bytes
-                    );
-                    if self
-                        .health
-                        .set(&component, State::Degraded, Some(reason.clone()))
-                    {
-                        warn!(account = %self.account, "{reason}");
-                    }
-                    self.poll.interval.min(Duration::from_secs(5))
-                }
-                Err(PollError::RingCentral(e)) => {
-                    let state = if e.is_config() {
-                        State::Failing
-                    } else {
-                        State::Degraded
-                    };
-                    if self.health.set(&component, state, Some(e.to_string())) {
-                        error!(account = %self.account, "polling stopped for this account: {e}; retrying every {}", humantime::format_duration(self.poll.interval));
-                    }
-                    self.poll.interval
-                }
-                Err(e @ PollError::Spool(_)) => {
-                    if self
-                        .health
-                        .set(&component, State::Failing, Some(e.to_string()))
-                    {
-                        error!(account = %self.account, "{e}");
-                    }
-                    self.poll.interval.min(Duration::from_secs(10))
-                }
-            };
+            if did_piece {
+                continue;
+            }
+            let wait = next_live
+                .saturating_duration_since(Instant::now())
+                .min(BACKFILL_CHECK);
             crate::watchdog::waiting(wait);
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
@@ -277,7 +242,128 @@ impl Poller {
             }
         }
     }
+
+    /// Polls the next live window and reports the outcome; returns how long to wait before the
+    /// next one, or `None` on shutdown.
+    async fn live_step(
+        &mut self,
+        component: &str,
+        shutdown: &CancellationToken,
+    ) -> Option<Duration> {
+        let outcome = tokio::select! {
+            r = self.poll_window() => r,
+            _ = shutdown.cancelled() => return None,
+        };
+        let wait = match outcome {
+            Ok(WindowOutcome::Polled {
+                records,
+                inserted,
+                pages,
+                from_ms,
+                to_ms,
+            }) => {
+                if self.health.set(component, State::Ok, None) {
+                    info!(account = %self.account, "polling ok");
+                }
+                info!(account = %self.account, records, new = inserted, pages,
+                    window_s = (to_ms - from_ms) / 1000, "poll window complete");
+                self.poll.interval
+            }
+            Ok(WindowOutcome::NotDue) => self.poll.interval.min(Duration::from_secs(5)),
+            Ok(WindowOutcome::SpoolFull { used }) => {
+                let reason = format!(
+                    "spool full ({used} bytes in use, spool.max_bytes {}): polling paused until delivery frees space; RingCentral keeps 180 days, so nothing is lost",
+                    self.max_spool_bytes
+                );
+                if self
+                    .health
+                    .set(component, State::Degraded, Some(reason.clone()))
+                {
+                    warn!(account = %self.account, "{reason}");
+                }
+                self.poll.interval.min(Duration::from_secs(5))
+            }
+            Err(PollError::RingCentral(e)) => {
+                let state = if e.is_config() {
+                    State::Failing
+                } else {
+                    State::Degraded
+                };
+                if self.health.set(component, state, Some(e.to_string())) {
+                    error!(account = %self.account, "polling stopped for this account: {e}; retrying every {}", humantime::format_duration(self.poll.interval));
+                }
+                self.poll.interval
+            }
+            Err(e @ PollError::Spool(_)) => {
+                if self
+                    .health
+                    .set(component, State::Failing, Some(e.to_string()))
+                {
+                    error!(account = %self.account, "{e}");
+                }
+                self.poll.interval.min(Duration::from_secs(10))
+            }
+        };
+        Some(wait)
+    }
+
+    /// Polls one piece of this account's oldest waiting backfill job (see
+    /// [`crate::spool::backfill`]); true when a piece was done (so the caller asks again).
+    /// Failures are left for the next round: the live poll reports the account's problems.
+    async fn backfill_step(&mut self) -> bool {
+        let account = self.account.clone();
+        let chunk = i64::try_from(crate::backfill::CHUNK.as_millis()).unwrap_or(i64::MAX);
+        let next = self
+            .spool
+            .run(move |s| s.backfill_next(&account, chunk))
+            .await;
+        let (a, b) = match next {
+            Ok(Some(piece)) => piece,
+            Ok(None) => return false,
+            Err(e) => {
+                warn!(account = %self.account, "cannot read the backfill jobs: {e}; check the disk holding the state directory");
+                return false;
+            }
+        };
+        let (Some(from), Some(to)) = (
+            DateTime::<Utc>::from_timestamp_millis(a),
+            DateTime::<Utc>::from_timestamp_millis(b),
+        ) else {
+            return false;
+        };
+        match self.backfill_range(from, to).await {
+            Ok(WindowOutcome::Polled {
+                records, inserted, ..
+            }) => {
+                let account = self.account.clone();
+                let marked = self
+                    .spool
+                    .run(move |s| {
+                        s.backfill_mark(&account, a, b)?;
+                        s.backfill_next(&account, chunk)
+                    })
+                    .await;
+                debug!(account = %self.account, from = %rfc3339_millis(from), to = %rfc3339_millis(to),
+                    records, new = inserted, "backfill piece done");
+                match marked {
+                    Ok(None) => info!(account = %self.account, "backfill complete"),
+                    Ok(Some(_)) => {}
+                    Err(e) => warn!(account = %self.account,
+                        "cannot record backfill progress ({e}); the piece will be polled again (no duplicates reach Splunk); check the disk holding the state directory"),
+                }
+                true
+            }
+            Ok(_) => false,
+            Err(e) => {
+                warn!(account = %self.account, "backfill piece failed, trying again after the next live window: {e}");
+                false
+            }
+        }
+    }
 }
+
+/// How often a poller idle between live windows looks for new backfill jobs.
+const BACKFILL_CHECK: Duration = Duration::from_secs(10);
 
 /// The next live window for an account whose cursor is `cursor`: `[cursor - overlap,
 /// now - settle_delay]`, or from `now - initial_lookback` on the first run, never starting more

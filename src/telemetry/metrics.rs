@@ -63,6 +63,8 @@ pub struct MetricsInput<'a> {
     /// The spool at scrape time; `None` when it could not be read (the gauges are left out,
     /// and `rc_audit_hec_spool_readable` says 0).
     pub spool: Option<&'a Status>,
+    /// Backfills the service still has to do.
+    pub backfill: &'a [crate::spool::backfill::Job],
     /// Now, in ms since the epoch (a parameter so tests are exact).
     pub now_ms: i64,
 }
@@ -343,6 +345,25 @@ pub fn render_metrics(input: &MetricsInput<'_>) -> String {
 
     family(
         &mut out,
+        "backfill_remaining_seconds",
+        "History the service still has to backfill, per account (absent when none is waiting).",
+        "gauge",
+    );
+    let mut remaining: BTreeMap<&str, i64> = BTreeMap::new();
+    for job in input.backfill {
+        *remaining.entry(job.account.as_str()).or_default() += job.remaining_ms;
+    }
+    for (account, ms) in remaining {
+        sample(
+            &mut out,
+            "backfill_remaining_seconds",
+            &[("account", account)],
+            ms as f64 / 1000.0,
+        );
+    }
+
+    family(
+        &mut out,
         "component_up",
         "1 when the component is ok, 0 when degraded or failing (see /healthz for why).",
         "gauge",
@@ -443,6 +464,12 @@ mod tests {
             stats: &stats,
             health: &health,
             spool: Some(&spool),
+            backfill: &[crate::spool::backfill::Job {
+                account: "acme".into(),
+                from_ms: 0,
+                to_ms: 86_400_000,
+                remaining_ms: 43_200_000,
+            }],
             now_ms: 1_700_000_060_000,
         });
         assert_valid_exposition(&text);
@@ -461,6 +488,7 @@ mod tests {
             "rc_audit_hec_cursor_lag_seconds{account=\"acme\"} 120",
             "rc_audit_hec_component_up{component=\"account:acme\"} 0",
             "rc_audit_hec_spool_readable 1",
+            "rc_audit_hec_backfill_remaining_seconds{account=\"acme\"} 43200",
         ] {
             assert!(text.contains(expected), "missing {expected}:\n{text}");
         }
@@ -472,6 +500,7 @@ mod tests {
             stats: &Stats::default(),
             health: &Health::default(),
             spool: None,
+            backfill: &[],
             now_ms: 0,
         });
         assert_valid_exposition(&text);
