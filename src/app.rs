@@ -217,7 +217,9 @@ impl Pipeline {
             })
         };
         if let Err(e) = sink.drain(&deadline).await {
-            error!("delivery stopped: {e}");
+            error!(
+                "delivery stopped: {e}; check free disk space and the state directory's permissions"
+            );
         }
         timer.abort();
         report.delivered = Stats::get(&self.stats.events_delivered);

@@ -150,7 +150,9 @@ impl Job {
             }
             let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
             if let Err(e) = out.write_all(&buf) {
-                warn!("dry run: cannot write to stdout: {e}");
+                warn!(
+                    "dry run: cannot write to stdout: {e} (was the output pipe closed? write to a file instead)"
+                );
             }
         }
         Ok(report)

@@ -131,7 +131,9 @@ impl Sink {
                         .health
                         .set(COMPONENT, State::Failing, Some(e.to_string()))
                     {
-                        error!("delivery paused: {e}");
+                        error!(
+                            "delivery paused: {e}; check free disk space and the state directory's permissions"
+                        );
                     }
                     if sleep_or_stop(Duration::from_secs(2), &shutdown).await {
                         return;
@@ -185,7 +187,7 @@ impl Sink {
             Ok(b) => Bytes::from(b),
             Err(e) => {
                 // Only an allocation failure can get here; retrying is all we can do.
-                warn!("cannot build a request body: {e}");
+                warn!("cannot build a request body: {e}; retrying (check the host's free memory)");
                 return Ok(Step::Progress);
             }
         };

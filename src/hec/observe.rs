@@ -105,10 +105,11 @@ impl Sink {
         if self.health.set(&component, state, reason.clone()) {
             match state {
                 State::Ok => info!(%url, "HEC URL working"),
-                _ => {
-                    warn!(%url, "HEC URL {}: {}", if state == State::Failing { "failing" } else { "degraded" },
-                    reason.unwrap_or_default())
-                }
+                State::Failing => warn!(%url,
+                    "HEC URL failing, delivery to it paused (events stay spooled): {}", reason.unwrap_or_default()),
+                State::Degraded => warn!(%url,
+                    "HEC URL degraded, retrying with backoff (events stay spooled; if it persists, check Splunk's HEC and indexer health): {}",
+                    reason.unwrap_or_default()),
             }
         }
     }

@@ -56,7 +56,9 @@ pub enum RcError {
         detail: String,
     },
     /// Transient failures persisted past the caller's attempt limit (only `once` sets one).
-    #[error("RingCentral unavailable after {attempts} attempts: {detail}")]
+    #[error(
+        "RingCentral unavailable after {attempts} attempts: {detail} (check server_url and the network path to RingCentral; the next poll tries again)"
+    )]
     Unavailable {
         /// Attempts made.
         attempts: u32,
