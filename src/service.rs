@@ -178,13 +178,18 @@ impl Service {
     }
 
     fn start_sink(&self) -> Result<Loops, AppError> {
-        let sink = self.pipeline.sink()?;
+        Ok(self.spawn_sink(self.pipeline.sink()?))
+    }
+
+    /// Runs `sink` as the delivery loop. Only one may run at a time: two would read the same
+    /// batch from the head of the spool and send it twice.
+    fn spawn_sink(&self, sink: crate::hec::Sink) -> Loops {
         let loops = Loops::new(&self.shutdown);
         let hb = self.watchdog.register("delivery", self.stall_limit);
         loops
             .tracker
             .spawn(watchdog::supervise(hb, sink.run(loops.stop.clone())));
-        Ok(loops)
+        loops
     }
 
     async fn start_admin(&self) -> Loops {
@@ -232,9 +237,10 @@ impl Service {
         let new_names: Vec<String> = new.accounts.iter().map(|a| a.name.clone()).collect();
         let old_config = std::mem::replace(&mut self.pipeline.config, new);
         // Build the new sink before stopping the old one: a new HEC setting that does not work
-        // (an unreadable CA file) must not leave the service without delivery.
+        // (an unreadable CA file) must not leave the service without delivery. It starts only
+        // once the old one has stopped.
         let sink = if hec_changed {
-            match self.start_sink() {
+            match self.pipeline.sink() {
                 Ok(s) => Some(s),
                 Err(e) => {
                     error!(
@@ -247,12 +253,18 @@ impl Service {
         } else {
             None
         };
-        let grace = self.pipeline.options().shutdown_grace;
+        let options = self.pipeline.options();
+        let grace = options.shutdown_grace;
+        // A longer hec.timeout lengthens what a loop step may take.
+        self.stall_limit = options.stall_limit.unwrap_or_else(|| {
+            default_stall_limit(&self.pipeline.config, self.pipeline.options().rc_timeout)
+        });
         let pollers = std::mem::replace(&mut self.pollers, Loops::new(&self.shutdown));
         pollers.stop(grace).await;
         if let Some(new_sink) = sink {
-            let old_sink = std::mem::replace(&mut self.sink, new_sink);
+            let old_sink = std::mem::replace(&mut self.sink, Loops::new(&self.shutdown));
             old_sink.stop(grace).await;
+            self.sink = self.spawn_sink(new_sink);
         }
         for gone in old_names.iter().filter(|n| !new_names.contains(n)) {
             self.pipeline.health.remove(&format!("account:{gone}"));
