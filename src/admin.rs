@@ -11,7 +11,8 @@
 //!   each account's own client, so within the same rate limits (this is what
 //!   `rc-audit-hec backfill` does while the service runs). The only request that changes
 //!   anything, and it is accepted **from this machine only** (the peer must be a loopback
-//!   address), whatever `admin.listen` binds to. Its worst effect is extra polling of
+//!   address), whatever `admin.listen` binds to, and only as `application/json` (so a web page
+//!   in a local browser cannot send it). Its worst effect is extra polling of
 //!   RingCentral within the rate limits; the spool's dedup keeps it from duplicating anything.
 
 use std::net::SocketAddr;
@@ -143,12 +144,25 @@ fn error_doc(code: StatusCode, error: String) -> (StatusCode, axum::Json<serde_j
 async fn request_backfill(
     AxumState(s): AxumState<AdminState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: axum::http::HeaderMap,
     body: axum::body::Bytes,
 ) -> (StatusCode, axum::Json<serde_json::Value>) {
     if !peer.ip().is_loopback() {
         return error_doc(
             StatusCode::FORBIDDEN,
             "backfill requests are accepted from this machine only".into(),
+        );
+    }
+    // A web page in a local browser cannot send this content type to another origin without a
+    // CORS preflight (which this endpoint never grants), so it cannot trigger a backfill.
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !json {
+        return error_doc(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "send the request as Content-Type: application/json".into(),
         );
     }
     let req: BackfillRequest = match serde_json::from_slice(&body) {
@@ -217,14 +231,29 @@ mod tests {
         }
     }
 
-    async fn post(s: &AdminState, peer: &str, body: &str) -> (StatusCode, serde_json::Value) {
+    async fn post_as(
+        s: &AdminState,
+        peer: &str,
+        content_type: &'static str,
+        body: &str,
+    ) -> (StatusCode, serde_json::Value) {
+        let mut headers = axum::http::HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_static(content_type),
+        );
         let (code, axum::Json(doc)) = request_backfill(
             AxumState(s.clone()),
             ConnectInfo(peer.parse().unwrap()),
+            headers,
             axum::body::Bytes::from(body.to_string()),
         )
         .await;
         (code, doc)
+    }
+
+    async fn post(s: &AdminState, peer: &str, body: &str) -> (StatusCode, serde_json::Value) {
+        post_as(s, peer, "application/json", body).await
     }
 
     #[tokio::test]
@@ -241,6 +270,8 @@ mod tests {
         };
         let (code, doc) = post(&s, "10.1.2.3:5000", &body("[]")).await;
         assert_eq!(code, StatusCode::FORBIDDEN, "{doc}");
+        let (code, doc) = post_as(&s, "127.0.0.1:5000", "text/plain", &body("[]")).await;
+        assert_eq!(code, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{doc}");
         let (code, doc) = post(&s, "127.0.0.1:5000", "{not json").await;
         assert_eq!(code, StatusCode::BAD_REQUEST, "{doc}");
         let (code, doc) = post(&s, "127.0.0.1:5000", &body(r#"["nope"]"#)).await;

@@ -370,7 +370,8 @@ async fn metrics_and_healthz_scraped_during_a_run_cover_accounts_hec_and_the_spo
     w.rc.update_faults(|f| f.throttled_accounts.clear());
     assert!(eventually(Duration::from_secs(15), || w.hec.accepted() >= 29).await);
     let base = format!("http://127.0.0.1:{port}");
-    // Scrape until the forbidden account has reported too.
+    // Scrape until the forbidden account has reported and the sink has settled the last batch
+    // (HEC counts an event as accepted before its answer reaches the sink).
     let mut metrics = String::new();
     for _ in 0..100 {
         metrics = reqwest::get(format!("{base}/metrics"))
@@ -379,7 +380,10 @@ async fn metrics_and_healthz_scraped_during_a_run_cover_accounts_hec_and_the_spo
             .text()
             .await
             .unwrap();
-        if metrics.contains("status=\"403\"") {
+        if metrics.contains("status=\"403\"")
+            && metrics.contains("rc_audit_hec_events_delivered_total 29\n")
+            && metrics.contains("rc_audit_hec_spool_depth 0\n")
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
