@@ -681,6 +681,23 @@ mod tests {
     }
 
     #[test]
+    fn the_bar_follows_progress_and_following_mode_counts_days_only() {
+        let p = Progress::new(2 * 86_400_000, 1, true);
+        p.advance(86_400_000, 3);
+        assert_eq!(p.bar.as_ref().map(ProgressBar::position), Some(86_400_000));
+        p.account_done("acme", "done");
+        p.finish();
+        assert!(p.bar.as_ref().is_some_and(ProgressBar::is_finished));
+        let f = Progress {
+            count_records: false,
+            ..Progress::new(86_400_000, 1, false)
+        };
+        f.set_done(43_200_000);
+        f.set_done(10);
+        assert_eq!(f.text(), "0.5 of 1.0 days", "progress never goes back");
+    }
+
+    #[test]
     fn plain_progress_text_counts_days_records_and_accounts() {
         let p = Progress::new(3 * 86_400_000, 2, false);
         p.advance(86_400_000, 10);

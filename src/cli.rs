@@ -86,8 +86,9 @@ pub enum Command {
     /// Print the effective configuration (file + environment + defaults), secrets redacted.
     Config,
     /// Poll a past range (at most 180 days back) into the spool and deliver it, without moving
-    /// the live cursor. Interrupted and run again, it resumes where it stopped. Stop the service
-    /// first: both use the same spool and the same RingCentral rate limits.
+    /// the live cursor. Interrupted and run again, it resumes where it stopped. While the service
+    /// runs, the range is handed to it (through the admin endpoint) and polled between live
+    /// windows, within the same rate limits.
     Backfill {
         /// Start: RFC 3339 (2026-01-31T08:00:00Z), a date (2026-01-31, midnight UTC) or an age
         /// (30d).
