@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::config::Config;
@@ -45,6 +44,15 @@ pub struct Options {
     pub rc_timeout: Duration,
     /// How long to wait for in-flight work at shutdown.
     pub shutdown_grace: Duration,
+    /// How long a loop step may take before the watchdog calls the loop stalled; `None`: the
+    /// longer of the HEC and RingCentral timeouts plus a minute (see [`crate::watchdog`]).
+    pub stall_limit: Option<Duration>,
+    /// systemd's `WatchdogSec=`; `None`: from `$WATCHDOG_USEC` (no pings when unset).
+    pub watchdog_interval: Option<Duration>,
+    /// Where `READY=1`, `STATUS=`, `WATCHDOG=1`... go.
+    pub notifier: crate::service::Notifier,
+    /// How often `STATUS=` is checked (it is sent when it changed).
+    pub status_interval: Duration,
 }
 
 impl Default for Options {
@@ -53,6 +61,10 @@ impl Default for Options {
             retry: RetryPolicy::default(),
             rc_timeout: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(10),
+            stall_limit: None,
+            watchdog_interval: None,
+            notifier: crate::service::Notifier::default(),
+            status_interval: Duration::from_secs(1),
         }
     }
 }
@@ -90,12 +102,7 @@ impl Pipeline {
     /// Opens the spool in `config.spool.dir` and prepares the clients.
     pub fn open(config: Config, options: Options) -> Result<Pipeline, AppError> {
         let spool = Spool::open(&config.spool.dir)?;
-        let rc_http = reqwest::Client::builder()
-            .timeout(options.rc_timeout)
-            .connect_timeout(Duration::from_secs(10))
-            .user_agent(concat!("rc-audit-hec/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| AppError::Http(e.to_string()))?;
+        let rc_http = ringcentral_http(options.rc_timeout)?;
         Ok(Pipeline {
             config,
             spool,
@@ -149,51 +156,15 @@ impl Pipeline {
         )
     }
 
-    /// The service: every poller, the sink and the admin endpoint until `shutdown`.
+    /// The knobs this pipeline was opened with.
+    pub fn options(&self) -> &Options {
+        &self.options
+    }
+
+    /// The service: every poller, the sink and the admin endpoint until `shutdown`
+    /// (see [`crate::service`]; this entry point does not reload).
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), AppError> {
-        let sink = self.sink()?;
-        let tracker = TaskTracker::new();
-        if let Some(addr) = self.config.admin.listen {
-            let listener = serve_admin(
-                addr,
-                self.spool.clone(),
-                self.stats.clone(),
-                self.health.clone(),
-                shutdown.clone(),
-            );
-            tracker.spawn(async move {
-                if let Err(e) = listener.await {
-                    error!(%addr, "admin endpoint failed: {e}; set admin.listen to a free address, or \"\" to turn it off");
-                }
-            });
-        }
-        for poller in self.pollers(None) {
-            tracker.spawn(poller.run(shutdown.clone()));
-        }
-        tracker.spawn(sink.run(shutdown.clone()));
-        tracker.close();
-        let depth = self.spool.run(|s| s.depth()).await.unwrap_or(0);
-        info!(accounts = self.config.accounts.len(), spooled = depth, spool = %self.spool.path().display(), "rc-audit-hec running");
-        notify_systemd(&[sd_notify::NotifyState::Ready]);
-        let status_task = tokio::spawn(report_status(
-            self.spool.clone(),
-            self.stats.clone(),
-            shutdown.clone(),
-        ));
-        shutdown.cancelled().await;
-        info!("shutting down");
-        notify_systemd(&[sd_notify::NotifyState::Stopping]);
-        if tokio::time::timeout(self.options.shutdown_grace, tracker.wait())
-            .await
-            .is_err()
-        {
-            warn!(
-                "some tasks did not stop within {:?}; the spool stays consistent",
-                self.options.shutdown_grace
-            );
-        }
-        status_task.abort();
-        Ok(())
+        crate::service::run(self, shutdown, None).await
     }
 
     /// One poll cycle for every account, then delivery for at most `max_wait`.
@@ -246,7 +217,9 @@ impl Pipeline {
             })
         };
         if let Err(e) = sink.drain(&deadline).await {
-            error!("delivery stopped: {e}");
+            error!(
+                "delivery stopped: {e}; check free disk space and the state directory's permissions"
+            );
         }
         timer.abort();
         report.delivered = Stats::get(&self.stats.events_delivered);
@@ -267,30 +240,14 @@ impl Pipeline {
     }
 }
 
-/// Sends `STATUS=` to systemd every few seconds: spool depth and deliveries.
-async fn report_status(spool: Spool, stats: Arc<Stats>, shutdown: CancellationToken) {
-    loop {
-        let depth = spool.run(|s| s.depth()).await.unwrap_or(0);
-        let line = format!(
-            "spooled {depth}, delivered {}, dead letters {}",
-            Stats::get(&stats.events_delivered),
-            Stats::get(&stats.events_dead_lettered)
-        );
-        notify_systemd(&[sd_notify::NotifyState::Status(&line)]);
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(10)) => {}
-            _ = shutdown.cancelled() => return,
-        }
-    }
-}
-
-/// Tells systemd (no-op outside systemd).
-fn notify_systemd(states: &[sd_notify::NotifyState]) {
-    if std::env::var_os("NOTIFY_SOCKET").is_some()
-        && let Err(e) = sd_notify::notify(states)
-    {
-        warn!("cannot notify systemd: {e}");
-    }
+/// The HTTP client for RingCentral requests (shared by every account of a command).
+pub fn ringcentral_http(timeout: Duration) -> Result<reqwest::Client, AppError> {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(Duration::from_secs(10))
+        .user_agent(concat!("rc-audit-hec/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| AppError::Http(e.to_string()))
 }
 
 /// Cancels `token` on SIGTERM or SIGINT.
@@ -310,46 +267,4 @@ pub fn cancel_on_signals(token: CancellationToken) {
         }
         token.cancel();
     });
-}
-
-/// Serves `/metrics` and `/healthz` on `addr` until `shutdown`. `/healthz` answers 503 when a
-/// component is failing, so a load balancer or monitor can act on it.
-pub async fn serve_admin(
-    addr: std::net::SocketAddr,
-    spool: Spool,
-    stats: Arc<Stats>,
-    health: Arc<Health>,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    use crate::telemetry::{State, render_health, render_metrics};
-    use axum::http::{StatusCode, header};
-    use axum::routing::get;
-
-    let metrics = {
-        let (spool, stats, health) = (spool.clone(), stats.clone(), health.clone());
-        move || async move {
-            let depth = spool.run(|s| s.depth()).await.ok();
-            (
-                [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-                render_metrics(&stats, depth, &health),
-            )
-        }
-    };
-    let healthz = move || async move {
-        let (state, doc) = render_health(&health);
-        let code = if state == State::Failing {
-            StatusCode::SERVICE_UNAVAILABLE
-        } else {
-            StatusCode::OK
-        };
-        (code, axum::Json(doc))
-    };
-    let router = axum::Router::new()
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(healthz));
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    info!(%addr, "admin endpoint serving /metrics and /healthz");
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
 }

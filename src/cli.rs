@@ -11,12 +11,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::{Options, Pipeline, cancel_on_signals};
 use crate::config::{Config, ConfigError, DEFAULT_CONFIG_PATH, LoadEnv};
-use crate::hec::client::HecClient;
 use crate::inspect::{self, Settings};
-use crate::ringcentral::RcClient;
-use crate::ringcentral::model::SearchRequest;
 use crate::spool::Spool;
-use crate::telemetry::{Stats, init_logging};
+use crate::telemetry::init_logging;
 use crate::transform::rfc3339_millis;
 
 /// Exit codes of the contract.
@@ -77,6 +74,10 @@ pub enum Command {
         /// How long delivery may take before giving up (records stay spooled for the next run).
         #[arg(long, default_value = "30s", value_parser = parse_duration)]
         max_wait: Duration,
+        /// Poll, and print the HEC events that would be sent as JSON lines on stdout; send
+        /// nothing, spool nothing, move no cursor (works while the service runs).
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Validate the config, get a token for every account, try a small search, and check HEC
     /// health with the token. Says what is wrong and how to fix it.
@@ -87,6 +88,25 @@ pub enum Command {
     },
     /// Print the effective configuration (file + environment + defaults), secrets redacted.
     Config,
+    /// Poll a past range (at most 180 days back) into the spool and deliver it, without moving
+    /// the live cursor. Interrupted and run again, it resumes where it stopped. While the service
+    /// runs, the range is handed to it (through the admin endpoint) and polled between live
+    /// windows, within the same rate limits.
+    Backfill {
+        /// Start: RFC 3339 (2026-01-31T08:00:00Z), a date (2026-01-31, midnight UTC) or an age
+        /// (30d).
+        #[arg(long, value_name = "T")]
+        from: String,
+        /// End (default: now minus poll.settle_delay); same formats as --from.
+        #[arg(long, value_name = "T")]
+        to: Option<String>,
+        /// Only this account (repeat for several; default: every account).
+        #[arg(long, value_name = "NAME")]
+        account: Vec<String>,
+        /// How long to keep delivering after the last piece is polled.
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        max_wait: Duration,
+    },
     /// Inspect the spool: depth, cursors, dead letters; requeue dead letters. Works while the
     /// service runs, and needs only spool.dir from the config (no credentials).
     Spool {
@@ -140,6 +160,11 @@ fn load_config(path: &std::path::Path) -> anyhow::Result<Config> {
 pub fn exit_code_for(err: &anyhow::Error) -> u8 {
     if err
         .chain()
+        .any(|e| e.downcast_ref::<crate::backfill::BackfillError>().is_some())
+    {
+        exit::USAGE
+    } else if err
+        .chain()
         .any(|e| e.downcast_ref::<ConfigError>().is_some())
     {
         exit::CONFIG
@@ -178,11 +203,38 @@ pub async fn execute(cli: Cli) -> anyhow::Result<u8> {
             let pipeline = Pipeline::open(config, Options::default())?;
             let shutdown = CancellationToken::new();
             cancel_on_signals(shutdown.clone());
-            pipeline.run(shutdown).await?;
+            let path = cli.config.clone();
+            let reload = crate::service::Reload {
+                requests: crate::service::sighup_requests(),
+                load: Box::new(move || Config::load(&path, &LoadEnv::from_process())),
+            };
+            crate::service::run(pipeline, shutdown, Some(reload)).await?;
             Ok(exit::OK)
         }
-        Command::Once { max_wait } => {
+        Command::Once {
+            dry_run: true,
+            max_wait: _,
+        } => {
             let config = load_config(&cli.config)?;
+            crate::service::ignore_sighup("once --dry-run");
+            dry_run(&config).await
+        }
+        Command::Backfill {
+            from,
+            to,
+            account,
+            max_wait,
+        } => {
+            let config = load_config(&cli.config)?;
+            crate::service::ignore_sighup("backfill");
+            backfill(config, &from, to.as_deref(), &account, max_wait).await
+        }
+        Command::Once {
+            max_wait,
+            dry_run: false,
+        } => {
+            let config = load_config(&cli.config)?;
+            crate::service::ignore_sighup("once");
             let pipeline = Pipeline::open(config, Options::default())?;
             let shutdown = CancellationToken::new();
             cancel_on_signals(shutdown.clone());
@@ -212,15 +264,17 @@ pub async fn execute(cli: Cli) -> anyhow::Result<u8> {
         }
         Command::Check { offline } => {
             let config = load_config(&cli.config)?;
-            println!(
-                "config: ok ({} account(s), HEC {})",
-                config.accounts.len(),
-                config.hec.urls.join(", ")
-            );
             if offline {
+                println!(
+                    "config: ok ({} account(s), HEC {})",
+                    config.accounts.len(),
+                    config.hec.urls.join(", ")
+                );
                 return Ok(exit::OK);
             }
-            check_online(&config).await
+            let rows = crate::check::run(&config).await?;
+            print!("{}", crate::check::render(&rows));
+            Ok(crate::check::exit_code(&rows))
         }
     }
 }
@@ -260,56 +314,100 @@ async fn spool_command(settings: &Settings, command: SpoolCommand) -> anyhow::Re
     Ok(exit::OK)
 }
 
-/// `check` without `--offline`: token, a one-record search, HEC health; a line per check.
-async fn check_online(config: &Config) -> anyhow::Result<u8> {
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .context("building the HTTP client")?;
-    let stats = std::sync::Arc::new(Stats::default());
-    let mut worst = exit::OK;
-    for account in &config.accounts {
-        let mut client = RcClient::new(http.clone(), account, Default::default(), stats.clone())
-            .with_max_attempts(Some(2));
-        let now = Utc::now();
-        let req = SearchRequest {
-            event_time_from: rfc3339_millis(now - chrono::TimeDelta::hours(1)),
-            event_time_to: rfc3339_millis(now),
-            page: 1,
-            per_page: 1,
-            include_admins: config.poll.include_admins,
-            include_hidden: config.poll.include_hidden,
-        };
-        let result = match client.authenticate().await {
-            Ok(()) => client.search(&req).await.map(|_| ()),
-            Err(e) => Err(e),
-        };
-        match result {
-            Ok(()) => println!(
-                "account {}: ok (token and audit-trail search work)",
-                account.name
-            ),
-            Err(e) => {
-                println!("account {}: FAILED: {e}", account.name);
-                worst = worst.max(if e.is_config() {
-                    exit::CONFIG
-                } else {
-                    exit::FAILURE
-                });
-            }
-        }
+/// `once --dry-run`: events on stdout, the summary on stderr.
+async fn dry_run(config: &Config) -> anyhow::Result<u8> {
+    let report =
+        crate::dryrun::run(config, &Options::default(), Box::new(std::io::stdout())).await?;
+    eprintln!(
+        "dry run: {} account(s) polled, {} event(s) printed (what would be sent), {} record(s) already spooled or delivered (not printed); nothing was sent and no cursor moved",
+        report.accounts_polled, report.printed, report.already_spooled
+    );
+    for (id, why) in &report.invalid {
+        eprintln!("dry run: record {id} would go to dead letters: {why}");
     }
-    let hec = HecClient::new(&config.hec)?;
-    for (url, result) in hec.health().await {
-        match result {
-            Ok(()) => println!("hec {url}: ok (healthy, token accepted)"),
-            Err(reason) => {
-                println!("hec {url}: FAILED: {reason}");
-                worst = worst.max(exit::FAILURE);
-            }
-        }
+    for (name, reason, _) in &report.account_errors {
+        eprintln!("dry run: account {name}: {reason}");
     }
-    Ok(worst)
+    Ok(
+        if report.account_errors.iter().any(|(_, _, config)| *config) {
+            exit::CONFIG
+        } else if !report.account_errors.is_empty() {
+            exit::FAILURE
+        } else {
+            exit::OK
+        },
+    )
+}
+
+/// `backfill`: plan, run with progress, report; exit 0, 1 (interrupted or failed), 75 (records
+/// left spooled) or 78 (an account's credentials or permission).
+async fn backfill(
+    config: Config,
+    from: &str,
+    to: Option<&str>,
+    accounts: &[String],
+    max_wait: Duration,
+) -> anyhow::Result<u8> {
+    use crate::backfill::{Progress, parse_time, plan_range, select_accounts};
+    let now = Utc::now();
+    let from = parse_time("--from", from, now)?;
+    let to = to.map(|t| parse_time("--to", t, now)).transpose()?;
+    let range = plan_range(from, to, now, config.poll.settle_delay)?;
+    if range.clamped {
+        eprintln!(
+            "backfill: RingCentral keeps 180 days; starting at {} instead",
+            rfc3339_millis(range.from)
+        );
+    }
+    let listen = config.admin.listen;
+    let known: Vec<String> = config.accounts.iter().map(|a| a.name.clone()).collect();
+    let shutdown = CancellationToken::new();
+    let pipeline = match Pipeline::open(config, Options::default()) {
+        Err(crate::app::AppError::Spool(crate::spool::SpoolError::Locked { .. })) => {
+            let names = select_accounts(&known, accounts)?;
+            cancel_on_signals(shutdown.clone());
+            crate::backfill::hand_to_service(listen, range, &names, accounts.is_empty(), shutdown)
+                .await?;
+            return Ok(exit::OK);
+        }
+        other => other?,
+    };
+    let names = select_accounts(&known, accounts)?;
+    cancel_on_signals(shutdown.clone());
+    let report = crate::backfill::run(
+        &pipeline,
+        range,
+        &names,
+        max_wait,
+        Progress::for_stderr,
+        shutdown,
+    )
+    .await?;
+    let new: u64 = report.accounts.iter().map(|a| a.inserted).sum();
+    eprintln!(
+        "backfill: {} account(s), {new} new record(s) spooled, {} still spooled{}",
+        report.accounts.len(),
+        report.remaining,
+        if report.interrupted {
+            "; interrupted: run the same command again to resume"
+        } else {
+            ""
+        }
+    );
+    let errors: Vec<&(String, bool)> = report
+        .accounts
+        .iter()
+        .filter_map(|a| a.error.as_ref())
+        .collect();
+    Ok(if errors.iter().any(|(_, config)| *config) {
+        exit::CONFIG
+    } else if report.interrupted || !errors.is_empty() {
+        exit::FAILURE
+    } else if report.remaining > 0 {
+        exit::TEMPFAIL
+    } else {
+        exit::OK
+    })
 }
 
 /// Entry point used by `main`: parse, run, map errors to exit codes.

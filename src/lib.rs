@@ -16,8 +16,11 @@
 //! - [`transform`]: pure functions turning a raw record into a HEC envelope.
 //! - [`spool`]: the only channel between source and sink; every record passes through it.
 //! - [`hec`]: batching, the HTTP client, the one response classifier, the delivery loop.
-//! - [`app`]: the supervisor wiring it together for `run` and `once`; [`demo`] drives it against
-//!   the [`sim`]ulators.
+//! - [`app`]: the wired [`app::Pipeline`] and `once`; [`service`] runs it as the `run` service
+//!   (loops under the [`watchdog`], sd-notify, SIGHUP reload, the [`admin`] endpoint); [`demo`]
+//!   drives it against the [`sim`]ulators.
+//! - [`backfill`], [`dryrun`], [`check`]: the commands that poll a past range, show what would
+//!   be sent, and diagnose a setup.
 //! - [`config`], [`cli`], [`inspect`], [`telemetry`], [`retry`]: the edges and shared helpers.
 //!
 //! ## Invariants (each has a test that fails if it breaks)
@@ -35,15 +38,21 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod app;
+pub mod backfill;
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod dryrun;
 pub mod hec;
 pub mod inspect;
 pub mod retry;
 pub mod ringcentral;
+pub mod service;
 pub mod sim;
 pub mod spool;
 pub mod telemetry;
 pub mod transform;
+pub mod watchdog;

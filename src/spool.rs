@@ -16,6 +16,8 @@
 //!   every overlapping poll.
 //! - `cursors(account, cursor_ms)`: the end of the last complete window per account.
 //! - `dead_letters(...)`: events HEC refused permanently, with the reason; never deleted by us.
+//! - `backfill_done(account, from_ms, to_ms)`: past ranges `backfill` has completed
+//!   ([`backfill`]; created on first use).
 //!
 //! # Durability
 //! WAL with `synchronous=FULL`: a committed transaction survives power loss. Commits are per page
@@ -44,6 +46,9 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, params};
 use tracing::{error, info};
+
+pub mod backfill;
+pub mod peek;
 
 /// Schema version in `PRAGMA user_version`.
 pub const SCHEMA_VERSION: i64 = 2;

@@ -1,16 +1,25 @@
 //! Logging setup, counters, and the health state of each account and of the sink.
 //!
-//! Counters are plain atomics so the hot paths pay almost nothing; the `demo` summary and the
-//! `once` report read them, and so will the admin endpoint.
+//! Counters are plain atomics so the hot paths pay almost nothing; the `demo` summary, the
+//! `once` report and the admin endpoint (`/metrics`, rendered by [`metrics`]) read them.
+//! Per-account counters live in [`AccountStats`], so with dozens of accounts each one's
+//! traffic, errors and lag can be told apart. Logging ([`logging`]) is text, JSON, or
+//! journald-friendly text, with warnings and errors rate-limited per call site.
+
+pub mod logging;
+pub mod metrics;
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
-use tracing_subscriber::EnvFilter;
 
-use crate::config::LogFormat;
+pub use self::logging::init_logging;
+pub use self::metrics::{AccountStats, MetricsInput, render_metrics};
+
+/// A HEC answer as counted: (URL, HTTP status, HEC code).
+pub type HecAnswer = (String, u16, Option<i64>);
 
 /// Pipeline counters since start.
 #[derive(Debug, Default)]
@@ -42,6 +51,15 @@ pub struct Stats {
     pub hec_timeouts: AtomicU64,
     /// Batches resent because their indexer acknowledgement did not arrive in time.
     pub ack_resends: AtomicU64,
+    /// Events in requests whose fate HEC never told us (timeout): they are resent, so Splunk
+    /// may hold them twice.
+    pub events_duplicate_suspected: AtomicU64,
+    /// When HEC last accepted events (ms since the epoch; 0 = not since start).
+    pub last_delivery_ms: AtomicI64,
+    /// HEC answers by (URL, HTTP status, HEC code); status 0 = no answer (timeout, refused).
+    pub hec_responses: Mutex<BTreeMap<HecAnswer, u64>>,
+    /// Per-account counters, created on first use.
+    pub accounts: Mutex<BTreeMap<String, Arc<AccountStats>>>,
 }
 
 impl Stats {
@@ -52,6 +70,26 @@ impl Stats {
     /// Reads a counter.
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
+    }
+
+    /// The counters of `account` (created on first use, then shared).
+    pub fn account(&self, account: &str) -> Arc<AccountStats> {
+        self.accounts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(account.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// Counts one HEC answer.
+    pub fn hec_response(&self, url: &str, status: u16, code: Option<i64>) {
+        *self
+            .hec_responses
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry((url.to_string(), status, code))
+            .or_default() += 1;
     }
 }
 
@@ -76,7 +114,8 @@ pub struct ComponentHealth {
     pub reason: Option<String>,
 }
 
-/// Health per component: `account:<name>` and `hec`.
+/// Health per component: `account:<name>`, `hec` (delivery as a whole), `hec:<url>` (each HEC
+/// URL) and `loop:<name>` (a loop the watchdog saw stall).
 #[derive(Debug, Default)]
 pub struct Health {
     components: Mutex<BTreeMap<String, ComponentHealth>>,
@@ -94,6 +133,14 @@ impl Health {
         changed
     }
 
+    /// Forgets a component (an account removed by a reload).
+    pub fn remove(&self, component: &str) {
+        self.components
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(component);
+    }
+
     /// A copy of every component's health.
     pub fn snapshot(&self) -> BTreeMap<String, ComponentHealth> {
         self.components
@@ -103,121 +150,9 @@ impl Health {
     }
 }
 
-/// Installs the global tracing subscriber (stderr). `level` is an `EnvFilter` directive;
-/// `RUST_LOG`, when set, wins. Safe to call more than once (later calls do nothing).
-pub fn init_logging(format: LogFormat, level: &str) {
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false);
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-    };
-}
-
-/// Counters exported on `/metrics`: (name, help, accessor).
-/// A counter's metric name, help text and accessor.
-type Counter = (&'static str, &'static str, fn(&Stats) -> &AtomicU64);
-
-const COUNTERS: &[Counter] = &[
-    (
-        "rc_requests_total",
-        "Requests sent to RingCentral (token and search).",
-        |s| &s.rc_requests,
-    ),
-    ("rc_rate_limited_total", "RingCentral 429 responses.", |s| {
-        &s.rc_rate_limited
-    }),
-    (
-        "records_polled_total",
-        "Records received from RingCentral, overlap re-reads included.",
-        |s| &s.records_polled,
-    ),
-    (
-        "records_spooled_total",
-        "Records newly written to the spool.",
-        |s| &s.records_spooled,
-    ),
-    (
-        "records_duplicate_total",
-        "Records skipped because their id was already spooled.",
-        |s| &s.records_duplicate,
-    ),
-    (
-        "windows_completed_total",
-        "Poll windows completed (cursor committed).",
-        |s| &s.windows_completed,
-    ),
-    (
-        "windows_near_limit_total",
-        "Poll windows whose totalFound neared the API's 10,000-record limit.",
-        |s| &s.windows_near_limit,
-    ),
-    ("hec_requests_total", "HEC requests sent.", |s| {
-        &s.hec_requests
-    }),
-    (
-        "hec_failures_total",
-        "HEC requests that did not end in acceptance.",
-        |s| &s.hec_failures,
-    ),
-    ("events_delivered_total", "Events HEC accepted.", |s| {
-        &s.events_delivered
-    }),
-    (
-        "hec_timeouts_total",
-        "HEC requests with no answer within hec.timeout (each may duplicate a batch).",
-        |s| &s.hec_timeouts,
-    ),
-    (
-        "ack_resends_total",
-        "Batches resent after hec.ack_timeout without an acknowledgement.",
-        |s| &s.ack_resends,
-    ),
-    (
-        "events_dead_lettered_total",
-        "Events moved to the dead-letter table.",
-        |s| &s.events_dead_lettered,
-    ),
-];
-
-/// Renders the counters and the spool depth in the Prometheus text format.
-pub fn render_metrics(stats: &Stats, spool_depth: Option<u64>, health: &Health) -> String {
-    use std::fmt::Write;
-    let mut out = String::new();
-    for (name, help, get) in COUNTERS {
-        let _ = writeln!(
-            out,
-            "# HELP rc_audit_hec_{name} {help}\n# TYPE rc_audit_hec_{name} counter\nrc_audit_hec_{name} {}",
-            Stats::get(get(stats))
-        );
-    }
-    if let Some(depth) = spool_depth {
-        let _ = writeln!(
-            out,
-            "# HELP rc_audit_hec_spool_depth Events waiting in the spool.\n# TYPE rc_audit_hec_spool_depth gauge\nrc_audit_hec_spool_depth {depth}"
-        );
-    }
-    let _ = writeln!(
-        out,
-        "# HELP rc_audit_hec_component_up 1 when the component is ok, 0 when degraded or failing.\n# TYPE rc_audit_hec_component_up gauge"
-    );
-    for (component, h) in health.snapshot() {
-        let up = u8::from(h.state == State::Ok);
-        let _ = writeln!(
-            out,
-            "rc_audit_hec_component_up{{component=\"{component}\"}} {up}"
-        );
-    }
-    out
-}
-
-/// The `/healthz` document: the worst state overall plus every component with its reason.
+/// The `/healthz` document: the worst state overall, every component with its reason, and the
+/// same grouped for people and monitors: `accounts` by name, `hec` by URL (`"*"` for delivery
+/// as a whole), `loops` by name.
 pub fn render_health(health: &Health) -> (State, serde_json::Value) {
     let components = health.snapshot();
     let worst = components
@@ -229,8 +164,29 @@ pub fn render_health(health: &Health) -> (State, serde_json::Value) {
             State::Failing => 2,
         })
         .unwrap_or(State::Ok);
+    let mut accounts = serde_json::Map::new();
+    let mut hec = serde_json::Map::new();
+    let mut loops = serde_json::Map::new();
+    for (name, h) in &components {
+        let value = serde_json::json!(h);
+        if let Some(account) = name.strip_prefix("account:") {
+            accounts.insert(account.to_string(), value);
+        } else if name == "hec" {
+            hec.insert("*".to_string(), value);
+        } else if let Some(url) = name.strip_prefix("hec:") {
+            hec.insert(url.to_string(), value);
+        } else if let Some(l) = name.strip_prefix("loop:") {
+            loops.insert(l.to_string(), value);
+        }
+    }
     (
         worst,
-        serde_json::json!({ "status": worst, "components": components }),
+        serde_json::json!({
+            "status": worst,
+            "accounts": accounts,
+            "hec": hec,
+            "loops": loops,
+            "components": components,
+        }),
     )
 }

@@ -7,7 +7,6 @@
 //! sink backs off and the next request itself is the probe.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -19,7 +18,6 @@ use tracing::{info, warn};
 use super::response::{Outcome, classify};
 use crate::config::{HecConfig, Secret};
 use crate::retry::parse_seconds;
-use crate::telemetry::{Health, State};
 
 /// How long a failed endpoint stays out of the rotation before it is probed, at first; doubles
 /// with each failed probe up to [`MAX_PROBE_INTERVAL`].
@@ -84,7 +82,8 @@ pub struct HecClient {
     channel: String,
     gzip: bool,
     next: usize,
-    health: Option<Arc<Health>>,
+    /// What the last `send` got back, for metrics and per-URL health ([`super::observe`]).
+    pub(super) observed: super::observe::Observed,
 }
 
 impl HecClient {
@@ -133,14 +132,8 @@ impl HecClient {
             channel: uuid::Uuid::new_v4().to_string(),
             gzip: cfg.gzip,
             next: 0,
-            health: None,
+            observed: Default::default(),
         })
-    }
-
-    /// Reports each endpoint's state as the health component `hec:<url>`.
-    pub fn with_health(mut self, health: Arc<Health>) -> Self {
-        self.health = Some(health);
-        self
     }
 
     fn auth(&self) -> Option<HeaderValue> {
@@ -169,8 +162,6 @@ impl HecClient {
         }
         let e = &mut self.endpoints[endpoint];
         e.probe_at = Instant::now() + e.probe_interval.max(retry_after.unwrap_or_default());
-        let url = e.url.clone();
-        self.report(&url, State::Degraded, Some(reason.to_string()));
     }
 
     fn mark_healthy(&mut self, endpoint: usize) {
@@ -181,13 +172,6 @@ impl HecClient {
         let url = e.url.clone();
         if was_down && self.endpoints.len() > 1 {
             info!(%url, "HEC endpoint back in the rotation");
-        }
-        self.report(&url, State::Ok, None);
-    }
-
-    fn report(&self, url: &str, state: State, reason: Option<String>) {
-        if let Some(h) = &self.health {
-            h.set(&format!("hec:{url}"), state, reason);
         }
     }
 
@@ -252,16 +236,18 @@ impl HecClient {
         if self.gzip {
             req = req.header(CONTENT_ENCODING, "gzip");
         }
-        let outcome = match req.send().await {
+        let sent = req.send().await;
+        self.observed = super::observe::Observed::of(&sent);
+        let outcome = match sent {
             // Never sent (connect failed or timed out): nothing can have been indexed.
             Err(e) if e.is_connect() => Outcome::Retry {
                 retry_after: None,
-                reason: format!("cannot connect to HEC: {}", e.without_url()),
+                reason: super::observe::unreachable_reason(e),
             },
             Err(e) if e.is_timeout() => Outcome::TimedOut,
             Err(e) => Outcome::Retry {
                 retry_after: None,
-                reason: format!("cannot reach HEC: {}", e.without_url()),
+                reason: super::observe::unreachable_reason(e),
             },
             Ok(resp) => {
                 let status = resp.status().as_u16();
@@ -271,7 +257,12 @@ impl HecClient {
                     .and_then(|v| v.to_str().ok())
                     .and_then(parse_seconds);
                 match resp.bytes().await {
-                    Ok(b) => classify(status, retry_after, &b),
+                    Ok(b) => super::observe::classify_observed(
+                        &mut self.observed,
+                        status,
+                        retry_after,
+                        &b,
+                    ),
                     Err(e) if e.is_timeout() => Outcome::TimedOut,
                     Err(e) => Outcome::Retry {
                         retry_after,
@@ -360,7 +351,7 @@ impl HecClient {
             req = req.header(AUTHORIZATION, auth);
         }
         match req.send().await {
-            Err(e) => Err(format!("cannot reach HEC: {}", e.without_url())),
+            Err(e) => Err(super::observe::unreachable_reason(e)),
             Ok(resp) => {
                 let status = resp.status().as_u16();
                 let body = resp.bytes().await.unwrap_or_default();

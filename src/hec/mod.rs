@@ -25,6 +25,7 @@
 pub mod ack;
 pub mod batch;
 pub mod client;
+mod observe;
 pub mod response;
 
 use std::sync::Arc;
@@ -115,7 +116,7 @@ impl Sink {
         health: Arc<Health>,
     ) -> Result<Sink, HecError> {
         Ok(Sink {
-            client: HecClient::new(cfg)?.with_health(health.clone()),
+            client: HecClient::new(cfg)?,
             spool,
             max_events: cfg.batch_max_events,
             max_bytes: cfg.batch_max_bytes,
@@ -148,6 +149,7 @@ impl Sink {
     pub async fn run(mut self, shutdown: CancellationToken) {
         self.log_health().await;
         loop {
+            crate::watchdog::beat();
             match self.step(&shutdown).await {
                 Ok(Step::Progress) => continue,
                 Ok(Step::Stopped) => return,
@@ -163,7 +165,9 @@ impl Sink {
                         .health
                         .set(COMPONENT, State::Failing, Some(e.to_string()))
                     {
-                        error!("delivery paused: {e}");
+                        error!(
+                            "delivery paused: {e}; check free disk space and the state directory's permissions"
+                        );
                     }
                     if sleep_or_stop(Duration::from_secs(2), &shutdown).await {
                         return;
@@ -424,11 +428,13 @@ impl Sink {
         let mut timeout = self.timeout;
         let mut timed_out = false;
         loop {
+            crate::watchdog::beat();
             Stats::add(&self.stats.hec_requests, 1);
             let sent = tokio::select! {
                 r = self.client.send(body.clone(), timeout) => r,
                 _ = shutdown.cancelled() => return Ok(Delivered::Stopped),
             };
+            self.observe(&sent.url, &sent.outcome, good.len());
             let url = sent.url;
             match sent.outcome {
                 Outcome::Accepted { ack_id } => {
@@ -615,6 +621,7 @@ impl Sink {
 
 /// Sleeps `d` unless `shutdown` comes first; true when it did.
 async fn sleep_or_stop(d: Duration, shutdown: &CancellationToken) -> bool {
+    crate::watchdog::waiting(d);
     tokio::select! {
         _ = tokio::time::sleep(d) => false,
         _ = shutdown.cancelled() => true,

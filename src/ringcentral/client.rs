@@ -21,7 +21,8 @@ use super::model::{ApiError, SearchPage, SearchRequest};
 use super::rate_limit::{Group, Observed, RateLimiter};
 use crate::config::{AccountConfig, Secret};
 use crate::retry::RetryPolicy;
-use crate::telemetry::Stats;
+use crate::telemetry::logging::error_chain;
+use crate::telemetry::{AccountStats, Health, State, Stats};
 
 /// Why a RingCentral call failed for good. All but `Unavailable` need an operator.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -55,7 +56,9 @@ pub enum RcError {
         detail: String,
     },
     /// Transient failures persisted past the caller's attempt limit (only `once` sets one).
-    #[error("RingCentral unavailable after {attempts} attempts: {detail}")]
+    #[error(
+        "RingCentral unavailable after {attempts} attempts: {detail} (check server_url and the network path to RingCentral; the next poll tries again)"
+    )]
     Unavailable {
         /// Attempts made.
         attempts: u32,
@@ -87,6 +90,11 @@ pub struct RcClient {
     /// `None`: retry transient failures forever (the service); `Some(n)`: give up after n.
     max_attempts: Option<u32>,
     stats: Arc<Stats>,
+    /// This account's counters (responses by status, rate-limit waits).
+    acct: Arc<AccountStats>,
+    /// Where to say that the account is degraded while requests are retried or rate-limited
+    /// (the health component), so `/healthz` shows it before the poll gives up or succeeds.
+    health: Option<(Arc<Health>, String)>,
 }
 
 enum Body<'a> {
@@ -117,7 +125,9 @@ impl RcClient {
             limiter: RateLimiter::default(),
             retry,
             max_attempts: None,
+            acct: stats.account(&account.name),
             stats,
+            health: None,
         }
     }
 
@@ -125,6 +135,18 @@ impl RcClient {
     pub fn with_max_attempts(mut self, n: Option<u32>) -> Self {
         self.max_attempts = n;
         self
+    }
+
+    /// Reports retries and rate-limit penalties as `Degraded` in `health` under `component`.
+    pub fn with_health(mut self, health: Arc<Health>, component: String) -> Self {
+        self.health = Some((health, component));
+        self
+    }
+
+    fn degraded(&self, reason: String) {
+        if let Some((health, component)) = &self.health {
+            health.set(component, State::Degraded, Some(reason));
+        }
     }
 
     /// One page of audit-trail search results.
@@ -165,8 +187,11 @@ impl RcClient {
                 Body::Token => None,
                 Body::Search(_) => Some(Box::pin(self.access_token()).await?),
             };
+            crate::watchdog::waiting(self.limiter.delay(group));
             let waited = self.limiter.wait(group).await;
+            crate::watchdog::beat();
             if !waited.is_zero() {
+                self.acct.rate_limit_wait(waited);
                 debug!(account = %self.name, ?group, waited_ms = waited.as_millis() as u64, "paced by RingCentral rate limit");
             }
             let request = match (&body, &bearer) {
@@ -192,9 +217,13 @@ impl RcClient {
             };
             Stats::add(&self.stats.rc_requests, 1);
             let failure = match request.send().await {
-                Err(e) => format!("request failed: {}", e.without_url()),
+                Err(e) => {
+                    self.acct.rc_response(0);
+                    format!("request failed: {}", error_chain(&e.without_url()))
+                }
                 Ok(resp) => {
                     let status = resp.status();
+                    self.acct.rc_response(status.as_u16());
                     let observed = self.limiter.observe(group, status, resp.headers());
                     let bytes = match resp.bytes().await {
                         Ok(b) => b,
@@ -233,6 +262,11 @@ impl RcClient {
         if status == StatusCode::TOO_MANY_REQUESTS {
             Stats::add(&self.stats.rc_rate_limited, 1);
             if let Observed::Penalty(d) = observed {
+                self.degraded(format!(
+                    "rate limited by RingCentral (429 {}): sending nothing for {:.0}s; poll less often if this repeats",
+                    err.code().unwrap_or("-"),
+                    d.as_secs_f64()
+                ));
                 warn!(account = %self.name, code = err.code().unwrap_or("-"), penalty_s = d.as_secs_f64(),
                     "RingCentral rate limit exceeded: sending nothing to this account until the penalty is over; poll less often if this repeats");
             }
@@ -282,8 +316,13 @@ impl RcClient {
                 detail: detail.to_string(),
             });
         }
+        self.degraded(format!(
+            "RingCentral request failed, retrying (attempt {}): {detail}",
+            backoff.attempts()
+        ));
         warn!(account = %self.name, attempt = backoff.attempts(), retry_in_ms = delay.as_millis() as u64,
-            "RingCentral request failed, retrying: {detail}");
+            "RingCentral request failed, retrying (if this persists, check server_url and the network path to RingCentral): {detail}");
+        crate::watchdog::waiting(delay);
         tokio::time::sleep(delay).await;
         Ok(())
     }

@@ -9,17 +9,19 @@
 //! records that become visible after a poll whose window already covered their `eventTime`.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::client::{RcClient, RcError};
-use super::model::SearchRequest;
+use super::model::{SearchPage, SearchRequest};
 use crate::config::{MAX_LOOKBACK, PollConfig};
 use crate::spool::{NewRecord, Spool, SpoolError};
-use crate::telemetry::{Health, State, Stats};
+use crate::telemetry::{AccountStats, Health, State, Stats};
 use crate::transform::{Transformer, inspect_record, rfc3339_millis};
 
 /// `totalFound` at or above this draws a warning: the API returns at most 10,000 records.
@@ -35,7 +37,7 @@ pub enum PollError {
     RingCentral(#[from] RcError),
     /// The spool could not store the page (disk full, I/O error); the cursor did not move.
     #[error(
-        "cannot store records in the spool (the cursor did not move; the window will be polled again): {0}"
+        "cannot store records in the spool (the cursor did not move; the window will be polled again): {0}; check free disk space and the state directory's permissions"
     )]
     Spool(#[from] SpoolError),
 }
@@ -75,6 +77,8 @@ pub struct Poller {
     poll: PollConfig,
     max_spool_bytes: u64,
     stats: Arc<Stats>,
+    /// This account's share of the counters (per-account metrics).
+    acct: Arc<AccountStats>,
     health: Arc<Health>,
 }
 
@@ -92,12 +96,13 @@ impl Poller {
         health: Arc<Health>,
     ) -> Self {
         Poller {
-            client,
+            client: client.with_health(health.clone(), format!("account:{account}")),
             spool,
             transformer,
             account: account.to_string(),
             poll,
             max_spool_bytes,
+            acct: stats.account(account),
             stats,
             health,
         }
@@ -114,20 +119,12 @@ impl Poller {
         if used >= self.max_spool_bytes {
             return Ok(WindowOutcome::SpoolFull { used });
         }
-        let now = Utc::now();
         let account = self.account.clone();
         let cursor = self.spool.run(move |s| s.cursor(&account)).await?;
-        let oldest = now - delta(MAX_LOOKBACK) + TimeDelta::minutes(5);
-        let from = match cursor.and_then(DateTime::<Utc>::from_timestamp_millis) {
-            Some(c) => c - delta(self.poll.overlap),
-            None => now - delta(self.poll.initial_lookback),
+        match next_window(cursor, Utc::now(), &self.poll) {
+            Some((from, to)) => self.poll_range(from, to).await,
+            None => Ok(WindowOutcome::NotDue),
         }
-        .max(oldest);
-        let to = now - delta(self.poll.settle_delay);
-        if from >= to {
-            return Ok(WindowOutcome::NotDue);
-        }
-        self.poll_range(from, to).await
     }
 
     /// Polls `[from, to]` completely and moves the cursor to `to`.
@@ -136,48 +133,45 @@ impl Poller {
         from: DateTime<Utc>,
         to: DateTime<Utc>,
     ) -> Result<WindowOutcome, PollError> {
-        let page_size = self.poll.page_size;
-        let max_pages = (API_RECORD_LIMIT / page_size as u64) as u32 + 2;
+        self.fetch(from, to, true).await
+    }
+
+    /// Polls the past range `[from, to]` completely into the spool **without touching the
+    /// cursor** (backfill): same client (so the same rate limiter), same transform, same spool
+    /// dedup as live polling. Pauses like live polling when the spool is full.
+    pub async fn backfill_range(
+        &mut self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<WindowOutcome, PollError> {
+        let used = self.spool.run(|s| s.used_bytes()).await?;
+        if used >= self.max_spool_bytes {
+            return Ok(WindowOutcome::SpoolFull { used });
+        }
+        self.fetch(from, to, false).await
+    }
+
+    /// The account's name.
+    pub fn account(&self) -> &str {
+        &self.account
+    }
+
+    /// Fetches every page of `[from, to]` into the spool; `live` moves the cursor to `to` with
+    /// the last page.
+    async fn fetch(
+        &mut self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        live: bool,
+    ) -> Result<WindowOutcome, PollError> {
         let (from_ms, to_ms) = (from.timestamp_millis(), to.timestamp_millis());
-        let mut req = SearchRequest {
-            event_time_from: rfc3339_millis(from),
-            event_time_to: rfc3339_millis(to),
-            page: 1,
-            per_page: page_size,
-            include_admins: self.poll.include_admins,
-            include_hidden: self.poll.include_hidden,
-        };
+        let mut pager = Pager::new(&self.account, from, to, &self.poll);
         let (mut records, mut inserted) = (0usize, 0usize);
-        loop {
-            let page = self.client.search(&req).await?;
-            if req.page == 1 {
-                let found = page.paging.as_ref().and_then(|p| p.total_found);
-                if let Some(found) = found.filter(|f| *f >= TOTAL_FOUND_WARNING) {
-                    Stats::add(&self.stats.windows_near_limit, 1);
-                    warn!(account = %self.account, total_found = found, from = %req.event_time_from, to = %req.event_time_to,
-                        "a poll window holds {found} records; the API returns at most {API_RECORD_LIMIT} and may have lost records upstream: lower poll.interval");
-                }
-            }
+        while let Some((page, last)) = pager.next(&mut self.client, &self.stats).await? {
             let n = page.records.len();
-            let last = n < page_size as usize || req.page >= max_pages;
-            if last && n >= page_size as usize {
-                warn!(account = %self.account, pages = req.page,
-                    "RingCentral kept returning full pages past its {API_RECORD_LIMIT}-record limit; treating this page as the last");
-            }
-            let poll_ms = Utc::now().timestamp_millis();
-            let batch: Vec<NewRecord> = page
-                .records
-                .iter()
-                .map(|raw| {
-                    let meta = inspect_record(raw);
-                    NewRecord {
-                        event: self.transformer.event(raw, &meta, poll_ms),
-                        record_id: meta.id,
-                    }
-                })
-                .collect();
+            let batch = new_records(&self.transformer, &page);
             let account = self.account.clone();
-            let cursor = last.then_some(to_ms);
+            let cursor = (last && live).then_some(to_ms);
             let done = self
                 .spool
                 .run(move |s| s.enqueue_page(&account, &batch, cursor))
@@ -187,85 +181,296 @@ impl Poller {
             Stats::add(&self.stats.records_polled, n as u64);
             Stats::add(&self.stats.records_spooled, done.inserted as u64);
             Stats::add(&self.stats.records_duplicate, done.duplicates as u64);
+            Stats::add(&self.acct.records_polled, n as u64);
+            Stats::add(&self.acct.records_spooled, done.inserted as u64);
+            Stats::add(&self.acct.records_duplicate, done.duplicates as u64);
             if last {
-                Stats::add(&self.stats.windows_completed, 1);
+                if live {
+                    Stats::add(&self.stats.windows_completed, 1);
+                    Stats::add(&self.acct.windows_completed, 1);
+                    self.acct
+                        .last_poll_ms
+                        .store(Utc::now().timestamp_millis(), Ordering::Relaxed);
+                }
                 return Ok(WindowOutcome::Polled {
                     from_ms,
                     to_ms,
-                    pages: req.page,
+                    pages: pager.pages(),
                     records,
                     inserted,
                 });
             }
-            req.page += 1;
         }
+        // `Pager::next` only ends after a last page, which returned above.
+        Ok(WindowOutcome::Polled {
+            from_ms,
+            to_ms,
+            pages: pager.pages(),
+            records,
+            inserted,
+        })
     }
 
     /// Polls every `poll.interval` until `shutdown`. Never returns early: configuration problems
     /// are reported and retried at the poll interval, spool errors with a short pause.
     pub async fn run(mut self, shutdown: CancellationToken) {
         let component = self.component();
+        let mut next_live = Instant::now();
         loop {
-            let outcome = tokio::select! {
-                r = self.poll_window() => r,
+            crate::watchdog::beat();
+            if Instant::now() >= next_live {
+                let wait = self.live_step(&component, &shutdown).await;
+                let Some(wait) = wait else { return };
+                next_live = Instant::now() + wait;
+            }
+            // Between live windows: one piece of a backfill the service was asked to do, through
+            // this same client (so within the same rate limits).
+            let did_piece = tokio::select! {
+                r = self.backfill_step() => r,
                 _ = shutdown.cancelled() => return,
             };
-            let wait = match outcome {
-                Ok(WindowOutcome::Polled {
-                    records,
-                    inserted,
-                    pages,
-                    from_ms,
-                    to_ms,
-                }) => {
-                    if self.health.set(&component, State::Ok, None) {
-                        info!(account = %self.account, "polling ok");
-                    }
-                    info!(account = %self.account, records, new = inserted, pages,
-                        window_s = (to_ms - from_ms) / 1000, "poll window complete");
-                    self.poll.interval
-                }
-                Ok(WindowOutcome::NotDue) => self.poll.interval.min(Duration::from_secs(5)),
-                Ok(WindowOutcome::SpoolFull { used }) => {
-                    let reason = format!(
-                        "spool full ({used} bytes in use, spool.max_bytes {}): polling paused until delivery frees space; RingCentral keeps 180 days, so nothing is lost",
-                        self.max_spool_bytes
-                    );
-                    if self
-                        .health
-                        .set(&component, State::Degraded, Some(reason.clone()))
-                    {
-                        warn!(account = %self.account, "{reason}");
-                    }
-                    self.poll.interval.min(Duration::from_secs(5))
-                }
-                Err(PollError::RingCentral(e)) => {
-                    let state = if e.is_config() {
-                        State::Failing
-                    } else {
-                        State::Degraded
-                    };
-                    if self.health.set(&component, state, Some(e.to_string())) {
-                        error!(account = %self.account, "polling stopped for this account: {e}; retrying every {}", humantime::format_duration(self.poll.interval));
-                    }
-                    self.poll.interval
-                }
-                Err(e @ PollError::Spool(_)) => {
-                    if self
-                        .health
-                        .set(&component, State::Failing, Some(e.to_string()))
-                    {
-                        error!(account = %self.account, "{e}");
-                    }
-                    self.poll.interval.min(Duration::from_secs(10))
-                }
-            };
+            if did_piece {
+                continue;
+            }
+            let wait = next_live
+                .saturating_duration_since(Instant::now())
+                .min(BACKFILL_CHECK);
+            crate::watchdog::waiting(wait);
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = shutdown.cancelled() => return,
             }
         }
     }
+
+    /// Polls the next live window and reports the outcome; returns how long to wait before the
+    /// next one, or `None` on shutdown.
+    async fn live_step(
+        &mut self,
+        component: &str,
+        shutdown: &CancellationToken,
+    ) -> Option<Duration> {
+        let outcome = tokio::select! {
+            r = self.poll_window() => r,
+            _ = shutdown.cancelled() => return None,
+        };
+        let wait = match outcome {
+            Ok(WindowOutcome::Polled {
+                records,
+                inserted,
+                pages,
+                from_ms,
+                to_ms,
+            }) => {
+                if self.health.set(component, State::Ok, None) {
+                    info!(account = %self.account, "polling ok");
+                }
+                info!(account = %self.account, records, new = inserted, pages,
+                    window_s = (to_ms - from_ms) / 1000, "poll window complete");
+                self.poll.interval
+            }
+            Ok(WindowOutcome::NotDue) => self.poll.interval.min(Duration::from_secs(5)),
+            Ok(WindowOutcome::SpoolFull { used }) => {
+                let reason = format!(
+                    "spool full ({used} bytes in use, spool.max_bytes {}): polling paused until delivery frees space; RingCentral keeps 180 days, so nothing is lost",
+                    self.max_spool_bytes
+                );
+                if self
+                    .health
+                    .set(component, State::Degraded, Some(reason.clone()))
+                {
+                    warn!(account = %self.account, "{reason}");
+                }
+                self.poll.interval.min(Duration::from_secs(5))
+            }
+            Err(PollError::RingCentral(e)) => {
+                let state = if e.is_config() {
+                    State::Failing
+                } else {
+                    State::Degraded
+                };
+                if self.health.set(component, state, Some(e.to_string())) {
+                    error!(account = %self.account, "polling stopped for this account: {e}; retrying every {}", humantime::format_duration(self.poll.interval));
+                }
+                self.poll.interval
+            }
+            Err(e @ PollError::Spool(_)) => {
+                if self
+                    .health
+                    .set(component, State::Failing, Some(e.to_string()))
+                {
+                    error!(account = %self.account, "{e}");
+                }
+                self.poll.interval.min(Duration::from_secs(10))
+            }
+        };
+        Some(wait)
+    }
+
+    /// Polls one piece of this account's oldest waiting backfill job (see
+    /// [`crate::spool::backfill`]); true when a piece was done (so the caller asks again).
+    /// Failures are left for the next round: the live poll reports the account's problems.
+    async fn backfill_step(&mut self) -> bool {
+        let account = self.account.clone();
+        let chunk = i64::try_from(crate::backfill::CHUNK.as_millis()).unwrap_or(i64::MAX);
+        let next = self
+            .spool
+            .run(move |s| s.backfill_next(&account, chunk))
+            .await;
+        let (a, b) = match next {
+            Ok(Some(piece)) => piece,
+            Ok(None) => return false,
+            Err(e) => {
+                warn!(account = %self.account, "cannot read the backfill jobs: {e}; check the disk holding the state directory");
+                return false;
+            }
+        };
+        let (Some(from), Some(to)) = (
+            DateTime::<Utc>::from_timestamp_millis(a),
+            DateTime::<Utc>::from_timestamp_millis(b),
+        ) else {
+            return false;
+        };
+        match self.backfill_range(from, to).await {
+            Ok(WindowOutcome::Polled {
+                records, inserted, ..
+            }) => {
+                let account = self.account.clone();
+                let marked = self
+                    .spool
+                    .run(move |s| {
+                        s.backfill_mark(&account, a, b)?;
+                        s.backfill_next(&account, chunk)
+                    })
+                    .await;
+                debug!(account = %self.account, from = %rfc3339_millis(from), to = %rfc3339_millis(to),
+                    records, new = inserted, "backfill piece done");
+                match marked {
+                    Ok(None) => info!(account = %self.account, "backfill complete"),
+                    Ok(Some(_)) => {}
+                    Err(e) => warn!(account = %self.account,
+                        "cannot record backfill progress ({e}); the piece will be polled again (no duplicates reach Splunk); check the disk holding the state directory"),
+                }
+                true
+            }
+            Ok(_) => false,
+            Err(e) => {
+                warn!(account = %self.account, "backfill piece failed, trying again after the next live window: {e}");
+                false
+            }
+        }
+    }
+}
+
+/// How often a poller idle between live windows looks for new backfill jobs.
+const BACKFILL_CHECK: Duration = Duration::from_secs(10);
+
+/// The next live window for an account whose cursor is `cursor`: `[cursor - overlap,
+/// now - settle_delay]`, or from `now - initial_lookback` on the first run, never starting more
+/// than 180 days back (minus a margin so the API does not refuse the bound). `None` when the
+/// window would be empty (polled too recently).
+pub fn next_window(
+    cursor: Option<i64>,
+    now: DateTime<Utc>,
+    poll: &PollConfig,
+) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
+    let oldest = now - delta(MAX_LOOKBACK) + TimeDelta::minutes(5);
+    let from = match cursor.and_then(DateTime::<Utc>::from_timestamp_millis) {
+        Some(c) => c - delta(poll.overlap),
+        None => now - delta(poll.initial_lookback),
+    }
+    .max(oldest);
+    let to = now - delta(poll.settle_delay);
+    (from < to).then_some((from, to))
+}
+
+/// Pages through one search window: page 1, 2, ... until a short or empty page (or the most
+/// pages the API's 10,000-record limit allows). Shared by live polling, backfill and the dry
+/// run, so all three see the same records the same way.
+pub struct Pager {
+    account: String,
+    req: SearchRequest,
+    page_size: u32,
+    max_pages: u32,
+    done: bool,
+}
+
+impl Pager {
+    /// A pager over `[from, to]` with the search options in `poll`.
+    pub fn new(account: &str, from: DateTime<Utc>, to: DateTime<Utc>, poll: &PollConfig) -> Self {
+        let page_size = poll.page_size.max(1);
+        Pager {
+            account: account.to_string(),
+            req: SearchRequest {
+                event_time_from: rfc3339_millis(from),
+                event_time_to: rfc3339_millis(to),
+                page: 1,
+                per_page: page_size,
+                include_admins: poll.include_admins,
+                include_hidden: poll.include_hidden,
+            },
+            page_size,
+            max_pages: (API_RECORD_LIMIT / page_size as u64) as u32 + 2,
+            done: false,
+        }
+    }
+
+    /// Pages fetched so far (the page number of the last one).
+    pub fn pages(&self) -> u32 {
+        if self.done {
+            self.req.page
+        } else {
+            self.req.page - 1
+        }
+    }
+
+    /// The next page and whether it is the window's last; `None` once the last was returned.
+    pub async fn next(
+        &mut self,
+        client: &mut RcClient,
+        stats: &Stats,
+    ) -> Result<Option<(SearchPage, bool)>, RcError> {
+        if self.done {
+            return Ok(None);
+        }
+        let page = client.search(&self.req).await?;
+        if self.req.page == 1 {
+            let found = page.paging.as_ref().and_then(|p| p.total_found);
+            if let Some(found) = found.filter(|f| *f >= TOTAL_FOUND_WARNING) {
+                Stats::add(&stats.windows_near_limit, 1);
+                warn!(account = %self.account, total_found = found, from = %self.req.event_time_from, to = %self.req.event_time_to,
+                    "a poll window holds {found} records; the API returns at most {API_RECORD_LIMIT} and may have lost records upstream: lower poll.interval");
+            }
+        }
+        let n = page.records.len();
+        let last = n < self.page_size as usize || self.req.page >= self.max_pages;
+        if last && n >= self.page_size as usize {
+            warn!(account = %self.account, pages = self.req.page,
+                "RingCentral kept returning full pages past its {API_RECORD_LIMIT}-record limit; treating this page as the last. Lower poll.interval so windows hold fewer records");
+        }
+        if last {
+            self.done = true;
+        } else {
+            self.req.page += 1;
+        }
+        Ok(Some((page, last)))
+    }
+}
+
+/// A page's records as spool rows: each transformed into its HEC event (a record without a
+/// usable `eventTime` gets the poll time as HEC `time`).
+pub fn new_records(transformer: &Transformer, page: &SearchPage) -> Vec<NewRecord> {
+    let poll_ms = Utc::now().timestamp_millis();
+    page.records
+        .iter()
+        .map(|raw| {
+            let meta = inspect_record(raw);
+            NewRecord {
+                event: transformer.event(raw, &meta, poll_ms),
+                record_id: meta.id,
+            }
+        })
+        .collect()
 }
 
 fn delta(d: Duration) -> TimeDelta {

@@ -66,6 +66,8 @@ pub struct HecSimConfig {
     /// costs at the least, so the forwarder's throughput can be compared with it. Never use it
     /// to test behaviour: that is what the strict (default) mode is for.
     pub fast: bool,
+    /// Serve HTTPS with this certificate (the URL then starts with `https://`).
+    pub tls: Option<crate::sim::tls::SimTls>,
 }
 
 impl HecSimConfig {
@@ -77,6 +79,7 @@ impl HecSimConfig {
             output: None,
             ack: false,
             fast: false,
+            tls: None,
         }
     }
 }
@@ -172,7 +175,8 @@ impl HecSim {
             router = router.route(path, any(event));
         }
         let router = router.fallback(not_found).with_state(Arc::clone(&shared));
-        let server = DownableServer::start(router).await?;
+        let tls = config.tls.as_ref().map(|t| t.acceptor()).transpose()?;
+        let server = DownableServer::start_with_tls(router, tls).await?;
         tracing::debug!(url = %server.url(), "HEC simulator started");
         Ok(HecSim { server, shared })
     }

@@ -9,8 +9,10 @@
 //! - [`ringcentral`]: token endpoint and audit-trail search, rate limits, RingCentral errors.
 //! - [`hec`]: HTTP Event Collector event and health endpoints, HEC error codes, partial indexing.
 //! - [`records`]: realistic audit records.
+//! - [`tls`]: serving HTTPS with a caller-supplied certificate (the HEC simulator's `tls`).
 
 pub mod hec;
 pub mod records;
 pub mod ringcentral;
 mod server;
+pub mod tls;

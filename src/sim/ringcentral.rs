@@ -29,8 +29,9 @@
 //!   full window.
 //! - A bad or reused refresh token: 400 `invalid_grant` `OAU-211` "Token not found".
 //! - Unknown paths and wrong methods: 404 `CMN-102` "Resource not found".
-//! - Order of checks for a search: bearer token, rate limit (and penalty), `force_429`,
-//!   `server_errors`, `forbidden_accounts`, account id, body.
+//! - Order of checks for a search: bearer token, rate limit (and penalty), `force_429` and
+//!   `throttled_accounts`, `server_errors` and `unavailable_accounts`, `forbidden_accounts`,
+//!   account id, body.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -170,6 +171,11 @@ pub struct RcFaults {
     pub force_429: u32,
     /// Delay every response by this much (slow upstream; client timeouts).
     pub slow: Duration,
+    /// Account ids whose every search answers 429 `CMN-301` and (re)starts a penalty, as long
+    /// as they are listed: one account stuck in rate limiting.
+    pub throttled_accounts: HashSet<String>,
+    /// Account ids whose every search answers 503 `CMN-201`, as long as they are listed.
+    pub unavailable_accounts: HashSet<String>,
 }
 
 /// One request the simulator received, for tests to assert on what a client did.
@@ -907,8 +913,10 @@ fn search_outcome(
     // 3. Faults, then permission and account checks.
     let reply = if method != Method::POST {
         not_found_reply()
-    } else if state.faults.force_429 > 0 {
-        state.faults.force_429 -= 1;
+    } else if state.faults.force_429 > 0 || state.faults.throttled_accounts.contains(&account) {
+        if !state.faults.throttled_accounts.contains(&account) {
+            state.faults.force_429 -= 1;
+        }
         let penalty = shared.config.penalty;
         if shared.config.rate_limits {
             state
@@ -924,8 +932,11 @@ fn search_outcome(
             .insert("x-rate-limit-remaining", HeaderValue::from_static("0"));
         outcome.reply = reply;
         return outcome;
-    } else if state.faults.server_errors > 0 {
-        state.faults.server_errors -= 1;
+    } else if state.faults.server_errors > 0 || state.faults.unavailable_accounts.contains(&account)
+    {
+        if !state.faults.unavailable_accounts.contains(&account) {
+            state.faults.server_errors -= 1;
+        }
         Reply::api_error(
             StatusCode::SERVICE_UNAVAILABLE,
             "CMN-201",

@@ -32,6 +32,8 @@ pub(crate) struct DownableServer {
     addr: SocketAddr,
     /// The routes to serve; cloned into every new serve task.
     router: Router,
+    /// TLS for every session, when the simulator serves HTTPS.
+    tls: Option<tokio_rustls::TlsAcceptor>,
     /// The live session, `None` while the server is down.
     session: tokio::sync::Mutex<Option<Session>>,
 }
@@ -58,19 +60,29 @@ impl Session {
 impl DownableServer {
     /// Binds `127.0.0.1:0` and starts serving `router`.
     pub(crate) async fn start(router: Router) -> io::Result<Self> {
+        Self::start_with_tls(router, None).await
+    }
+
+    /// Binds `127.0.0.1:0` and starts serving `router`, over TLS when `tls` is given.
+    pub(crate) async fn start_with_tls(
+        router: Router,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> io::Result<Self> {
         let listener = bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))?;
         let addr = listener.local_addr()?;
-        let session = spawn_session(listener, router.clone());
+        let session = spawn_session(listener, router.clone(), tls.clone());
         Ok(Self {
             addr,
             router,
+            tls,
             session: tokio::sync::Mutex::new(Some(session)),
         })
     }
 
-    /// The `http://127.0.0.1:PORT` base URL, without a trailing slash.
+    /// The `http://127.0.0.1:PORT` (or `https://`) base URL, without a trailing slash.
     pub(crate) fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// Stops listening (`down = true`: connections refused, open connections closed) or starts
@@ -88,7 +100,11 @@ impl DownableServer {
         } else if session.is_none() {
             match rebind(self.addr).await {
                 Ok(listener) => {
-                    *session = Some(spawn_session(listener, self.router.clone()));
+                    *session = Some(spawn_session(
+                        listener,
+                        self.router.clone(),
+                        self.tls.clone(),
+                    ));
                     tracing::debug!(addr = %self.addr, "simulator up");
                 }
                 Err(e) => {
@@ -129,12 +145,26 @@ fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.listen(BACKLOG)
 }
 
-/// Starts serving `router` on `listener` in a new task.
-fn spawn_session(listener: TcpListener, router: Router) -> Session {
+/// Starts serving `router` on `listener` in a new task (over TLS when `tls` is given).
+fn spawn_session(
+    listener: TcpListener,
+    router: Router,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) -> Session {
     let (kill, killed) = watch::channel(false);
     let listener = KillableListener { listener, killed };
     let task = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, router).await {
+        let served = match tls {
+            None => axum::serve(listener, router).await,
+            Some(acceptor) => {
+                let listener = crate::sim::tls::TlsListener {
+                    inner: listener,
+                    acceptor,
+                };
+                axum::serve(listener, router).await
+            }
+        };
+        if let Err(e) = served {
             tracing::warn!(error = %e, "simulator server stopped");
         }
     });

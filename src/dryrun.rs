@@ -1,0 +1,164 @@
+//! `once --dry-run`: what the next `once` would send to Splunk, printed instead of sent.
+//!
+//! For every account it computes the window the next poll would use (from the account's cursor,
+//! read from the spool **read-only and without its lock**, so it works while the service runs),
+//! polls it with the same pager, rate limiting and transform as live polling, and writes each
+//! HEC event that would be sent as one JSON line, byte for byte what the sink would put in a
+//! request. Records the spool already holds (and so would not send again) are counted, not
+//! printed; so are events HEC would refuse (they would go to dead letters). Nothing is sent,
+//! nothing is written: no cursor moves, no record is spooled.
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use chrono::Utc;
+use tokio::task::JoinSet;
+use tracing::{error, warn};
+
+use crate::app::{AppError, Options, ringcentral_http};
+use crate::config::Config;
+use crate::hec::batch::validate_event;
+use crate::ringcentral::RcClient;
+use crate::ringcentral::poller::{Pager, PollError, new_records, next_window};
+use crate::spool::SpoolError;
+use crate::spool::peek::Peek;
+use crate::telemetry::Stats;
+use crate::transform::Transformer;
+
+/// What the dry run did.
+#[derive(Debug, Default, Clone)]
+pub struct DryRunReport {
+    /// Accounts polled completely.
+    pub accounts_polled: usize,
+    /// Events printed (what would be sent).
+    pub printed: u64,
+    /// Records skipped because the spool already has them.
+    pub already_spooled: u64,
+    /// Events HEC would refuse (local validation), with the reason.
+    pub invalid: Vec<(String, String)>,
+    /// Accounts that could not be polled: (name, reason, is a configuration problem).
+    pub account_errors: Vec<(String, String, bool)>,
+}
+
+/// Failures that stop the whole dry run.
+#[derive(Debug, thiserror::Error)]
+pub enum DryRunError {
+    /// The spool exists but cannot be read.
+    #[error(
+        "cannot read the cursors in the spool ({0}); run the dry run as the service's user, or point spool.dir at a readable copy"
+    )]
+    Spool(#[from] SpoolError),
+    /// The HTTP client cannot be built.
+    #[error(transparent)]
+    App(#[from] AppError),
+}
+
+/// Runs the dry run, writing events to `out`.
+pub async fn run(
+    config: &Config,
+    options: &Options,
+    out: Box<dyn Write + Send>,
+) -> Result<DryRunReport, DryRunError> {
+    let peek = Arc::new(Mutex::new(Peek::open(&config.spool.dir)?));
+    let http = ringcentral_http(options.rc_timeout)?;
+    let out = Arc::new(Mutex::new(out));
+    let stats = Arc::new(Stats::default());
+    let mut tasks = JoinSet::new();
+    for account in &config.accounts {
+        let client = RcClient::new(http.clone(), account, options.retry, stats.clone())
+            .with_max_attempts(Some(5));
+        let job = Job {
+            name: account.name.clone(),
+            client,
+            transformer: Transformer::new(&config.hec, account),
+            config: config.clone(),
+            peek: peek.clone(),
+            out: out.clone(),
+            stats: stats.clone(),
+        };
+        tasks.spawn(job.run());
+    }
+    let mut report = DryRunReport::default();
+    while let Some(joined) = tasks.join_next().await {
+        let Ok((name, result)) = joined else { continue };
+        match result {
+            Ok(r) => {
+                report.accounts_polled += 1;
+                report.printed += r.printed;
+                report.already_spooled += r.already_spooled;
+                report.invalid.extend(r.invalid);
+            }
+            Err(PollError::RingCentral(e)) => {
+                error!(account = %name, "dry run: poll failed: {e}");
+                report
+                    .account_errors
+                    .push((name, e.to_string(), e.is_config()));
+            }
+            Err(PollError::Spool(e)) => return Err(DryRunError::Spool(e)),
+        }
+    }
+    if let Ok(mut out) = out.lock() {
+        let _ = out.flush();
+    }
+    Ok(report)
+}
+
+/// One account's part.
+struct Job {
+    name: String,
+    client: RcClient,
+    transformer: Transformer,
+    config: Config,
+    peek: Arc<Mutex<Peek>>,
+    out: Arc<Mutex<Box<dyn Write + Send>>>,
+    stats: Arc<Stats>,
+}
+
+impl Job {
+    async fn run(mut self) -> (String, Result<DryRunReport, PollError>) {
+        let name = self.name.clone();
+        let result = self.poll().await;
+        (name, result)
+    }
+
+    async fn poll(&mut self) -> Result<DryRunReport, PollError> {
+        let mut report = DryRunReport::default();
+        let cursor = self.lock_peek().cursor(&self.name)?;
+        let Some((from, to)) = next_window(cursor, Utc::now(), &self.config.poll) else {
+            return Ok(report);
+        };
+        let mut pager = Pager::new(&self.name, from, to, &self.config.poll);
+        let mut printed_ids = HashSet::new();
+        while let Some((page, _last)) = pager.next(&mut self.client, &self.stats).await? {
+            let mut buf = Vec::new();
+            for r in new_records(&self.transformer, &page) {
+                if printed_ids.contains(&r.record_id)
+                    || self.lock_peek().seen(&self.name, &r.record_id)?
+                {
+                    report.already_spooled += 1;
+                    continue;
+                }
+                if let Err(why) = validate_event(&r.event) {
+                    report.invalid.push((r.record_id.clone(), why));
+                    continue;
+                }
+                buf.extend_from_slice(&r.event);
+                buf.push(b'\n');
+                report.printed += 1;
+                printed_ids.insert(r.record_id);
+            }
+            let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
+            if let Err(e) = out.write_all(&buf) {
+                warn!(
+                    "dry run: cannot write to stdout: {e} (was the output pipe closed? write to a file instead)"
+                );
+            }
+        }
+        Ok(report)
+    }
+
+    fn lock_peek(&self) -> std::sync::MutexGuard<'_, Peek> {
+        self.peek.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}

@@ -1,0 +1,497 @@
+//! The `run` service: one poll loop per account and the delivery loop under the [`watchdog`],
+//! the admin endpoint, and the conversation with systemd (`READY=1`, `STATUS=`, `WATCHDOG=1`,
+//! `RELOADING=1`, `STOPPING=1`).
+//!
+//! # systemd protocol
+//! - `READY=1` is sent once the config is loaded (credentials read), the spool is open (its lock
+//!   held) and the loops and admin listener are started; `Type=notify` makes `systemctl start`
+//!   wait for it, and `ExecStartPre=... check --offline` has already refused a bad config.
+//! - `WATCHDOG=1` is sent every half `WatchdogSec=` **only while no loop is stalled**
+//!   ([`watchdog`]). A stalled loop stops the pings, so systemd restarts the service.
+//! - `STATUS=` every few seconds: spool depth, deliveries, the last delivery's age, problems.
+//! - `STOPPING=1` at shutdown.
+//!
+//! # Reload (SIGHUP, `systemctl reload`)
+//! The config file is read and validated again. If it is bad, the error is logged and the
+//! service keeps running with the old config. Otherwise the poll loops are restarted with the new
+//! accounts and poll settings (a window cut short is polled again; the spool's dedup absorbs
+//! it), and the delivery loop is restarted only if a `hec.*` setting changed (a batch cut short
+//! is resent: at most one batch may reach Splunk twice, as at shutdown). `spool.dir` and `log.*`
+//! need a restart and say so; `admin.listen` is re-bound.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
+
+use crate::app::{AppError, Pipeline};
+use crate::config::{Config, ConfigError, HecConfig};
+use crate::telemetry::{State, Stats};
+use crate::watchdog::{self, Watchdog};
+
+/// Where systemd notifications go: the real socket (`$NOTIFY_SOCKET`; nothing outside systemd)
+/// or, for tests, a list.
+#[derive(Clone, Default)]
+pub enum Notifier {
+    /// `sd_notify` to `$NOTIFY_SOCKET` when it is set.
+    #[default]
+    Systemd,
+    /// Every notification as `KEY=value` text, in order.
+    Capture(Arc<std::sync::Mutex<Vec<String>>>),
+}
+
+impl std::fmt::Debug for Notifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Notifier::Systemd => f.write_str("Notifier::Systemd"),
+            Notifier::Capture(_) => f.write_str("Notifier::Capture"),
+        }
+    }
+}
+
+impl Notifier {
+    /// Sends `states` (one datagram).
+    pub fn notify(&self, states: &[sd_notify::NotifyState]) {
+        match self {
+            Notifier::Systemd => {
+                if std::env::var_os("NOTIFY_SOCKET").is_some()
+                    && let Err(e) = sd_notify::notify(states)
+                {
+                    warn!(
+                        "cannot notify systemd: {e}; check NotifyAccess= and that the unit's sandbox allows AF_UNIX"
+                    );
+                }
+            }
+            Notifier::Capture(list) => {
+                let mut list = list.lock().unwrap_or_else(|p| p.into_inner());
+                list.extend(states.iter().map(|s| s.to_string()));
+            }
+        }
+    }
+}
+
+/// How the service learns that its config should be reloaded.
+pub struct Reload {
+    /// One message per reload request (SIGHUP).
+    pub requests: mpsc::Receiver<()>,
+    /// Loads and validates the config again (the same file and environment as at start).
+    pub load: Box<dyn Fn() -> Result<Config, ConfigError> + Send + Sync>,
+}
+
+/// A channel that receives one message per SIGHUP. Installing the handler also replaces
+/// SIGHUP's default action (terminate).
+pub fn sighup_requests() -> mpsc::Receiver<()> {
+    let (tx, rx) = mpsc::channel(1);
+    tokio::spawn(async move {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            warn!("cannot listen for SIGHUP; reload by restarting the service");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            info!("SIGHUP received: reloading the configuration");
+            // A full channel means a reload is already pending: one is enough.
+            let _ = tx.try_send(());
+        }
+    });
+    rx
+}
+
+/// For commands that end by themselves (`once`, `backfill`): SIGHUP must not kill them halfway
+/// through, and there is nothing to reload, so it is logged and ignored.
+pub fn ignore_sighup(command: &'static str) {
+    tokio::spawn(async move {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            warn!(
+                "SIGHUP ignored: `{command}` reads its config once at start; only `run` reloads. Stop it with SIGTERM or Ctrl-C if you meant to"
+            );
+        }
+    });
+}
+
+/// The default stall limit: the longest bounded wait a loop step has (an HTTP request) plus a
+/// minute for everything else (SQLite busy timeout, scheduling).
+pub fn default_stall_limit(config: &Config, rc_timeout: Duration) -> Duration {
+    config.hec.timeout.max(rc_timeout) + Duration::from_secs(60)
+}
+
+/// A group of loops that stop together.
+struct Loops {
+    stop: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl Loops {
+    fn new(parent: &CancellationToken) -> Self {
+        Loops {
+            stop: parent.child_token(),
+            tracker: TaskTracker::new(),
+        }
+    }
+
+    /// Stops the loops and waits up to `grace` for them to finish.
+    async fn stop(self, grace: Duration) {
+        self.stop.cancel();
+        self.tracker.close();
+        if tokio::time::timeout(grace, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                "some tasks did not stop within {grace:?}; nothing is lost (the spool stays consistent)"
+            );
+        }
+    }
+}
+
+/// The running service's state.
+struct Service {
+    pipeline: Pipeline,
+    /// The configured account names, for the admin endpoint (updated by reloads).
+    accounts: Arc<std::sync::RwLock<Vec<String>>>,
+    watchdog: Arc<Watchdog>,
+    stall_limit: Duration,
+    shutdown: CancellationToken,
+    pollers: Loops,
+    sink: Loops,
+    admin: Loops,
+}
+
+impl Service {
+    fn start_pollers(&self) -> Loops {
+        let loops = Loops::new(&self.shutdown);
+        for poller in self.pipeline.pollers(None) {
+            let name = format!("poll:{}", poller.component().trim_start_matches("account:"));
+            let hb = self.watchdog.register(&name, self.stall_limit);
+            loops
+                .tracker
+                .spawn(watchdog::supervise(hb, poller.run(loops.stop.clone())));
+        }
+        loops
+    }
+
+    fn start_sink(&self) -> Result<Loops, AppError> {
+        Ok(self.spawn_sink(self.pipeline.sink()?))
+    }
+
+    /// Runs `sink` as the delivery loop. Only one may run at a time: two would read the same
+    /// batch from the head of the spool and send it twice.
+    fn spawn_sink(&self, sink: crate::hec::Sink) -> Loops {
+        let loops = Loops::new(&self.shutdown);
+        let hb = self.watchdog.register("delivery", self.stall_limit);
+        loops
+            .tracker
+            .spawn(watchdog::supervise(hb, sink.run(loops.stop.clone())));
+        loops
+    }
+
+    async fn start_admin(&self) -> Loops {
+        let loops = Loops::new(&self.shutdown);
+        let Some(addr) = self.pipeline.config.admin.listen else {
+            return loops;
+        };
+        match crate::admin::bind(addr).await {
+            Ok(listener) => {
+                let state = crate::admin::AdminState {
+                    spool: self.pipeline.spool.clone(),
+                    stats: self.pipeline.stats.clone(),
+                    health: self.pipeline.health.clone(),
+                    accounts: self.accounts.clone(),
+                };
+                let serve = crate::admin::serve(listener, state, loops.stop.clone());
+                loops.tracker.spawn(async move {
+                    if let Err(e) = serve.await {
+                        error!(%addr, "admin endpoint failed: {e}; /metrics and /healthz are unavailable until a restart");
+                    }
+                });
+            }
+            Err(e) => error!(%addr,
+                "cannot listen for the admin endpoint: {e}; set admin.listen to a free address (or \"\" to turn it off) and reload"),
+        }
+        loops
+    }
+
+    /// Applies a reloaded config (see the module docs).
+    async fn reload(&mut self, mut new: Config) {
+        let notifier = self.pipeline.options().notifier.clone();
+        notifier.notify(&[sd_notify::NotifyState::Reloading]);
+        let old = &self.pipeline.config;
+        if new.spool.dir != old.spool.dir {
+            warn!(old = %old.spool.dir.display(), new = %new.spool.dir.display(),
+                "spool.dir changed: moving the state directory needs a restart (see README, \"Moving the state directory\"); still using the old one");
+            new.spool.dir = old.spool.dir.clone();
+        }
+        if new.log.format != old.log.format || new.log.level != old.log.level {
+            warn!("log.format and log.level take effect at the next restart");
+        }
+        let hec_changed = hec_fingerprint(&new.hec) != hec_fingerprint(&old.hec);
+        let admin_changed = new.admin.listen != old.admin.listen;
+        let old_names: Vec<String> = old.accounts.iter().map(|a| a.name.clone()).collect();
+        let new_names: Vec<String> = new.accounts.iter().map(|a| a.name.clone()).collect();
+        let old_config = std::mem::replace(&mut self.pipeline.config, new);
+        // Build the new sink before stopping the old one: a new HEC setting that does not work
+        // (an unreadable CA file) must not leave the service without delivery. It starts only
+        // once the old one has stopped.
+        let sink = if hec_changed {
+            match self.pipeline.sink() {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    error!(
+                        "reload: the new HEC settings cannot be used ({e}); keeping the previous hec.* settings. Fix them and reload again"
+                    );
+                    self.pipeline.config.hec = old_config.hec.clone();
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let options = self.pipeline.options();
+        let grace = options.shutdown_grace;
+        // A longer hec.timeout lengthens what a loop step may take.
+        self.stall_limit = options.stall_limit.unwrap_or_else(|| {
+            default_stall_limit(&self.pipeline.config, self.pipeline.options().rc_timeout)
+        });
+        let pollers = std::mem::replace(&mut self.pollers, Loops::new(&self.shutdown));
+        pollers.stop(grace).await;
+        if let Some(new_sink) = sink {
+            let old_sink = std::mem::replace(&mut self.sink, Loops::new(&self.shutdown));
+            old_sink.stop(grace).await;
+            self.sink = self.spawn_sink(new_sink);
+        }
+        for gone in old_names.iter().filter(|n| !new_names.contains(n)) {
+            self.pipeline.health.remove(&format!("account:{gone}"));
+        }
+        *self.accounts.write().unwrap_or_else(|p| p.into_inner()) = new_names.clone();
+        self.pollers = self.start_pollers();
+        if admin_changed {
+            let admin = std::mem::replace(&mut self.admin, Loops::new(&self.shutdown));
+            admin.stop(grace).await;
+            self.admin = self.start_admin().await;
+        }
+        let added = new_names.iter().filter(|n| !old_names.contains(n)).count();
+        let removed = old_names.iter().filter(|n| !new_names.contains(n)).count();
+        info!(
+            accounts = new_names.len(),
+            added, removed, hec_changed, admin_changed, "configuration reloaded"
+        );
+        notifier.notify(&[sd_notify::NotifyState::Ready]);
+    }
+}
+
+/// What decides whether the sink must be rebuilt: every `hec.*` value, the token, and the CA
+/// file's contents (a renewed CA under the same path counts as a change).
+fn hec_fingerprint(hec: &HecConfig) -> (String, String, Option<Vec<u8>>) {
+    let shown = toml::to_string(hec).unwrap_or_default();
+    let ca = hec.tls_ca_file.as_ref().and_then(|p| std::fs::read(p).ok());
+    (shown, hec.token.expose().to_string(), ca)
+}
+
+/// Runs the service until `shutdown` (see the module docs). `reload` is `None` for callers that
+/// do not reload (tests, the demo).
+pub async fn run(
+    pipeline: Pipeline,
+    shutdown: CancellationToken,
+    reload: Option<Reload>,
+) -> Result<(), AppError> {
+    let options = pipeline.options().clone();
+    let stall_limit = options
+        .stall_limit
+        .unwrap_or_else(|| default_stall_limit(&pipeline.config, options.rc_timeout));
+    let watchdog_interval = options
+        .watchdog_interval
+        .or_else(sd_notify::watchdog_enabled);
+    let names = pipeline
+        .config
+        .accounts
+        .iter()
+        .map(|a| a.name.clone())
+        .collect();
+    let mut service = Service {
+        accounts: Arc::new(std::sync::RwLock::new(names)),
+        watchdog: Arc::new(Watchdog::default()),
+        stall_limit,
+        shutdown: shutdown.clone(),
+        pollers: Loops::new(&shutdown),
+        sink: Loops::new(&shutdown),
+        admin: Loops::new(&shutdown),
+        pipeline,
+    };
+    service.sink = service.start_sink()?;
+    service.admin = service.start_admin().await;
+    service.pollers = service.start_pollers();
+    let depth = service.pipeline.spool.run(|s| s.depth()).await.unwrap_or(0);
+    info!(accounts = service.pipeline.config.accounts.len(), spooled = depth,
+        spool = %service.pipeline.spool.path().display(),
+        watchdog = ?watchdog_interval, "rc-audit-hec running");
+    options.notifier.notify(&[sd_notify::NotifyState::Ready]);
+    let helpers = TaskTracker::new();
+    helpers.spawn(report_status(
+        service.pipeline.spool.clone(),
+        service.pipeline.stats.clone(),
+        service.watchdog.clone(),
+        options.notifier.clone(),
+        options.status_interval,
+        shutdown.clone(),
+    ));
+    helpers.spawn(feed_watchdog(
+        service.watchdog.clone(),
+        service.pipeline.health.clone(),
+        options.notifier.clone(),
+        watchdog_interval,
+        shutdown.clone(),
+    ));
+    helpers.spawn(crate::telemetry::logging::report_suppressed(
+        shutdown.clone(),
+    ));
+    helpers.close();
+
+    let mut reload = reload;
+    loop {
+        let request = async {
+            match reload.as_mut() {
+                Some(r) => r.requests.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            got = request => match got {
+                Some(()) => {
+                    let loaded = reload.as_ref().map(|r| (r.load)());
+                    match loaded {
+                        Some(Ok(config)) => service.reload(config).await,
+                        Some(Err(e)) => error!(
+                            "configuration reload failed, still running the previous configuration: {e}. Fix the file and reload again (systemctl reload rc-audit-hec)"
+                        ),
+                        None => {}
+                    }
+                }
+                None => reload = None,
+            },
+        }
+    }
+    info!("shutting down");
+    options.notifier.notify(&[sd_notify::NotifyState::Stopping]);
+    let grace = options.shutdown_grace;
+    let Service {
+        pollers,
+        sink,
+        admin,
+        ..
+    } = service;
+    tokio::join!(pollers.stop(grace), sink.stop(grace), admin.stop(grace));
+    helpers.wait().await;
+    Ok(())
+}
+
+/// Keeps systemd's `STATUS=` current: checks every `every` and sends when the text changed
+/// (spool depth, deliveries, the last delivery's time, stalled loops).
+async fn report_status(
+    spool: crate::spool::Spool,
+    stats: Arc<Stats>,
+    watchdog: Arc<Watchdog>,
+    notifier: Notifier,
+    every: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut last = String::new();
+    loop {
+        let depth = spool.run(|s| s.depth()).await.ok();
+        let line = status_line(depth, &stats, &watchdog);
+        if line != last {
+            notifier.notify(&[sd_notify::NotifyState::Status(&line)]);
+            last = line;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// The `STATUS=` text, e.g.
+/// `spooled 12, delivered 3400 (last at 2026-03-01T10:00:00Z), dead letters 0`.
+pub fn status_line(depth: Option<u64>, stats: &Stats, watchdog: &Watchdog) -> String {
+    let depth = depth.map_or_else(
+        || "unknown (spool unreadable)".to_string(),
+        |d| d.to_string(),
+    );
+    let last = stats
+        .last_delivery_ms
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let last = match chrono::DateTime::from_timestamp_millis(last).filter(|_| last > 0) {
+        Some(t) => format!(
+            "last at {}",
+            t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        ),
+        None => "none since start".to_string(),
+    };
+    let mut line = format!(
+        "spooled {depth}, delivered {} ({last}), dead letters {}",
+        Stats::get(&stats.events_delivered),
+        Stats::get(&stats.events_dead_lettered)
+    );
+    let stalled = watchdog.stalled();
+    if !stalled.is_empty() {
+        let names: Vec<&str> = stalled.iter().map(|s| s.name.as_str()).collect();
+        line.push_str(&format!("; STALLED: {}", names.join(", ")));
+    }
+    line
+}
+
+/// Checks the loops every half watchdog interval (every 5 s without a watchdog): pings systemd
+/// while none is stalled, and reports stalls in `/healthz` and the log.
+async fn feed_watchdog(
+    watchdog: Arc<Watchdog>,
+    health: Arc<crate::telemetry::Health>,
+    notifier: Notifier,
+    interval: Option<Duration>,
+    shutdown: CancellationToken,
+) {
+    let every = interval.map_or(Duration::from_secs(5), |w| w / 2);
+    let mut reported: Vec<String> = Vec::new();
+    loop {
+        let stalled = watchdog.stalled();
+        if stalled.is_empty() && interval.is_some() {
+            notifier.notify(&[sd_notify::NotifyState::Watchdog]);
+        }
+        let names: Vec<String> = stalled.iter().map(|s| s.name.clone()).collect();
+        for s in &stalled {
+            let reason = format!(
+                "the {} loop has made no progress for {} past its deadline (stuck in an await); {}",
+                s.name,
+                humantime::format_duration(Duration::from_secs(s.overdue.as_secs())),
+                if interval.is_some() {
+                    "systemd's watchdog will restart the service; spooled records are safe"
+                } else {
+                    "restart the service; spooled records are safe"
+                }
+            );
+            if health.set(
+                &format!("loop:{}", s.name),
+                State::Failing,
+                Some(reason.clone()),
+            ) && !reported.contains(&s.name)
+            {
+                error!("{reason}");
+            }
+        }
+        for gone in reported.iter().filter(|n| !names.contains(n)) {
+            health.remove(&format!("loop:{gone}"));
+            info!(loop_name = %gone, "loop is making progress again");
+        }
+        reported = names;
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
