@@ -96,6 +96,8 @@ pub struct OnceReport {
     pub delivered: u64,
     /// Events still spooled at the end (HEC did not accept them in time).
     pub remaining: u64,
+    /// Events HEC refused for good during this run (now in the dead-letter table).
+    pub dead_lettered: u64,
 }
 
 impl Pipeline {
@@ -223,6 +225,7 @@ impl Pipeline {
         }
         timer.abort();
         report.delivered = Stats::get(&self.stats.events_delivered);
+        report.dead_lettered = Stats::get(&self.stats.events_dead_lettered);
         report.remaining = self.spool.run(|s| s.depth()).await?;
         if report.remaining > 0 {
             let reason = self

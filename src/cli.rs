@@ -246,10 +246,16 @@ pub async fn execute(cli: Cli) -> anyhow::Result<u8> {
             for (name, reason, _) in &report.account_errors {
                 eprintln!("once: account {name}: {reason}");
             }
+            if report.dead_lettered > 0 {
+                eprintln!(
+                    "once: {} event(s) refused by HEC for good and moved to dead letters: see `rc-audit-hec spool dead-letters`, fix the cause, then `spool requeue`",
+                    report.dead_lettered
+                );
+            }
             Ok(
                 if report.account_errors.iter().any(|(_, _, config)| *config) {
                     exit::CONFIG
-                } else if !report.account_errors.is_empty() {
+                } else if !report.account_errors.is_empty() || report.dead_lettered > 0 {
                     exit::FAILURE
                 } else if report.remaining > 0 {
                     exit::TEMPFAIL

@@ -74,11 +74,23 @@ pub struct Heartbeat {
 
 impl Drop for Heartbeat {
     fn drop(&mut self) {
-        self.watchdog
+        let mut loops = self
+            .watchdog
             .loops
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.id);
+            .unwrap_or_else(|p| p.into_inner());
+        if std::thread::panicking() {
+            // The loop died. Leaving it registered, overdue since the epoch, stops WATCHDOG=1
+            // (systemd restarts the service) and shows the loop as stalled in /healthz; removing
+            // it would let the service run on without that account or without delivery.
+            if let Some(state) = loops.get(&self.id) {
+                state.deadline_ms.store(0, Ordering::Relaxed);
+                tracing::error!(loop_name = %state.name,
+                    "a loop panicked and stopped: the watchdog is withheld so systemd restarts the service (please report this as a bug)");
+            }
+        } else {
+            loops.remove(&self.id);
+        }
     }
 }
 
@@ -233,5 +245,20 @@ mod tests {
         let hb = wd.register("x", LIMIT);
         drop(hb);
         assert!(wd.loops().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_loop_that_panics_stays_stalled_instead_of_vanishing() {
+        let wd = Arc::new(Watchdog::default());
+        let hb = wd.register("poll:acme", LIMIT);
+        let task = tokio::spawn(supervise(hb, async {
+            beat();
+            panic!("bug in a loop");
+        }));
+        assert!(task.await.is_err(), "the task panicked");
+        tokio::time::advance(Duration::from_millis(10)).await;
+        let stalled = wd.stalled();
+        assert_eq!(stalled.len(), 1, "a dead loop must not look healthy");
+        assert_eq!(stalled[0].name, "poll:acme");
     }
 }

@@ -436,3 +436,50 @@ fn signal_term(child: &std::process::Child) {
             .success()
     );
 }
+
+#[tokio::test]
+async fn once_ends_when_an_account_is_stuck_in_rate_limiting() {
+    let w = World::new(1).await;
+    w.rc.update_faults(|f| {
+        f.throttled_accounts
+            .insert(w.accounts[0].account_id.clone());
+    });
+    let cfg = write_config(w.dir.path(), &w.toml("", ""));
+    let mut cmd = bin();
+    cmd.arg("--config").arg(&cfg).arg("once");
+    let started = std::time::Instant::now();
+    let out = run(cmd).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("rate limited"), "{}", text(&out));
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "once must not wait out penalties forever"
+    );
+}
+
+#[tokio::test]
+async fn once_exits_1_and_says_so_when_events_were_dead_lettered() {
+    let w = World::new(1).await;
+    w.rc.generate(
+        &w.accounts[0].account_id,
+        10,
+        Utc::now() - TimeDelta::hours(3),
+        Utc::now() - TimeDelta::hours(1),
+        8,
+    );
+    let bad = w.generated(0)[4].clone();
+    w.hec.update_faults(|f| {
+        f.reject_event_ids.insert(bad.clone());
+    });
+    let cfg = write_config(w.dir.path(), &w.toml("", ""));
+    let mut cmd = bin();
+    cmd.arg("--config").arg(&cfg).arg("once");
+    let out = run(cmd).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("1 event(s) refused by HEC"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(w.received().len(), 9);
+}

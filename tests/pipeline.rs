@@ -640,3 +640,60 @@ async fn a_full_disk_pauses_polling_with_a_reason_and_recovers_without_a_restart
     service.await.unwrap().unwrap();
     assert_each_once(&w, &[0]);
 }
+
+#[tokio::test]
+async fn a_short_page_is_not_the_end_when_paging_says_more_follow() {
+    let w = World::new(1).await;
+    w.rc.generate(
+        &w.accounts[0].account_id,
+        250,
+        hours_ago(3),
+        hours_ago(1),
+        70,
+    );
+    // The server serves 100 per page although 1000 were asked for.
+    w.rc.update_faults(|f| f.clamp_per_page = Some(100));
+    let p = w.pipeline("", "");
+    let mut poller = p.pollers(None).remove(0);
+    let outcome = poller.poll_window().await.unwrap();
+    assert!(
+        matches!(
+            outcome,
+            WindowOutcome::Polled {
+                records: 250,
+                pages: 3,
+                ..
+            }
+        ),
+        "{outcome:?}"
+    );
+    drain(&p).await;
+    assert_each_once(&w, &[0]);
+}
+
+#[tokio::test]
+async fn a_window_holding_more_than_its_pages_can_return_is_split_not_committed() {
+    let w = World::with(1, |c| c.heavy_limit = 100).await;
+    w.rc.generate(
+        &w.accounts[0].account_id,
+        3000,
+        hours_ago(20),
+        hours_ago(1),
+        71,
+    );
+    // 100 per page: the pager's budget (12 pages) reaches 1200 records of the window's 3000.
+    w.rc.update_faults(|f| f.clamp_per_page = Some(100));
+    let p = w.pipeline("", "");
+    let mut poller = p.pollers(None).remove(0);
+    let outcome = poller.poll_window().await.unwrap();
+    let WindowOutcome::Polled {
+        to_ms, inserted, ..
+    } = outcome
+    else {
+        panic!("{outcome:?}")
+    };
+    assert_eq!(inserted, 3000);
+    assert_eq!(p.spool.cursor(&World::name(0)).unwrap(), Some(to_ms));
+    drain(&p).await;
+    assert_each_once(&w, &[0]);
+}

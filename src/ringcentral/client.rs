@@ -182,6 +182,7 @@ impl RcClient {
         };
         let mut backoff = self.retry.backoff();
         let mut refreshed = false;
+        let mut limited = 0u32;
         loop {
             let bearer = match body {
                 Body::Token => None,
@@ -239,6 +240,18 @@ impl RcClient {
                             Err(e) => format!("HTTP 200 with an unreadable body: {e}"),
                         },
                         Next::Again => continue,
+                        Next::RateLimited => {
+                            // The service waits out penalties forever; a command with an
+                            // attempt limit (once, check) must end.
+                            limited += 1;
+                            if self.max_attempts.is_some_and(|n| limited >= n) {
+                                return Err(RcError::Unavailable {
+                                    attempts: limited,
+                                    detail: "rate limited by RingCentral (429) on every attempt: another client may be using this app's quota".into(),
+                                });
+                            }
+                            continue;
+                        }
                         Next::Transient(d) => d,
                     }
                 }
@@ -270,7 +283,7 @@ impl RcClient {
                 warn!(account = %self.name, code = err.code().unwrap_or("-"), penalty_s = d.as_secs_f64(),
                     "RingCentral rate limit exceeded: sending nothing to this account until the penalty is over; poll less often if this repeats");
             }
-            return Ok(Next::Again);
+            return Ok(Next::RateLimited);
         }
         if status.is_server_error() || status == StatusCode::REQUEST_TIMEOUT {
             return Ok(Next::Transient(format!(
@@ -336,5 +349,7 @@ impl RcClient {
 enum Next {
     Done,
     Again,
+    /// 429: the limiter holds the next request back until the penalty is over.
+    RateLimited,
     Transient(String),
 }

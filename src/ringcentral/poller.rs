@@ -168,6 +168,22 @@ impl Poller {
         let mut pager = Pager::new(&self.account, from, to, &self.poll);
         let (mut records, mut inserted) = (0usize, 0usize);
         while let Some((page, last)) = pager.next(&mut self.client, &self.stats).await? {
+            // Too many records for one search, or the pages ran out before `totalFound`:
+            // halve the window (each half commits its own end) rather than move the cursor past
+            // records never fetched. A window under 2 ms cannot be split; say so loudly.
+            let splittable = to_ms - from_ms >= 2;
+            if pager.incomplete()
+                && splittable
+                && (last || pager.found.is_some_and(|f| f > API_RECORD_LIMIT))
+            {
+                info!(account = %self.account, total_found = pager.found, fetched = pager.fetched,
+                    "a poll window holds more than one search can return: splitting it in two");
+                return self.fetch_split(from, to, live, (records, inserted)).await;
+            }
+            if last && pager.incomplete() {
+                warn!(account = %self.account, total_found = pager.found, fetched = pager.fetched,
+                    "RingCentral reported more records than it returned for a window too small to split: some may be missing");
+            }
             let n = page.records.len();
             let batch = new_records(&self.transformer, &page);
             let account = self.account.clone();
@@ -208,6 +224,50 @@ impl Poller {
             pages: pager.pages(),
             records,
             inserted,
+        })
+    }
+
+    /// Fetches `[from, mid]` then `[mid, to]`: the earlier half first, so a live cursor only
+    /// ever moves over records stored.
+    /// `so_far` carries what the incomplete pass already stored, so the outcome counts it.
+    fn fetch_split<'a>(
+        &'a mut self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        live: bool,
+        so_far: (usize, usize),
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<WindowOutcome, PollError>> + Send + 'a>,
+    > {
+        Box::pin(async move {
+            let mid = from + (to - from) / 2;
+            let first = self.fetch(from, mid, live).await?;
+            let second = self.fetch(mid, to, live).await?;
+            Ok(match (first, second) {
+                (
+                    WindowOutcome::Polled {
+                        from_ms,
+                        pages: p1,
+                        records: r1,
+                        inserted: i1,
+                        ..
+                    },
+                    WindowOutcome::Polled {
+                        to_ms,
+                        pages: p2,
+                        records: r2,
+                        inserted: i2,
+                        ..
+                    },
+                ) => WindowOutcome::Polled {
+                    from_ms,
+                    to_ms,
+                    pages: p1 + p2,
+                    records: so_far.0 + r1 + r2,
+                    inserted: so_far.1 + i1 + i2,
+                },
+                (_, other) => other,
+            })
         })
     }
 
@@ -393,6 +453,10 @@ pub struct Pager {
     page_size: u32,
     max_pages: u32,
     done: bool,
+    /// `totalFound` of page 1, when RingCentral said it.
+    found: Option<u64>,
+    /// Records received so far.
+    fetched: u64,
 }
 
 impl Pager {
@@ -412,7 +476,17 @@ impl Pager {
             page_size,
             max_pages: (API_RECORD_LIMIT / page_size as u64) as u32 + 2,
             done: false,
+            found: None,
+            fetched: 0,
         }
+    }
+
+    /// True when the window holds more records than one search can return (`totalFound` above
+    /// the API's limit), or when paging ended before `totalFound` records arrived: the window
+    /// must be split, not committed.
+    pub fn incomplete(&self) -> bool {
+        self.found
+            .is_some_and(|f| f > API_RECORD_LIMIT || (self.done && self.fetched < f))
     }
 
     /// Pages fetched so far (the page number of the last one).
@@ -442,8 +516,23 @@ impl Pager {
                     "a poll window holds {found} records; the API returns at most {API_RECORD_LIMIT} and may have lost records upstream: lower poll.interval");
             }
         }
+        if self.req.page == 1 {
+            self.found = page.paging.as_ref().and_then(|p| p.total_found);
+        }
         let n = page.records.len();
-        let last = n < self.page_size as usize || self.req.page >= self.max_pages;
+        self.fetched += n as u64;
+        // A short page ends the window only if `paging` agrees: RingCentral may serve fewer
+        // records per page than asked (that it clamps `perPage` is undocumented), and stopping
+        // there would leave the window's later pages unread while its cursor moves on.
+        let pages_left = page
+            .paging
+            .as_ref()
+            .and_then(|p| p.total)
+            .is_some_and(|total| u64::from(self.req.page) < total);
+        let records_left = self.found.is_some_and(|f| self.fetched < f);
+        let last = n == 0
+            || (n < self.page_size as usize && !pages_left && !records_left)
+            || self.req.page >= self.max_pages;
         if last && n >= self.page_size as usize {
             warn!(account = %self.account, pages = self.req.page,
                 "RingCentral kept returning full pages past its {API_RECORD_LIMIT}-record limit; treating this page as the last. Lower poll.interval so windows hold fewer records");

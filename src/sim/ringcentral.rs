@@ -176,6 +176,9 @@ pub struct RcFaults {
     pub throttled_accounts: HashSet<String>,
     /// Account ids whose every search answers 503 `CMN-201`, as long as they are listed.
     pub unavailable_accounts: HashSet<String>,
+    /// Serve at most this many records per page whatever `perPage` asks, with `paging` telling
+    /// the truth: whether the real API clamps or rejects a large `perPage` is undocumented.
+    pub clamp_per_page: Option<u64>,
 }
 
 /// One request the simulator received, for tests to assert on what a client did.
@@ -961,7 +964,10 @@ fn search_outcome(
     } else {
         match SearchQuery::parse(parsed_body.as_ref(), body) {
             Err(reply) => reply,
-            Ok(query) => {
+            Ok(mut query) => {
+                if let Some(clamp) = state.faults.clamp_per_page {
+                    query.per_page = query.per_page.min(clamp.max(1));
+                }
                 let matching: Vec<Arc<RawValue>> = state
                     .records
                     .get(&account)
