@@ -272,7 +272,7 @@ impl From<rusqlite::Error> for OpenProblem {
 /// Opens `path`, sets WAL and `synchronous=FULL`, checks integrity (`PRAGMA quick_check`) and
 /// brings the schema up to date. SQLite itself discards a torn WAL tail (a transaction whose
 /// commit frame never reached the disk) while opening.
-fn open_checked(path: &Path) -> Result<Connection, OpenProblem> {
+fn open_checked(path: &Path, full_check: bool) -> Result<Connection, OpenProblem> {
     let mut conn = Connection::open(path)?;
     conn.busy_timeout(Duration::from_secs(10))?;
     // Only takes effect on a new, empty file (before WAL mode is set).
@@ -286,9 +286,11 @@ fn open_checked(path: &Path) -> Result<Connection, OpenProblem> {
         (WAL_CHECKPOINT_BYTES / page_size).max(16),
     )?;
     conn.pragma_update(None, "journal_size_limit", WAL_CHECKPOINT_BYTES)?;
-    let check: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
-    if check != "ok" {
-        return Err(OpenProblem::Damaged(format!("integrity check: {check}")));
+    if full_check {
+        let check: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
+        if check != "ok" {
+            return Err(OpenProblem::Damaged(format!("integrity check: {check}")));
+        }
     }
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if version > SCHEMA_VERSION {
@@ -409,6 +411,53 @@ struct Inner {
     recovery: Option<Recovery>,
     /// Woken when records are enqueued, so the sink need not poll the database.
     new_data: tokio::sync::Notify,
+    /// What the background integrity check found (after a clean start).
+    background_check: Arc<Mutex<Option<String>>>,
+    /// Written when the owning process closes the spool: the next start may skip the check.
+    marker: Option<PathBuf>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Only the process that owns the directory (holds the lock) says it closed cleanly, and
+        // never over damage the background check found: the next start must recover it.
+        let damaged = self
+            .background_check
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some();
+        if let (Some(marker), Some(_), false) = (&self.marker, &self._lock, damaged) {
+            let _ = std::fs::write(marker, b"closed cleanly\n");
+        }
+    }
+}
+
+/// Marks a spool closed by its owner (see [`Spool::open`]).
+const CLEAN_MARKER: &str = "spool.clean";
+
+/// Runs `PRAGMA quick_check` on its own read-only connection; damage is logged loudly and kept
+/// for [`Spool::integrity_problem`]. The marker is gone already, so the next start checks (and
+/// recovers) before anything else.
+fn check_in_background(path: PathBuf, verdict: Arc<Mutex<Option<String>>>) {
+    let spawned = std::thread::Builder::new()
+        .name("spool-check".into())
+        .spawn(move || {
+            let result = Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .and_then(|c| c.query_row("PRAGMA quick_check", [], |r| r.get::<_, String>(0)));
+            let problem = match result {
+                Ok(ok) if ok == "ok" => None,
+                Ok(detail) => Some(format!("integrity check: {detail}")),
+                Err(e) => Some(e.to_string()),
+            };
+            if let Some(p) = &problem {
+                error!(spool = %path.display(),
+                    "the spool is damaged ({p}): restart the service; the next start sets the damaged file aside, keeps it, and copies what is readable into a new spool");
+            }
+            *verdict.lock().unwrap_or_else(|p| p.into_inner()) = problem;
+        });
+    if let Err(e) = spawned {
+        error!("cannot start the spool integrity check: {e}");
+    }
 }
 
 impl Spool {
@@ -449,7 +498,11 @@ impl Spool {
         let _ = writeln!(lock, "{}", std::process::id());
 
         let path = dir.join("spool.db");
-        let (conn, recovery) = match open_checked(&path) {
+        // After a clean exit the integrity check runs in the background, so a large spool does
+        // not delay READY; after a crash (no marker) it runs first, as recovery needs it.
+        let marker = dir.join(CLEAN_MARKER);
+        let was_clean = std::fs::remove_file(&marker).is_ok();
+        let (conn, recovery) = match open_checked(&path, !was_clean) {
             Ok(conn) => (conn, None),
             Err(OpenProblem::Fatal(e)) => return Err(e),
             Err(OpenProblem::Damaged(detail)) => {
@@ -459,7 +512,7 @@ impl Spool {
                     "the spool is damaged ({detail}); it was moved aside and a new one started. \
                      Readable records are copied over; keep the old file until you have checked nothing is missing"
                 );
-                let conn = open_checked(&path).map_err(|p| match p {
+                let conn = open_checked(&path, true).map_err(|p| match p {
                     OpenProblem::Fatal(e) => e,
                     OpenProblem::Damaged(d) => SpoolError::Sqlite(rusqlite::Error::SqliteFailure(
                         rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CORRUPT),
@@ -478,6 +531,10 @@ impl Spool {
                 )
             }
         };
+        let background = Arc::new(Mutex::new(None));
+        if was_clean {
+            check_in_background(path.clone(), background.clone());
+        }
         Ok(Spool {
             inner: Arc::new(Inner {
                 conn: Mutex::new(conn),
@@ -485,8 +542,20 @@ impl Spool {
                 _lock: Some(lock),
                 new_data: tokio::sync::Notify::new(),
                 recovery,
+                background_check: background,
+                marker: Some(marker),
             }),
         })
+    }
+
+    /// The background integrity check's verdict: `None` while it runs or when it found nothing,
+    /// the problem otherwise (the next start sets the damaged spool aside).
+    pub fn integrity_problem(&self) -> Option<String> {
+        self.inner
+            .background_check
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Opens the spool in `dir` for inspection commands (`spool status`, `dead-letters`,
@@ -518,6 +587,8 @@ impl Spool {
                 _lock: None,
                 new_data: tokio::sync::Notify::new(),
                 recovery: None,
+                background_check: Arc::new(Mutex::new(None)),
+                marker: None,
             }),
         })
     }
@@ -1049,6 +1120,26 @@ mod tests {
             *b = 0xA5;
         }
         std::fs::write(&path, &bytes).unwrap();
+        // The spool was closed cleanly, so this start checks in the background and finds it.
+        let s = Spool::open(dir.path()).unwrap();
+        assert!(
+            s.recovery().is_none(),
+            "no check before READY after a clean exit"
+        );
+        let found = (0..200).find_map(|_| {
+            std::thread::sleep(Duration::from_millis(10));
+            s.integrity_problem()
+        });
+        assert!(
+            found.is_some_and(|p| p.contains("integrity")),
+            "the background check reports it"
+        );
+        drop(s);
+        assert!(
+            !dir.path().join(CLEAN_MARKER).exists(),
+            "damage is never marked clean"
+        );
+        // So the next start checks first and recovers.
         let s = Spool::open(dir.path()).unwrap();
         let r = s.recovery().expect("damage detected");
         assert!(
