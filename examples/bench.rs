@@ -277,6 +277,7 @@ fn fill(spool: &Spool, n: usize, pool: &[Vec<u8>]) -> anyhow::Result<()> {
     while i < n {
         let page: Vec<NewRecord> = (i..(i + 1000).min(n))
             .map(|k| NewRecord {
+                invalid: None,
                 record_id: format!("r{k}"),
                 event: pool[k % pool.len()].clone(),
             })

@@ -160,6 +160,21 @@ pub struct NewRecord {
     pub record_id: String,
     /// The serialized HEC event.
     pub event: Vec<u8>,
+    /// Why HEC would refuse the event, when local validation says so: it goes straight to the
+    /// dead letters (checked once, when spooled, so the drain after an outage does not parse
+    /// every event again).
+    pub invalid: Option<String>,
+}
+
+impl NewRecord {
+    /// A record to enqueue, valid.
+    pub fn new(record_id: impl Into<String>, event: Vec<u8>) -> Self {
+        NewRecord {
+            record_id: record_id.into(),
+            event,
+            invalid: None,
+        }
+    }
 }
 
 /// What [`Spool::enqueue_page`] did.
@@ -169,6 +184,8 @@ pub struct Enqueued {
     pub inserted: usize,
     /// Records already seen (overlap or re-poll).
     pub duplicates: usize,
+    /// New records that failed local validation and went to the dead letters.
+    pub dead_lettered: usize,
 }
 
 /// A spooled event read for delivery.
@@ -671,10 +688,23 @@ impl Spool {
             let mut outbox = tx.prepare_cached(
                 "INSERT INTO outbox(account, record_id, event, spooled_at_ms) VALUES (?1, ?2, ?3, ?4)",
             )?;
+            let mut dead = tx.prepare_cached(
+                "INSERT INTO dead_letters(account, record_id, event, reason, hec_code, dead_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, NULL, ?5)",
+            )?;
             for r in records {
                 if seen.execute(params![account, r.record_id, now])? == 1 {
-                    outbox.execute(params![account, r.record_id, r.event, now])?;
-                    done.inserted += 1;
+                    match &r.invalid {
+                        None => {
+                            outbox.execute(params![account, r.record_id, r.event, now])?;
+                            done.inserted += 1;
+                        }
+                        Some(reason) => {
+                            let reason = format!("failed local validation: {reason}");
+                            dead.execute(params![account, r.record_id, r.event, reason, now])?;
+                            done.dead_lettered += 1;
+                        }
+                    }
                 } else {
                     done.duplicates += 1;
                 }
@@ -916,6 +946,7 @@ mod tests {
 
     fn rec(id: &str) -> NewRecord {
         NewRecord {
+            invalid: None,
             record_id: id.to_string(),
             event: format!("{{\"event\":{{\"id\":\"{id}\"}}}}").into_bytes(),
         }
@@ -955,7 +986,8 @@ mod tests {
             e,
             Enqueued {
                 inserted: 1,
-                duplicates: 1
+                duplicates: 1,
+                dead_lettered: 0,
             }
         );
         assert_eq!(s.cursor("acme").unwrap(), Some(1234));
@@ -1328,6 +1360,7 @@ mod tests {
         s.set_max_page_count(pages as u64).unwrap();
         let big: Vec<_> = (0..200)
             .map(|i| NewRecord {
+                invalid: None,
                 record_id: format!("big{i}"),
                 event: vec![b'x'; 2000],
             })
@@ -1342,5 +1375,26 @@ mod tests {
             200,
             "recovers when space returns"
         );
+    }
+
+    #[test]
+    fn an_event_that_fails_local_validation_goes_straight_to_dead_letters() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Spool::open(dir.path()).unwrap();
+        let bad = NewRecord {
+            invalid: Some("`event` is null or empty (HEC code 13)".into()),
+            ..rec("bad")
+        };
+        let e = s
+            .enqueue_page("acme", &[rec("a"), bad.clone()], Some(7))
+            .unwrap();
+        assert_eq!((e.inserted, e.dead_lettered), (1, 1));
+        assert_eq!(ids(&s), ["a"], "never in the outbox");
+        let dead = s.dead_letters().unwrap();
+        assert_eq!(dead[0].record_id, "bad");
+        assert!(dead[0].reason.contains("code 13"), "{}", dead[0].reason);
+        // Seen like any other: a re-poll does not dead-letter it twice.
+        assert_eq!(s.enqueue_page("acme", &[bad], None).unwrap().duplicates, 1);
+        assert_eq!(s.dead_letters().unwrap().len(), 1);
     }
 }

@@ -60,6 +60,7 @@ fn account(a: u8) -> String {
 fn records(ids: &[u8], size: usize) -> Vec<NewRecord> {
     ids.iter()
         .map(|id| NewRecord {
+            invalid: None,
             record_id: format!("r{id}"),
             event: vec![b'x'; size],
         })

@@ -37,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use self::ack::{ACK_POLL_INTERVAL, AckTracker, MAX_IN_FLIGHT, Pending};
-use self::batch::{build_body, validate_event};
+use self::batch::build_body;
 use self::client::{AckError, HecClient};
 use self::response::Outcome;
 use crate::config::HecConfig;
@@ -98,10 +98,10 @@ pub enum Step {
 
 /// How one batch's delivery ended.
 enum Delivered {
-    /// Settled in the spool (accepted, dead-lettered, or split for another try).
-    Settled,
-    /// Received by HEC, awaiting acknowledgement.
-    AwaitingAck,
+    /// Every row of the batch is settled (accepted) or awaiting its acknowledgement.
+    Done,
+    /// Rows of the batch are still to send (after a bad event, a split or an isolation).
+    Partial,
     /// Shutdown came first.
     Stopped,
 }
@@ -219,27 +219,17 @@ impl Sink {
                 Step::Idle
             });
         }
-        // Local validation: what HEC would refuse goes to dead letters now, with the reason.
-        let (good, bad): (Vec<Spooled>, Vec<Spooled>) = batch
-            .into_iter()
-            .partition(|e| validate_event(&e.event).is_ok());
-        if !bad.is_empty() {
-            let dead: Vec<DeadLetter> = bad
-                .iter()
-                .map(|e| DeadLetter {
-                    seq: e.seq,
-                    reason: format!(
-                        "failed local validation: {}",
-                        validate_event(&e.event).err().unwrap_or_default()
-                    ),
-                    hec_code: None,
-                })
-                .collect();
-            self.dead_letter(&bad, dead).await?;
-            return Ok(Step::Progress);
-        }
+        // Events were validated when spooled (what HEC would refuse went to dead letters then),
+        // so the drain does not parse them again.
+        let good = batch;
         let (first, last) = (good[0].seq, good[good.len() - 1].seq);
-        self.deliver_range(first, last, shutdown).await
+        // The batch just read is the range's first chunk: send it; only a bad event or a split
+        // leaves rows of it behind to send.
+        match self.deliver(&good, shutdown).await? {
+            Delivered::Stopped => Ok(Step::Stopped),
+            Delivered::Done => Ok(Step::Progress),
+            Delivered::Partial => self.deliver_range(first, last, shutdown).await,
+        }
     }
 
     /// Sends the rows of `first..=last` that are neither settled nor awaiting an ack, a
@@ -456,7 +446,7 @@ impl Sink {
                                 events: good.len(),
                                 sent_at: Instant::now(),
                             });
-                            return Ok(Delivered::AwaitingAck);
+                            return Ok(Delivered::Done);
                         }
                         (Some(_), None) => {
                             self.fall_back_to_plain(
@@ -473,7 +463,7 @@ impl Sink {
                     {
                         return Ok(Delivered::Stopped);
                     }
-                    return Ok(Delivered::Settled);
+                    return Ok(Delivered::Done);
                 }
                 Outcome::BadEvent {
                     index,
@@ -519,7 +509,7 @@ impl Sink {
                             self.isolate = good.len();
                         }
                     }
-                    return Ok(Delivered::Settled);
+                    return Ok(Delivered::Partial);
                 }
                 Outcome::TooLarge => {
                     Stats::add(&self.stats.hec_failures, 1);
@@ -539,7 +529,7 @@ impl Sink {
                         self.limit = (good.len() / 2).max(1);
                         warn!(%url, events = good.len(), "HEC says the request is too large (413): splitting; lower hec.batch_max_bytes to match Splunk's max_content_length");
                     }
-                    return Ok(Delivered::Settled);
+                    return Ok(Delivered::Partial);
                 }
                 Outcome::TimedOut => {
                     Stats::add(&self.stats.hec_failures, 1);

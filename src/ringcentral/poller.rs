@@ -197,6 +197,11 @@ impl Poller {
             Stats::add(&self.stats.records_polled, n as u64);
             Stats::add(&self.stats.records_spooled, done.inserted as u64);
             Stats::add(&self.stats.records_duplicate, done.duplicates as u64);
+            if done.dead_lettered > 0 {
+                Stats::add(&self.stats.events_dead_lettered, done.dead_lettered as u64);
+                warn!(account = %self.account, count = done.dead_lettered,
+                    "records HEC would refuse (see `rc-audit-hec spool dead-letters`) went to the dead letters when spooled");
+            }
             Stats::add(&self.acct.records_polled, n as u64);
             Stats::add(&self.acct.records_spooled, done.inserted as u64);
             Stats::add(&self.acct.records_duplicate, done.duplicates as u64);
@@ -554,8 +559,10 @@ pub fn new_records(transformer: &Transformer, page: &SearchPage) -> Vec<NewRecor
         .iter()
         .map(|raw| {
             let meta = inspect_record(raw);
+            let event = transformer.event(raw, &meta, poll_ms);
             NewRecord {
-                event: transformer.event(raw, &meta, poll_ms),
+                invalid: crate::hec::batch::validate_event(&event).err(),
+                event,
                 record_id: meta.id,
             }
         })

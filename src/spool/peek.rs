@@ -74,6 +74,7 @@ mod tests {
         );
         let s = Spool::open(dir.path()).unwrap();
         let rec = NewRecord {
+            invalid: None,
             record_id: "r1".into(),
             event: b"{}".to_vec(),
         };
