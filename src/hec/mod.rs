@@ -82,6 +82,9 @@ pub struct Sink {
     too_large_at: Option<usize>,
     /// Batches awaiting indexer acknowledgement; `None` in plain mode.
     acks: Option<AckTracker>,
+    /// The next batch and its body, read and compressed while the previous request was in
+    /// flight (plain mode only; see [`Sink::deliver`]).
+    prefetched: Option<(Vec<Spooled>, Bytes)>,
     next_ack_poll: Instant,
 }
 
@@ -129,6 +132,7 @@ impl Sink {
             isolate: 0,
             too_large_at: None,
             acks: cfg.use_ack.then(|| AckTracker::new(cfg.ack_timeout)),
+            prefetched: None,
             next_ack_poll: Instant::now(),
         })
     }
@@ -208,10 +212,15 @@ impl Sink {
             .unwrap_or(0);
         let limit = if self.isolate > 0 { 1 } else { self.limit };
         let max_bytes = self.max_bytes;
-        let batch = self
-            .spool
-            .run(move |s| s.read_batch_after(after, limit, max_bytes))
-            .await?;
+        let (batch, body) = match self.prefetched.take() {
+            Some((rows, body)) if self.acks.is_none() && self.isolate == 0 => (rows, Some(body)),
+            _ => (
+                self.spool
+                    .run(move |s| s.read_batch_after(after, limit, max_bytes))
+                    .await?,
+                None,
+            ),
+        };
         if batch.is_empty() {
             return Ok(if in_flight > 0 {
                 self.wait_for_acks(shutdown).await
@@ -225,7 +234,7 @@ impl Sink {
         let (first, last) = (good[0].seq, good[good.len() - 1].seq);
         // The batch just read is the range's first chunk: send it; only a bad event or a split
         // leaves rows of it behind to send.
-        match self.deliver(&good, shutdown).await? {
+        match self.deliver_prebuilt(&good, body, shutdown).await? {
             Delivered::Stopped => Ok(Step::Stopped),
             Delivered::Done => Ok(Step::Progress),
             Delivered::Partial => self.deliver_range(first, last, shutdown).await,
@@ -410,20 +419,60 @@ impl Sink {
         good: &[Spooled],
         shutdown: &CancellationToken,
     ) -> Result<Delivered, SinkError> {
-        let body = build_body(good.iter().map(|e| e.event.as_slice()), self.gzip)
-            .map(Bytes::from)
-            .map_err(SinkError::Body)?;
+        self.deliver_prebuilt(good, None, shutdown).await
+    }
+
+    /// [`Sink::deliver`] with the body already built (a prefetched batch).
+    ///
+    /// In plain mode the first attempt overlaps with reading and compressing the next batch
+    /// (the rows after this one: nothing but the sink deletes rows, and new rows only append),
+    /// so the forwarder's CPU work runs while HEC handles the request. The prefetched batch is
+    /// used only if this one was accepted whole; any other outcome drops it.
+    async fn deliver_prebuilt(
+        &mut self,
+        good: &[Spooled],
+        body: Option<Bytes>,
+        shutdown: &CancellationToken,
+    ) -> Result<Delivered, SinkError> {
+        let body = match body {
+            Some(b) => b,
+            None => build_body(good.iter().map(|e| e.event.as_slice()), self.gzip)
+                .map(Bytes::from)
+                .map_err(SinkError::Body)?,
+        };
         let (first, last) = (good[0].seq, good[good.len() - 1].seq);
         let mut backoff = self.retry.backoff();
         let mut timeout = self.timeout;
         let mut timed_out = false;
+        let mut prefetch = self.acks.is_none() && self.isolate == 0;
         loop {
             crate::watchdog::beat();
             Stats::add(&self.stats.hec_requests, 1);
-            let sent = tokio::select! {
-                r = self.client.send(body.clone(), timeout) => r,
+            let next = prefetch.then(|| {
+                let (limit, max_bytes, gzip) = (self.limit, self.max_bytes, self.gzip);
+                self.spool.run(move |s| {
+                    let rows = s.read_batch_after(last, limit, max_bytes).ok()?;
+                    let body = build_body(rows.iter().map(|e| e.event.as_slice()), gzip).ok()?;
+                    (!rows.is_empty()).then(|| (rows, Bytes::from(body)))
+                })
+            });
+            prefetch = false;
+            let send = self.client.send(body.clone(), timeout);
+            let (sent, next) = tokio::select! {
+                r = async {
+                    match next {
+                        Some(next) => {
+                            let (sent, next) = tokio::join!(send, next);
+                            (sent, next)
+                        }
+                        None => (send.await, None),
+                    }
+                } => r,
                 _ = shutdown.cancelled() => return Ok(Delivered::Stopped),
             };
+            let accepted_plain =
+                matches!(sent.outcome, Outcome::Accepted { ack_id: None }) && self.acks.is_none();
+            self.prefetched = if accepted_plain { next } else { None };
             self.observe(&sent.url, &sent.outcome, good.len());
             let url = sent.url;
             match sent.outcome {
