@@ -271,14 +271,18 @@ fn bench_dir(name: &str) -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
-/// Fills a spool with `n` events (ids unique, bodies cycling over 10,000 realistic events).
+/// Fills a spool with `n` events: bodies cycle over 10,000 realistic events, ids are random
+/// UUIDs like RingCentral's (so dedup inserts land all over its index, as in production).
 fn fill(spool: &Spool, n: usize, pool: &[Vec<u8>]) -> anyhow::Result<()> {
+    // Event times a few ms apart, as in a busy account's audit trail.
+    let start = rc_audit_hec::spool::now_ms() - n as i64 * 7;
     let mut i = 0;
     while i < n {
         let page: Vec<NewRecord> = (i..(i + 1000).min(n))
             .map(|k| NewRecord {
                 invalid: None,
-                record_id: format!("r{k}"),
+                event_time_ms: start + k as i64 * 7,
+                record_id: uuid::Uuid::new_v4().to_string(),
                 event: pool[k % pool.len()].clone(),
             })
             .collect();

@@ -134,7 +134,9 @@ impl Job {
             let mut buf = Vec::new();
             for r in new_records(&self.transformer, &page) {
                 if printed_ids.contains(&r.record_id)
-                    || self.lock_peek().seen(&self.name, &r.record_id)?
+                    || self
+                        .lock_peek()
+                        .seen(&self.name, r.event_time_ms, &r.record_id)?
                 {
                     report.already_spooled += 1;
                     continue;

@@ -8,7 +8,7 @@
 //! # On-disk format (`<state dir>/spool.db`, `PRAGMA user_version` = [`SCHEMA_VERSION`])
 //! - `outbox(seq, account, record_id, event, spooled_at_ms)`: serialized HEC events waiting for
 //!   delivery, in `seq` order (AUTOINCREMENT, so a seq is never reused).
-//! - `seen(account, record_id, seen_at_ms)`: every record id ever enqueued, kept for
+//! - `seen(account, event_time_ms, record_id, seen_at_ms)`: every record id ever enqueued, kept for
 //!   [`SEEN_RETENTION`] after it was first seen, so overlapping windows and re-polls after a crash
 //!   enqueue a record once. Pruning goes by when we saw an id, not by its `eventTime`: a record
 //!   seen more than 181 days ago is older than RingCentral's 180 days and cannot come back, while
@@ -92,13 +92,27 @@ const MIGRATIONS: &[(i64, &str)] = &[
              hec_code INTEGER,
              dead_at_ms INTEGER NOT NULL);",
     ),
-    // v2: per-account depth for `spool status` without a full scan; `seen` is pruned by when an
-    // id was seen (the v1 column held the record's eventTime; a v1 id counts as seen now).
+    // v2: per-account depth for `spool status` without a full scan. `seen` is keyed by
+    // (account, eventTime, id): a record's eventTime never changes, so a re-poll finds its key,
+    // and the records of one window share a time range, so a page's inserts land on a few
+    // neighbouring pages (keyed by random UUIDs alone they touched hundreds per commit, 4x
+    // slower). It is pruned by when an id was seen (`seen_at_ms`), not by eventTime, which a
+    // bogus record could set to 1970; v1 ids count as seen now.
     (
         2,
         "CREATE INDEX IF NOT EXISTS outbox_by_account ON outbox(account);
-         ALTER TABLE seen RENAME COLUMN event_time_ms TO seen_at_ms;
-         UPDATE seen SET seen_at_ms = CAST(strftime('%s','now') AS INTEGER) * 1000;",
+         CREATE TABLE seen_v2(
+             account TEXT NOT NULL,
+             event_time_ms INTEGER NOT NULL,
+             record_id TEXT NOT NULL,
+             seen_at_ms INTEGER NOT NULL,
+             PRIMARY KEY(account, event_time_ms, record_id)) WITHOUT ROWID;
+         INSERT OR IGNORE INTO seen_v2
+             SELECT account, event_time_ms, record_id, CAST(strftime('%s','now') AS INTEGER) * 1000
+             FROM seen;
+         DROP TABLE seen;
+         ALTER TABLE seen_v2 RENAME TO seen;
+         CREATE INDEX IF NOT EXISTS seen_by_seen_at ON seen(seen_at_ms);",
     ),
 ];
 
@@ -156,8 +170,12 @@ pub enum SpoolError {
 /// One record to enqueue.
 #[derive(Debug, Clone)]
 pub struct NewRecord {
-    /// RingCentral record id (or derived id); the dedup key within an account.
+    /// RingCentral record id (or derived id); with the event time, the dedup key within an
+    /// account.
     pub record_id: String,
+    /// The record's `eventTime` (ms), or 0 when it has none: part of the dedup key, so it must
+    /// be a property of the record (never the poll time).
+    pub event_time_ms: i64,
     /// The serialized HEC event.
     pub event: Vec<u8>,
     /// Why HEC would refuse the event, when local validation says so: it goes straight to the
@@ -171,6 +189,7 @@ impl NewRecord {
     pub fn new(record_id: impl Into<String>, event: Vec<u8>) -> Self {
         NewRecord {
             record_id: record_id.into(),
+            event_time_ms: 0,
             event,
             invalid: None,
         }
@@ -344,72 +363,74 @@ fn set_aside(path: &Path) -> std::io::Result<PathBuf> {
     Ok(aside)
 }
 
-/// Copies what can still be read from a damaged spool into the new one, in one transaction (a
-/// crash mid-salvage leaves the new spool empty and the damaged file in place, never half a
-/// copy), table by table (a savepoint each, so one unreadable table does not spoil the rest).
+/// Copies what can still be read from a damaged spool into the new one, in three transactions
+/// ordered so that a crash, or a table that cannot be read, costs duplicates and never loss:
+/// 1. the outbox with the cursors (a cursor only ever arrives with the records it covers);
+/// 2. the dead letters;
+/// 3. the remembered ids, only if 1 and 2 both came over: an id marked seen whose record was
+///    not copied would never be polled again.
+///
+/// (SQLite may roll a whole transaction back on a corruption error, so each step is its own.)
 fn salvage(conn: &Connection, aside: &Path) -> Vec<(&'static str, Option<usize>)> {
     let uri = format!("file:{}?mode=ro", aside.display());
-    let none = || {
-        vec![
+    if let Err(e) = conn.execute("ATTACH DATABASE ?1 AS old", [uri]) {
+        error!("cannot read the damaged spool at all ({e}): nothing could be copied from it");
+        return vec![
             ("outbox", None),
             ("cursors", None),
             ("seen", None),
             ("dead_letters", None),
-        ]
-    };
-    if conn.execute("ATTACH DATABASE ?1 AS old", [uri]).is_err() {
-        return none();
+        ];
     }
-    let copy = |sql: &str| -> Option<usize> {
-        conn.execute_batch("SAVEPOINT t").ok()?;
-        match conn.execute(sql, []) {
-            Ok(n) => conn.execute_batch("RELEASE t").ok().map(|()| n),
+    let tx = |sqls: &[&str]| -> Option<Vec<usize>> {
+        conn.execute_batch("BEGIN IMMEDIATE").ok()?;
+        let mut counts = Vec::with_capacity(sqls.len());
+        for sql in sqls {
+            match conn.execute(sql, []) {
+                Ok(n) => counts.push(n),
+                Err(_) => {
+                    let _ = conn.execute_batch("ROLLBACK");
+                    return None;
+                }
+            }
+        }
+        match conn.execute_batch("COMMIT") {
+            Ok(()) => Some(counts),
             Err(_) => {
-                let _ = conn.execute_batch("ROLLBACK TO t; RELEASE t");
+                let _ = conn.execute_batch("ROLLBACK");
                 None
             }
         }
     };
-    let result = if conn.execute_batch("BEGIN IMMEDIATE").is_ok() {
-        let outbox = copy(
-            "INSERT INTO main.outbox(account, record_id, event, spooled_at_ms)
-             SELECT account, record_id, event, spooled_at_ms FROM old.outbox ORDER BY seq",
-        );
-        let dead_letters = copy(
-            "INSERT INTO main.dead_letters(account, record_id, event, reason, hec_code, dead_at_ms)
-             SELECT account, record_id, event, reason, hec_code, dead_at_ms FROM old.dead_letters",
-        );
-        // Cursors and remembered ids may only come over with everything they cover: an id
-        // marked seen whose outbox row or dead letter was lost would never be polled again.
-        // Without them every account re-polls from `initial_lookback` and dedup starts afresh
-        // (duplicates, never loss, within that lookback).
-        let (cursors, seen) = if outbox.is_some() && dead_letters.is_some() {
-            (
-                copy("INSERT OR REPLACE INTO main.cursors SELECT * FROM old.cursors"),
-                copy("INSERT OR IGNORE INTO main.seen SELECT * FROM old.seen"),
-            )
-        } else {
-            error!(
-                "the damaged spool's outbox or dead letters are unreadable: cursors are not carried over, so every account re-polls from poll.initial_lookback; records older than that which were still undelivered are only in the set-aside file (raise poll.initial_lookback, up to 180d, before the next start to fetch them again)"
-            );
-            (None, None)
-        };
-        if conn.execute_batch("COMMIT").is_ok() {
-            vec![
-                ("outbox", outbox),
-                ("cursors", cursors),
-                ("seen", seen),
-                ("dead_letters", dead_letters),
-            ]
-        } else {
-            let _ = conn.execute_batch("ROLLBACK");
-            none()
-        }
+    let outbox = tx(&[
+        "INSERT INTO main.outbox(account, record_id, event, spooled_at_ms)
+         SELECT account, record_id, event, spooled_at_ms FROM old.outbox ORDER BY seq",
+        "INSERT OR REPLACE INTO main.cursors SELECT * FROM old.cursors",
+    ]);
+    let dead_letters = tx(&[
+        "INSERT INTO main.dead_letters(account, record_id, event, reason, hec_code, dead_at_ms)
+         SELECT account, record_id, event, reason, hec_code, dead_at_ms FROM old.dead_letters",
+    ]);
+    let seen = if outbox.is_some() && dead_letters.is_some() {
+        tx(&["INSERT OR IGNORE INTO main.seen SELECT * FROM old.seen"])
     } else {
-        none()
+        error!(
+            "the damaged spool's outbox or dead letters are unreadable: remembered ids are not carried over{}",
+            if outbox.is_none() {
+                ", nor cursors, so every account re-polls from poll.initial_lookback; records older than that which were still undelivered are only in the set-aside file (raise poll.initial_lookback, up to 180d, before the next start to fetch them again)"
+            } else {
+                " (expect some duplicates in Splunk)"
+            }
+        );
+        None
     };
     let _ = conn.execute("DETACH DATABASE old", []);
-    result
+    vec![
+        ("outbox", outbox.as_ref().map(|c| c[0])),
+        ("cursors", outbox.as_ref().map(|c| c[1])),
+        ("seen", seen.map(|c| c[0])),
+        ("dead_letters", dead_letters.map(|c| c[0])),
+    ]
 }
 
 /// Handle to the spool; cheap to clone, shared by pollers and the sink.
@@ -683,7 +704,7 @@ impl Spool {
         let mut done = Enqueued::default();
         {
             let mut seen = tx.prepare_cached(
-                "INSERT OR IGNORE INTO seen(account, record_id, seen_at_ms) VALUES (?1, ?2, ?3)",
+                "INSERT OR IGNORE INTO seen(account, event_time_ms, record_id, seen_at_ms) VALUES (?1, ?2, ?3, ?4)",
             )?;
             let mut outbox = tx.prepare_cached(
                 "INSERT INTO outbox(account, record_id, event, spooled_at_ms) VALUES (?1, ?2, ?3, ?4)",
@@ -693,7 +714,7 @@ impl Spool {
                  VALUES (?1, ?2, ?3, ?4, NULL, ?5)",
             )?;
             for r in records {
-                if seen.execute(params![account, r.record_id, now])? == 1 {
+                if seen.execute(params![account, r.event_time_ms, r.record_id, now])? == 1 {
                     match &r.invalid {
                         None => {
                             outbox.execute(params![account, r.record_id, r.event, now])?;
@@ -718,7 +739,7 @@ impl Spool {
             )?;
             let horizon = now - SEEN_RETENTION.as_millis() as i64;
             tx.execute(
-                "DELETE FROM seen WHERE account = ?1 AND seen_at_ms < ?2",
+                "DELETE FROM seen WHERE seen_at_ms < ?2 AND account = ?1",
                 params![account, horizon],
             )?;
         }
@@ -947,6 +968,7 @@ mod tests {
     fn rec(id: &str) -> NewRecord {
         NewRecord {
             invalid: None,
+            event_time_ms: 0,
             record_id: id.to_string(),
             event: format!("{{\"event\":{{\"id\":\"{id}\"}}}}").into_bytes(),
         }
@@ -1276,12 +1298,12 @@ mod tests {
             s.status().unwrap().depth_by_account,
             vec![("acme".to_string(), 1)]
         );
-        assert_eq!(
-            s.enqueue_page("acme", &[rec("old")], None)
-                .unwrap()
-                .inserted,
-            0
-        );
+        // Re-polled, the record comes with the event time v1 stored for it: still a duplicate.
+        let old = NewRecord {
+            event_time_ms: 1,
+            ..rec("old")
+        };
+        assert_eq!(s.enqueue_page("acme", &[old], None).unwrap().inserted, 0);
     }
 
     #[test]
@@ -1361,6 +1383,7 @@ mod tests {
         let big: Vec<_> = (0..200)
             .map(|i| NewRecord {
                 invalid: None,
+                event_time_ms: 0,
                 record_id: format!("big{i}"),
                 event: vec![b'x'; 2000],
             })

@@ -430,6 +430,7 @@ async fn a_full_spool_pauses_polling_without_moving_the_cursor() {
     let big: Vec<_> = (0..300)
         .map(|i| rc_audit_hec::spool::NewRecord {
             invalid: None,
+            event_time_ms: 0,
             record_id: format!("x{i}"),
             event: format!(r#"{{"event":{{"id":"x{i}","pad":"{padding}"}}}}"#).into_bytes(),
         })

@@ -61,6 +61,7 @@ fn records(ids: &[u8], size: usize) -> Vec<NewRecord> {
     ids.iter()
         .map(|id| NewRecord {
             invalid: None,
+            event_time_ms: 0,
             record_id: format!("r{id}"),
             event: vec![b'x'; size],
         })

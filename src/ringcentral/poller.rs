@@ -562,6 +562,7 @@ pub fn new_records(transformer: &Transformer, page: &SearchPage) -> Vec<NewRecor
             let event = transformer.event(raw, &meta, poll_ms);
             NewRecord {
                 invalid: crate::hec::batch::validate_event(&event).err(),
+                event_time_ms: meta.event_time_ms.unwrap_or(0),
                 event,
                 record_id: meta.id,
             }

@@ -44,15 +44,21 @@ impl Peek {
             .optional()?)
     }
 
-    /// Whether `record_id` of `account` was already spooled (and so would not be sent again).
-    pub fn seen(&self, account: &str, record_id: &str) -> Result<bool, SpoolError> {
+    /// Whether the record (`record_id` with its event time) of `account` was already spooled
+    /// (and so would not be sent again).
+    pub fn seen(
+        &self,
+        account: &str,
+        event_time_ms: i64,
+        record_id: &str,
+    ) -> Result<bool, SpoolError> {
         let Some(conn) = &self.conn else {
             return Ok(false);
         };
         Ok(conn
             .query_row(
-                "SELECT 1 FROM seen WHERE account = ?1 AND record_id = ?2",
-                params![account, record_id],
+                "SELECT 1 FROM seen WHERE account = ?1 AND event_time_ms = ?2 AND record_id = ?3",
+                params![account, event_time_ms, record_id],
                 |_| Ok(()),
             )
             .optional()?
@@ -75,15 +81,16 @@ mod tests {
         let s = Spool::open(dir.path()).unwrap();
         let rec = NewRecord {
             invalid: None,
+            event_time_ms: 0,
             record_id: "r1".into(),
             event: b"{}".to_vec(),
         };
         s.enqueue_page("acme", &[rec], Some(42)).unwrap();
         let peek = Peek::open(dir.path()).unwrap();
         assert_eq!(peek.cursor("acme").unwrap(), Some(42));
-        assert!(peek.seen("acme", "r1").unwrap());
-        assert!(!peek.seen("acme", "r2").unwrap());
-        assert!(!peek.seen("other", "r1").unwrap());
+        assert!(peek.seen("acme", 0, "r1").unwrap());
+        assert!(!peek.seen("acme", 0, "r2").unwrap());
+        assert!(!peek.seen("other", 0, "r1").unwrap());
         drop(peek);
         assert_eq!(s.depth().unwrap(), 1);
     }
