@@ -3,8 +3,10 @@
 
 mod common;
 
+use common::{bin, output, text};
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
@@ -202,28 +204,6 @@ async fn an_interrupted_backfill_resumes_where_it_stopped_without_duplicates() {
         assert!(*from >= resume_at, "re-polled a done piece");
     }
     assert_each_once(&w, &[0]);
-}
-
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_rc-audit-hec"));
-    for k in ["RUST_LOG", "CREDENTIALS_DIRECTORY", "STATE_DIRECTORY"] {
-        c.env_remove(k);
-    }
-    c
-}
-
-async fn output(mut cmd: Command) -> Output {
-    tokio::task::spawn_blocking(move || cmd.output().unwrap())
-        .await
-        .unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 fn write_config(dir: &Path, toml: &str) -> PathBuf {

@@ -2,42 +2,14 @@
 
 mod common;
 
+use common::{bin, output as run, text};
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use chrono::{TimeDelta, Utc};
 use common::{World, assert_each_once, eventually};
-
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_rc-audit-hec"));
-    // A clean environment: no inherited overrides, no systemd variables.
-    for (k, _) in std::env::vars() {
-        if k.starts_with("RC_AUDIT_HEC_")
-            || k == "RUST_LOG"
-            || k == "CREDENTIALS_DIRECTORY"
-            || k == "STATE_DIRECTORY"
-        {
-            c.env_remove(k);
-        }
-    }
-    c
-}
-
-/// Runs the binary off the async runtime (the simulators live on it).
-async fn run(mut cmd: Command) -> Output {
-    tokio::task::spawn_blocking(move || cmd.output().unwrap())
-        .await
-        .unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 /// The world's config with the admin endpoint on a free port.
 fn config_with_admin(w: &World) -> (PathBuf, u16) {

@@ -3,27 +3,15 @@
 
 mod common;
 
+use common::{bin, output};
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::Duration;
 
 use chrono::{TimeDelta, Utc};
 use common::{World, eventually};
 use serde_json::Value;
-
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_rc-audit-hec"));
-    for k in ["RUST_LOG", "CREDENTIALS_DIRECTORY", "STATE_DIRECTORY"] {
-        c.env_remove(k);
-    }
-    c
-}
-
-async fn output(mut cmd: Command) -> Output {
-    tokio::task::spawn_blocking(move || cmd.output().unwrap())
-        .await
-        .unwrap()
-}
 
 fn write_config(dir: &Path, toml: &str) -> PathBuf {
     let p = dir.join("config.toml");

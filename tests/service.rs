@@ -4,9 +4,11 @@
 
 mod common;
 
+use common::{bin, output, text};
+
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,41 +19,6 @@ use rc_audit_hec::config::{Config, LoadEnv};
 use rc_audit_hec::service::Notifier;
 use rc_audit_hec::telemetry::State;
 use tokio_util::sync::CancellationToken;
-
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_rc-audit-hec"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("RC_AUDIT_HEC_")
-            || [
-                "RUST_LOG",
-                "CREDENTIALS_DIRECTORY",
-                "STATE_DIRECTORY",
-                "NOTIFY_SOCKET",
-                "WATCHDOG_USEC",
-                "WATCHDOG_PID",
-                "JOURNAL_STREAM",
-            ]
-            .contains(&k.as_str())
-        {
-            c.env_remove(k);
-        }
-    }
-    c
-}
-
-async fn output(mut cmd: Command) -> Output {
-    tokio::task::spawn_blocking(move || cmd.output().unwrap())
-        .await
-        .unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let p = dir.join(name);

@@ -10,6 +10,42 @@ use rc_audit_hec::retry::RetryPolicy;
 use rc_audit_hec::sim::hec::{HecSim, HecSimConfig};
 use rc_audit_hec::sim::ringcentral::{RcSim, RcSimConfig, SimAccount};
 
+/// The real binary, with none of the caller's environment that would change what it does:
+/// config overrides, the log filter, systemd's variables (tests that need one set it after).
+pub fn bin() -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_rc-audit-hec"));
+    for (k, _) in std::env::vars() {
+        let systemd = [
+            "CREDENTIALS_DIRECTORY",
+            "STATE_DIRECTORY",
+            "NOTIFY_SOCKET",
+            "WATCHDOG_USEC",
+            "WATCHDOG_PID",
+            "JOURNAL_STREAM",
+        ];
+        if k.starts_with("RC_AUDIT_HEC_") || k == "RUST_LOG" || systemd.contains(&k.as_str()) {
+            c.env_remove(k);
+        }
+    }
+    c
+}
+
+/// Runs a command off the async runtime (the simulators live on it) and collects its output.
+pub async fn output(mut cmd: std::process::Command) -> std::process::Output {
+    tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap()
+}
+
+/// Stdout and stderr together.
+pub fn text(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
 pub const HEC_TOKEN: &str = "11111111-2222-3333-4444-555555555555";
 
 pub struct World {
