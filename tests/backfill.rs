@@ -333,13 +333,7 @@ async fn a_running_service_takes_over_the_backfill_between_live_windows() {
             days_ago(2),
             105 + i as u64,
         );
-        w.rc.generate(
-            &w.accounts[i].account_id,
-            5,
-            Utc::now() - TimeDelta::hours(3),
-            Utc::now() - TimeDelta::hours(1),
-            107 + i as u64,
-        );
+        w.seed(i, 5, 107 + i as u64);
     }
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use chrono::{TimeDelta, Utc};
 use common::{World, assert_each_once, eventually};
 
 /// The world's config with the admin endpoint on a free port.
@@ -33,13 +32,7 @@ fn write_config(dir: &Path, toml: &str) -> PathBuf {
 async fn once_delivers_everything_and_exits_0() {
     let w = World::new(2).await;
     for i in 0..2 {
-        w.rc.generate(
-            &w.accounts[i].account_id,
-            40,
-            Utc::now() - TimeDelta::hours(3),
-            Utc::now() - TimeDelta::hours(1),
-            i as u64,
-        );
+        w.seed(i, 40, i as u64);
     }
     let cfg = write_config(w.dir.path(), &w.toml("", ""));
     let mut cmd = bin();
@@ -57,13 +50,7 @@ async fn once_delivers_everything_and_exits_0() {
 #[tokio::test]
 async fn once_with_hec_down_exits_75_within_max_wait_and_keeps_the_records() {
     let w = World::new(1).await;
-    w.rc.generate(
-        &w.accounts[0].account_id,
-        10,
-        Utc::now() - TimeDelta::hours(3),
-        Utc::now() - TimeDelta::hours(1),
-        3,
-    );
+    w.seed(0, 10, 3);
     w.hec.set_down(true).await;
     let cfg = write_config(w.dir.path(), &w.toml("", ""));
     let mut cmd = bin();
@@ -135,13 +122,7 @@ async fn check_reports_what_works_and_what_does_not() {
 #[tokio::test]
 async fn secrets_never_reach_logs_or_config_output() {
     let w = World::new(1).await;
-    w.rc.generate(
-        &w.accounts[0].account_id,
-        5,
-        Utc::now() - TimeDelta::hours(3),
-        Utc::now() - TimeDelta::hours(1),
-        4,
-    );
+    w.seed(0, 5, 4);
     w.rc.update_faults(|f| f.server_errors = 1);
     w.hec.update_faults(|f| f.scripted.push_back((503, 9)));
     let cfg = write_config(w.dir.path(), &w.toml("", ""));
@@ -261,13 +242,7 @@ async fn the_example_config_is_valid() {
 #[tokio::test]
 async fn run_serves_admin_refuses_a_second_instance_and_stops_on_sigterm() {
     let w = World::new(1).await;
-    w.rc.generate(
-        &w.accounts[0].account_id,
-        25,
-        Utc::now() - TimeDelta::hours(3),
-        Utc::now() - TimeDelta::hours(1),
-        5,
-    );
+    w.seed(0, 25, 5);
     let (cfg, port) = config_with_admin(&w);
     let mut child = bin()
         .arg("--config")
@@ -325,13 +300,7 @@ async fn run_serves_admin_refuses_a_second_instance_and_stops_on_sigterm() {
 #[tokio::test]
 async fn spool_commands_inspect_and_requeue_while_the_service_runs() {
     let w = World::new(1).await;
-    w.rc.generate(
-        &w.accounts[0].account_id,
-        20,
-        Utc::now() - TimeDelta::hours(3),
-        Utc::now() - TimeDelta::hours(1),
-        6,
-    );
+    w.seed(0, 20, 6);
     let bad = w.generated(0)[5].clone();
     w.hec.update_faults(|f| {
         f.reject_event_ids.insert(bad.clone());
@@ -432,13 +401,7 @@ async fn once_ends_when_an_account_is_stuck_in_rate_limiting() {
 #[tokio::test]
 async fn once_exits_1_and_says_so_when_events_were_dead_lettered() {
     let w = World::new(1).await;
-    w.rc.generate(
-        &w.accounts[0].account_id,
-        10,
-        Utc::now() - TimeDelta::hours(3),
-        Utc::now() - TimeDelta::hours(1),
-        8,
-    );
+    w.seed(0, 10, 8);
     let bad = w.generated(0)[4].clone();
     w.hec.update_faults(|f| {
         f.reject_event_ids.insert(bad.clone());

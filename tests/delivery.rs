@@ -4,7 +4,6 @@ mod common;
 
 use std::time::Duration;
 
-use chrono::{TimeDelta, Utc};
 use common::{World, assert_each_once, eventually};
 use rc_audit_hec::app::Pipeline;
 use rc_audit_hec::sim::hec::{HecSim, HecSimConfig};
@@ -12,13 +11,7 @@ use rc_audit_hec::telemetry::Stats;
 use tokio_util::sync::CancellationToken;
 
 async fn spooled(w: &World, n: usize, hec: &str) -> Pipeline {
-    w.rc.generate(
-        &w.accounts[0].account_id,
-        n,
-        Utc::now() - TimeDelta::hours(3),
-        Utc::now() - TimeDelta::hours(1),
-        7,
-    );
+    w.seed(0, n, 7);
     let p = w.pipeline("", hec);
     p.pollers(None).remove(0).poll_window().await.unwrap();
     assert_eq!(p.spool.depth().unwrap(), n as u64);
@@ -116,13 +109,7 @@ async fn use_ack_against_a_token_without_ack_falls_back_to_plain_delivery() {
 async fn requests_rotate_over_urls_and_fail_over_when_one_is_down() {
     let w = World::new(1).await;
     let (second, config) = two_hecs(&w, "batch_max_events = 10").await;
-    w.rc.generate(
-        &w.accounts[0].account_id,
-        100,
-        Utc::now() - TimeDelta::hours(3),
-        Utc::now() - TimeDelta::hours(1),
-        8,
-    );
+    w.seed(0, 100, 8);
     let p = Pipeline::open(config, common::fast()).unwrap();
     let mut poller = p.pollers(None).remove(0);
     poller.poll_window().await.unwrap();
@@ -168,13 +155,7 @@ async fn a_busy_endpoint_is_skipped_for_a_healthy_one() {
         f.busy = true;
         f.retry_after = Some(Duration::from_secs(60));
     });
-    w.rc.generate(
-        &w.accounts[0].account_id,
-        30,
-        Utc::now() - TimeDelta::hours(3),
-        Utc::now() - TimeDelta::hours(1),
-        9,
-    );
+    w.seed(0, 30, 9);
     let p = Pipeline::open(config, common::fast()).unwrap();
     p.pollers(None).remove(0).poll_window().await.unwrap();
     tokio::time::timeout(Duration::from_secs(5), common::drain(&p))
@@ -352,13 +333,7 @@ async fn a_url_refusing_the_token_is_skipped_for_one_that_accepts_it() {
     let w = World::new(1).await;
     let (second, config) = two_hecs(&w, "").await;
     w.hec.set_token("this-indexer-has-another-token");
-    w.rc.generate(
-        &w.accounts[0].account_id,
-        20,
-        Utc::now() - TimeDelta::hours(3),
-        Utc::now() - TimeDelta::hours(1),
-        10,
-    );
+    w.seed(0, 20, 10);
     let p = Pipeline::open(config, common::fast()).unwrap();
     p.pollers(None).remove(0).poll_window().await.unwrap();
     tokio::time::timeout(Duration::from_secs(5), common::drain(&p))

@@ -49,13 +49,7 @@ async fn wait(mut child: Child) -> (Option<i32>, String) {
 }
 
 fn generate(w: &World, i: usize, n: usize, seed: u64) {
-    w.rc.generate(
-        &w.accounts[i].account_id,
-        n,
-        Utc::now() - TimeDelta::hours(3),
-        Utc::now() - TimeDelta::hours(1),
-        seed,
-    );
+    w.seed(i, n, seed);
 }
 
 /// `n` records of account `i` from the last few minutes: inside the window of a running

@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use chrono::{TimeDelta, Utc};
 use common::{HEC_TOKEN, World, drain};
 use rc_audit_hec::app::Pipeline;
 use rc_audit_hec::config::{Config, LoadEnv};
@@ -92,13 +91,7 @@ fn text(o: &Output) -> String {
 
 async fn world_with_records(n: usize) -> World {
     let w = World::new(1).await;
-    w.rc.generate(
-        &w.accounts[0].account_id,
-        n,
-        Utc::now() - TimeDelta::hours(3),
-        Utc::now() - TimeDelta::hours(1),
-        70,
-    );
+    w.seed(0, n, 70);
     w
 }
 
