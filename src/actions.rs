@@ -14,7 +14,7 @@
 //! and the app cannot disagree; [`ActionLookup::first_match`] is the one implementation of
 //! Splunk's `WILDCARD` + `max_matches = 1` semantics, also used by `tests/splunk_app.rs`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::{Arc, LazyLock};
@@ -236,17 +236,25 @@ pub struct AccountInventory {
     pub actions: Vec<ActionSummary>,
 }
 
-/// Counts `actionId`s, keeping an example of each.
+/// Counts `actionId`s, keeping an example of each. A record id seen before is not counted again:
+/// windows share their boundary instant (the search bounds are inclusive), and record order
+/// across pages is undocumented.
 #[derive(Default)]
 struct Tally {
     records: u64,
     by_id: BTreeMap<String, (u64, Option<String>, Vec<String>)>,
+    seen: HashSet<String>,
 }
 
 impl Tally {
     fn add(&mut self, raw: &str) {
-        self.records += 1;
         let v: Value = serde_json::from_str(raw).unwrap_or(Value::Null);
+        if let Some(record_id) = v["id"].as_str()
+            && !self.seen.insert(record_id.to_string())
+        {
+            return;
+        }
+        self.records += 1;
         let id = v["actionId"].as_str().unwrap_or("(none)").to_string();
         let entry = self.by_id.entry(id).or_insert_with(|| {
             let params = v
@@ -261,14 +269,6 @@ impl Tally {
             (0, v["eventType"].as_str().map(str::to_string), params)
         });
         entry.0 += 1;
-    }
-
-    fn merge(&mut self, other: Tally) {
-        self.records += other.records;
-        for (id, (n, et, ps)) in other.by_id {
-            let e = self.by_id.entry(id).or_insert((0, et, ps));
-            e.0 += n;
-        }
     }
 
     fn summarize(self, lookup: &ActionLookup) -> Vec<ActionSummary> {
@@ -321,7 +321,9 @@ async fn read_account(
     let mut complete = true;
     while let Some((a, b)) = windows.pop() {
         let mut pager = Pager::new(account, a, b, &config.poll);
-        let mut tally = Tally::default();
+        // A window counts only once read completely (a window that must be split is read again
+        // as two halves).
+        let mut window: Vec<Box<serde_json::value::RawValue>> = Vec::new();
         let mut split = false;
         while let Some((page, _last)) = pager.next(client, stats).await? {
             // More records than one search returns: halve the window. Each half holds fewer
@@ -336,9 +338,7 @@ async fn read_account(
                 split = true;
                 break;
             }
-            for raw in &page.records {
-                tally.add(raw.get());
-            }
+            window.extend(page.records);
         }
         if split {
             let mid = a + (b - a) / 2;
@@ -347,7 +347,9 @@ async fn read_account(
             continue;
         }
         complete &= !pager.incomplete();
-        total.merge(tally);
+        for raw in &window {
+            total.add(raw.get());
+        }
     }
     Ok((total, complete))
 }
@@ -563,6 +565,9 @@ mod tests {
         t.add(r#"{"actionId":"LOGIN_SUCCESSFULLY","eventType":"Other"}"#);
         t.add(r#"{"actionId":"SOMETHING_NEW","eventType":"Update"}"#);
         t.add("{}");
+        t.add(r#"{"id":"a","actionId":"X"}"#);
+        t.add(r#"{"id":"a","actionId":"X"}"#);
+        assert_eq!(t.records, 5, "a record id is counted once");
         let s = t.summarize(ActionLookup::shipped());
         assert_eq!(s[0].action_id, "LOGIN_SUCCESSFULLY");
         assert_eq!(

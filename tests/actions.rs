@@ -6,6 +6,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use chrono::{TimeDelta, Utc};
 use common::{World, bin, output, text};
@@ -212,5 +213,131 @@ async fn actions_exits_2_on_usage_78_on_config_and_credentials_1_when_unavailabl
     assert!(
         !text(&out).contains(&w.accounts[0].client_secret),
         "no secret in output"
+    );
+}
+
+/// A RingCentral whose every window longer than six hours holds "more records than one search
+/// returns" (`totalFound` 20,000, first page only), like an account with busy days; shorter
+/// windows are answered truthfully, bounds inclusive. Returns its URL and the windows searched.
+async fn busy_rc(records: Vec<Value>) -> (String, Arc<Mutex<Vec<(i64, i64)>>>) {
+    use axum::extract::State;
+    use axum::routing::post;
+    use axum::{Json, Router};
+    type Shared = (Arc<Vec<Value>>, Arc<Mutex<Vec<(i64, i64)>>>);
+    async fn search(State((records, seen)): State<Shared>, Json(req): Json<Value>) -> Json<Value> {
+        let ms = |k: &str| {
+            chrono::DateTime::parse_from_rfc3339(req[k].as_str().unwrap())
+                .unwrap()
+                .timestamp_millis()
+        };
+        let (from, to) = (ms("eventTimeFrom"), ms("eventTimeTo"));
+        seen.lock().unwrap().push((from, to));
+        let page = req["page"].as_u64().unwrap();
+        let per_page = req["perPage"].as_u64().unwrap();
+        let matching: Vec<&Value> = records
+            .iter()
+            .filter(|r| {
+                let t = chrono::DateTime::parse_from_rfc3339(r["eventTime"].as_str().unwrap())
+                    .unwrap()
+                    .timestamp_millis();
+                from <= t && t <= to
+            })
+            .collect();
+        let found = if to - from > 6 * 3_600_000 {
+            20_000
+        } else {
+            matching.len() as u64
+        };
+        let start = ((page - 1) * per_page) as usize;
+        let page_records: Vec<&Value> = matching
+            .into_iter()
+            .skip(start)
+            .take(per_page as usize)
+            .collect();
+        Json(json!({
+            "records": page_records,
+            "paging": {"page": page, "perPage": per_page, "totalFound": found, "total": found.div_ceil(per_page)}
+        }))
+    }
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let app = Router::new()
+        .route(
+            "/restapi/oauth/token",
+            post(|| async {
+                Json(json!({"access_token": "t", "token_type": "bearer", "expires_in": 3600}))
+            }),
+        )
+        .route(
+            "/restapi/v1.0/account/{id}/audit-trail/search",
+            post(search),
+        )
+        .with_state((Arc::new(records), seen.clone()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, seen)
+}
+
+#[tokio::test]
+async fn actions_splits_windows_that_hold_more_than_one_search_returns_and_counts_each_record_once()
+{
+    let records: Vec<Value> = (0..40)
+        .map(|n| {
+            let mut r = record(
+                n,
+                if n % 4 == 0 {
+                    "LOGIN_FAILED"
+                } else {
+                    "LOGIN_SUCCESSFULLY"
+                },
+                "Create",
+                "appName",
+            );
+            let t = Utc::now() - TimeDelta::hours(20) + TimeDelta::minutes(28 * n as i64);
+            r["eventTime"] = json!(t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string());
+            r
+        })
+        .collect();
+    let (url, windows) = busy_rc(records).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        &format!(
+            "[[accounts]]\nname = \"busy\"\nserver_url = \"{url}\"\nclient_id = \"c\"\nclient_secret = \"s\"\njwt = \"j\"\n\n\
+             [poll]\nsettle_delay = \"0s\"\n\n[hec]\nurl = \"http://127.0.0.1:9\"\ntoken = \"{}\"\n\n\
+             [spool]\ndir = {:?}\n\n[admin]\nlisten = \"\"\n",
+            common::HEC_TOKEN,
+            dir.path().join("state")
+        ),
+    );
+    let out = actions(&cfg, &["--since", "1d", "--json"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let inv = &report["accounts"][0];
+    assert_eq!(inv["records"], 40, "{inv}");
+    assert_eq!(inv["complete"], true);
+    let counts: BTreeMap<&str, u64> = inv["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["action_id"].as_str().unwrap(),
+                a["count"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        counts,
+        BTreeMap::from([("LOGIN_FAILED", 10), ("LOGIN_SUCCESSFULLY", 30)])
+    );
+    let windows = windows.lock().unwrap().clone();
+    assert!(
+        windows.iter().any(|(a, b)| b - a > 6 * 3_600_000),
+        "it started with day windows"
+    );
+    assert!(
+        windows.iter().any(|(a, b)| b - a <= 6 * 3_600_000),
+        "and split them: {windows:?}"
     );
 }
