@@ -9,9 +9,16 @@
 //!   timestamp prefix) is in every event as a scalar, and every JSON path a search, macro,
 //!   eventtype or dashboard names is in some event, never with another shape;
 //! - every `rc_*` field a search names is defined by the app or indexed by the forwarder;
-//! - the lookup, applied with Splunk's WILDCARD first-match semantics, puts every simulator action
-//!   id (and some ids a tenant may have) in the intended CIM dataset, through the eventtypes and
-//!   tags, never in two data models, with the CIM values each dataset needs;
+//! - the lookup, applied with Splunk's WILDCARD first-match semantics (the binary's own
+//!   `ActionLookup::first_match`), puts every simulator action id in the intended CIM dataset,
+//!   through the eventtypes and tags, never in two data models; so does a table of plausible
+//!   real-world ids written independently of the lookup (RingCentral publishes only four ids, so
+//!   the simulator's other ids alone would make this test circular), where any id nobody can
+//!   place must be `unknown`: in no data model, never a success;
+//! - every lookup row carries CIM allowed values (Authentication and Change `action`, Change
+//!   `status`) for the data model its category lands in;
+//! - `user` is the actor for configuration changes and the account acted on for account events;
+//!   the HEC indexed fields are in fields.conf; the alerts see late events and count `dc(id)`;
 //! - every value a search compares a lookup field with (`action=failure`...) is one the lookup
 //!   gives real events; every macro, eventtype and dashboard token used is defined;
 //! - the sourcetype and the `source` format agree with the forwarder's;
