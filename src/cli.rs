@@ -107,6 +107,9 @@ pub enum Command {
         #[arg(long, default_value = "60s", value_parser = parse_duration)]
         max_wait: Duration,
     },
+    /// List the account's recent actionIds with counts, an example's eventType and parameters,
+    /// and the Splunk app's category for each (flagging ids it files as unknown). Read-only.
+    Actions(crate::actions::ActionsArgs),
     /// Inspect the spool: depth, cursors, dead letters; requeue dead letters. Works while the
     /// service runs, and needs only spool.dir from the config (no credentials).
     Spool {
@@ -264,6 +267,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<u8> {
                 },
             )
         }
+        Command::Actions(args) => crate::actions::command(&load_config(&cli.config)?, &args).await,
         Command::Spool { dir, command } => {
             let settings = Settings::load(&cli.config, dir, &LoadEnv::from_process());
             spool_command(&settings, command).await

@@ -19,8 +19,8 @@
 //! - [`app`]: the wired [`app::Pipeline`] and `once`; [`service`] runs it as the `run` service
 //!   (loops under the [`watchdog`], sd-notify, SIGHUP reload, the [`admin`] endpoint); [`demo`]
 //!   drives it against the [`sim`]ulators.
-//! - [`backfill`], [`dryrun`], [`check`]: the commands that poll a past range, show what would
-//!   be sent, and diagnose a setup.
+//! - [`backfill`], [`dryrun`], [`check`], [`actions`]: the commands that poll a past range, show
+//!   what would be sent, diagnose a setup, and list the action ids an account really has.
 //! - [`config`], [`cli`], [`inspect`], [`telemetry`], [`retry`]: the edges and shared helpers.
 //!
 //! ## Invariants (each has a test that fails if it breaks)
@@ -38,6 +38,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod actions;
 pub mod admin;
 pub mod app;
 pub mod backfill;

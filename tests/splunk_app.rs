@@ -9,9 +9,16 @@
 //!   timestamp prefix) is in every event as a scalar, and every JSON path a search, macro,
 //!   eventtype or dashboard names is in some event, never with another shape;
 //! - every `rc_*` field a search names is defined by the app or indexed by the forwarder;
-//! - the lookup, applied with Splunk's WILDCARD first-match semantics, puts every simulator action
-//!   id (and some ids a tenant may have) in the intended CIM dataset, through the eventtypes and
-//!   tags, never in two data models, with the CIM values each dataset needs;
+//! - the lookup, applied with Splunk's WILDCARD first-match semantics (the binary's own
+//!   `ActionLookup::first_match`), puts every simulator action id in the intended CIM dataset,
+//!   through the eventtypes and tags, never in two data models; so does a table of plausible
+//!   real-world ids written independently of the lookup (RingCentral publishes only four ids, so
+//!   the simulator's other ids alone would make this test circular), where any id nobody can
+//!   place must be `unknown`: in no data model, never a success;
+//! - every lookup row carries CIM allowed values (Authentication and Change `action`, Change
+//!   `status`) for the data model its category lands in;
+//! - `user` is the actor for configuration changes and the account acted on for account events;
+//!   the HEC indexed fields are in fields.conf; the alerts see late events and count `dc(id)`;
 //! - every value a search compares a lookup field with (`action=failure`...) is one the lookup
 //!   gives real events; every macro, eventtype and dashboard token used is defined;
 //! - the sourcetype and the `source` format agree with the forwarder's;
@@ -24,8 +31,9 @@ use std::path::{Path, PathBuf};
 use std::sync::LazyLock;
 
 use chrono::{DateTime, NaiveDateTime, Utc};
+use rc_audit_hec::actions::{ActionLookup, SHIPPED_LOOKUP, UNKNOWN, wildcard_match};
 use rc_audit_hec::config::{Config, DEFAULT_SOURCETYPE, LoadEnv};
-use rc_audit_hec::sim::records::{ACTION_IDS, generate_records};
+use rc_audit_hec::sim::records::{ACTION_IDS, PUBLISHED_ACTION_IDS, generate_records};
 use rc_audit_hec::transform::{Transformer, inspect_record};
 use serde_json::Value;
 use serde_json::value::RawValue;
@@ -227,37 +235,6 @@ impl Conf {
     }
 }
 
-/// CSV with a header row; fields may be double-quoted (`""` is a quote).
-fn parse_csv(text: &str) -> Vec<BTreeMap<String, String>> {
-    let parse_line = |line: &str| -> Vec<String> {
-        let mut fields = vec![String::new()];
-        let mut quoted = false;
-        let mut chars = line.chars().peekable();
-        while let Some(c) = chars.next() {
-            match (c, quoted) {
-                ('"', true) if chars.peek() == Some(&'"') => {
-                    chars.next();
-                    fields.last_mut().expect("a field").push('"');
-                }
-                ('"', _) => quoted = !quoted,
-                (',', false) => fields.push(String::new()),
-                (c, _) => fields.last_mut().expect("a field").push(c),
-            }
-        }
-        assert!(!quoted, "unterminated quote in CSV line {line}");
-        fields
-    };
-    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
-    let header = parse_line(lines.next().expect("CSV header"));
-    lines
-        .map(|line| {
-            let fields = parse_line(line);
-            assert_eq!(fields.len(), header.len(), "CSV row width: {line}");
-            header.iter().cloned().zip(fields).collect()
-        })
-        .collect()
-}
-
 /// A token of SPL (or of an eval expression).
 #[derive(Debug, Clone, PartialEq)]
 enum Tok {
@@ -407,31 +384,6 @@ fn macros_used(tokens: &[Tok]) -> BTreeSet<String> {
         .collect()
 }
 
-/// Splunk's WILDCARD lookup match: `*` is any run of characters (no other wildcard).
-fn wildcard_match(pattern: &str, text: &str, case_sensitive: bool) -> bool {
-    let (p, t) = if case_sensitive {
-        (pattern.to_string(), text.to_string())
-    } else {
-        (pattern.to_lowercase(), text.to_lowercase())
-    };
-    let parts: Vec<&str> = p.split('*').collect();
-    if parts.len() == 1 {
-        return p == t;
-    }
-    let (first, last) = (parts[0], parts[parts.len() - 1]);
-    if !t.starts_with(first) || t.len() < first.len() + last.len() || !t.ends_with(last) {
-        return false;
-    }
-    let mut rest = &t[first.len()..t.len() - last.len()];
-    for part in &parts[1..parts.len() - 1] {
-        match rest.find(part) {
-            Some(at) => rest = &rest[at + part.len()..],
-            None => return false,
-        }
-    }
-    true
-}
-
 // ------------------------------------------------------------------------------------------------
 // The app, loaded once.
 
@@ -444,7 +396,9 @@ struct App {
     savedsearches: Conf,
     /// (file name, definition JSON)
     dashboards: Vec<(String, Value)>,
-    lookup: Vec<BTreeMap<String, String>>,
+    lookup: ActionLookup,
+    /// fields.conf
+    fields_conf: Conf,
 }
 
 static APP_FILES: LazyLock<App> = LazyLock::new(|| {
@@ -484,7 +438,9 @@ static APP_FILES: LazyLock<App> = LazyLock::new(|| {
         macros: Conf::load("default/macros.conf"),
         savedsearches: Conf::load("default/savedsearches.conf"),
         dashboards,
-        lookup: parse_csv(&read(&format!("lookups/{filename}"))),
+        lookup: ActionLookup::parse(&filename, &read(&format!("lookups/{filename}")))
+            .expect("the lookup CSV parses"),
+        fields_conf: Conf::load("default/fields.conf"),
     }
 });
 
@@ -556,18 +512,16 @@ impl App {
     }
 
     /// The first lookup row matching `action_id`, as Splunk's WILDCARD lookup with
-    /// `max_matches = 1` picks it: rows in file order, first match wins.
+    /// `max_matches = 1` picks it: rows in file order, first match wins. This is the binary's
+    /// own function (`rc-audit-hec actions` uses it), so the command and the app cannot differ.
     fn lookup_row(&self, action_id: &str) -> Option<&BTreeMap<String, String>> {
-        let case_sensitive = !matches!(
+        assert_eq!(
             self.transforms
-                .get("ringcentral_audit_actions", "case_sensitive_match")
-                .map(str::to_ascii_lowercase)
-                .as_deref(),
-            Some("false" | "0" | "f" | "no")
+                .get("ringcentral_audit_actions", "case_sensitive_match"),
+            Some("false"),
+            "ActionLookup::first_match is case-insensitive, as the transform must be"
         );
-        self.lookup
-            .iter()
-            .find(|row| wildcard_match(&row["vendor_action"], action_id, case_sensitive))
+        self.lookup.first_match(action_id).map(|r| &r.0)
     }
 
     /// The search-time fields of an event as far as eventtypes need them: the envelope's
@@ -678,59 +632,166 @@ enum Intended {
     Lockout,
     AccountManagement,
     Configuration,
+    /// A logout: its own category, in no data model.
+    Session,
+    /// An id the lookup cannot place: `rc_category=unknown`, no tags, never a success.
+    Unknown,
 }
 
-/// The intended CIM category of each simulator action id (issue 4): failed logins and successful
-/// logins in Authentication, lockouts in Account_Lockouts, user and role changes in
-/// Account_Management, everything else a configuration change. A new simulator id that belongs
-/// to one of the first four must be added here.
+use Intended::*;
+
+/// The intended category of each simulator action id (issue 4). The simulator's ids other than
+/// the four RingCentral published are invented; see `PUBLISHED_ACTION_IDS`.
 fn intended(action_id: &str) -> Intended {
     match action_id {
-        "LOGIN_SUCCESSFULLY" => Intended::SuccessfulLogin,
-        id if id.starts_with("LOGIN_FAILED") => Intended::FailedLogin,
-        "ACCOUNT_LOCKED" | "USER_LOCKED_OUT" => Intended::Lockout,
+        "LOGIN_SUCCESSFULLY" => SuccessfulLogin,
+        id if id.starts_with("LOGIN_FAILED") => FailedLogin,
+        "ACCOUNT_LOCKED" | "USER_LOCKED_OUT" => Lockout,
+        "LOGOUT" => Session,
         "CHANGE_USER_ROLE" | "CREATE_USER" | "DELETE_USER" | "ENABLE_USER" | "DISABLE_USER"
-        | "CHANGE_SECRET_INFO" | "CHANGE_USER_INFO" => Intended::AccountManagement,
-        _ => Intended::Configuration,
+        | "CHANGE_SECRET_INFO" | "CHANGE_USER_INFO" => AccountManagement,
+        _ => Configuration,
     }
 }
 
-/// Ids a tenant may have that the simulator does not emit: the lookup's patterns must place them.
-const TENANT_IDS: &[(&str, Intended)] = &[
-    ("USER_LOGIN_FAILED", Intended::FailedLogin),
-    ("FAILED_LOGIN_ATTEMPT", Intended::FailedLogin),
-    ("login_failed_mfa", Intended::FailedLogin),
-    ("AUTHENTICATION_FAILED", Intended::FailedLogin),
-    ("EXTENSION_LOCKED", Intended::Lockout),
-    ("USER_LOCKOUT", Intended::Lockout),
-    ("UNLOCK_USER", Intended::AccountManagement),
-    ("USER_UNLOCKED", Intended::AccountManagement),
-    ("RESET_PASSWORD", Intended::AccountManagement),
-    ("CHANGE_CALL_BLOCKING", Intended::Configuration),
-    ("ADD_BLOCKED_NUMBER", Intended::Configuration),
-    ("CHANGE_CLOCK_FORMAT", Intended::Configuration),
-    ("SOME_FUTURE_ACTION", Intended::Configuration),
+/// Plausible real-world ids (RingCentral publishes none for failures, lockouts, MFA, resets) and
+/// the category each must get: the issue's examples of wrong filing, their siblings and
+/// negations, policy and settings edits that mention LOCK or FAIL, MFA, suspension, password
+/// reset, logout. Safety rule: an id that may be a failure or lockout is never filed as a
+/// success or as a successful change; an id nothing places is `Unknown`.
+const REAL_WORLD_IDS: &[(&str, Intended)] = &[
+    // The four published ids.
+    ("LOGIN_SUCCESSFULLY", SuccessfulLogin),
+    ("CHANGE_USER_ROLE", AccountManagement),
+    ("CHANGE_SECRET_INFO", AccountManagement),
+    ("CHANGE_USER_INFO", AccountManagement),
+    // Defect 1: negations of success are failures.
+    ("LOGIN_UNSUCCESSFULLY", FailedLogin),
+    ("LOGIN_UNSUCCESSFUL", FailedLogin),
+    ("LOGIN_NOT_SUCCESSFUL", FailedLogin),
+    ("LOGIN_NON_SUCCESSFUL", FailedLogin),
+    ("UNSUCCESSFUL_LOGIN", FailedLogin),
+    ("login_unsuccessfully", FailedLogin),
+    ("LOGIN_SUCCESS", SuccessfulLogin),
+    ("USER_LOGIN_SUCCESSFUL", SuccessfulLogin),
+    // Defect 2: failures, errors and locks under names nobody published.
+    ("INVALID_PASSWORD", FailedLogin),
+    ("WRONG_PASSWORD", FailedLogin),
+    ("INCORRECT_PASSWORD", FailedLogin),
+    ("MFA_FAILED", FailedLogin),
+    ("FAILED_MFA_CHALLENGE", FailedLogin),
+    ("2FA_FAILED", FailedLogin),
+    ("AUTHENTICATION_ERROR", FailedLogin),
+    ("AUTHENTICATION_FAILED", FailedLogin),
+    ("FAILED_AUTHENTICATION", FailedLogin),
+    ("LOGIN_ERROR", FailedLogin),
+    ("LOGIN_DENIED", FailedLogin),
+    ("LOGIN_REJECTED", FailedLogin),
+    ("LOGIN_BLOCKED", FailedLogin),
+    ("USER_LOGIN_FAILED", FailedLogin),
+    ("FAILED_LOGIN_ATTEMPT", FailedLogin),
+    ("login_failed_mfa", FailedLogin),
+    ("SIGN_IN_FAILED", FailedLogin),
+    ("INVALID_CREDENTIALS", FailedLogin),
+    ("ACCOUNT_LOCK", Lockout),
+    ("ACCOUNT_LOCKED", Lockout),
+    ("USER_LOCKED", Lockout),
+    ("USER_LOCKED_OUT", Lockout),
+    ("EXTENSION_LOCKED", Lockout),
+    ("USER_LOCKOUT", Lockout),
+    ("LOCK_USER", Lockout),
+    // Defect 3: *BLOCK* no longer hides lockouts...
+    ("USER_BLOCKED", Lockout),
+    ("ACCOUNT_BLOCKED", Lockout),
+    // ...and policy, settings and limit edits are configuration, not lockouts or failures.
+    ("CHANGE_LOCKOUT_POLICY", Configuration),
+    ("UPDATE_ACCOUNT_LOCKOUT_SETTINGS", Configuration),
+    ("LOCK_SETTINGS", Configuration),
+    ("CHANGE_LOCKED_SETTINGS", Configuration),
+    ("CHANGE_FAILED_LOGIN_ATTEMPTS", Configuration),
+    ("CHANGE_LOGIN_FAILURE_LIMIT", Configuration),
+    ("CHANGE_PASSWORD_POLICY", Configuration),
+    ("UPDATE_PASSWORD_POLICIES", Configuration),
+    ("CHANGE_MFA_SETTINGS", Configuration),
+    ("SET_LOGIN_ATTEMPT_THRESHOLD", Configuration),
+    ("CHANGE_CALL_BLOCKING", Configuration),
+    ("ADD_BLOCKED_NUMBER", Configuration),
+    ("CHANGE_CLOCK_FORMAT", Configuration),
+    // Unlocks, resets and user management.
+    ("UNLOCK_USER", AccountManagement),
+    ("USER_UNLOCKED", AccountManagement),
+    ("RESET_PASSWORD", AccountManagement),
+    ("PASSWORD_RESET", AccountManagement),
+    ("ADMIN_RESET_PASSWORD", AccountManagement),
+    ("CHANGE_PASSWORD", AccountManagement),
+    ("CREATE_USER", AccountManagement),
+    ("DELETE_USER", AccountManagement),
+    ("ASSIGN_ROLE", AccountManagement),
+    // A change that failed is not a successful change.
+    ("CHANGE_PASSWORD_FAILED", Unknown),
+    ("PASSWORD_RESET_FAILED", Unknown),
+    ("DELETE_USER_FAILED", Unknown),
+    ("CREATE_USER_ERROR", Unknown),
+    ("CHANGE_USER_ROLE_DENIED", Unknown),
+    ("UPDATE_DEVICE_UNSUCCESSFUL", Unknown),
+    // Defect 4: logouts are sessions, not changes.
+    ("LOGOUT", Session),
+    ("USER_LOGOUT", Session),
+    ("LOGOFF", Session),
+    ("SIGN_OUT", Session),
+    // Suspension, MFA enrolment and anything else nobody published: unknown, not a change.
+    ("USER_SUSPENDED", Unknown),
+    ("SUSPEND_USER", Unknown),
+    ("MFA_ENROLLED", Unknown),
+    ("MFA_CHALLENGE_SENT", Unknown),
+    ("UNBLOCK_USER", Unknown),
+    ("SOME_FUTURE_ACTION", Unknown),
+    ("LOGIN", Unknown),
+    ("", Unknown),
+    // Configuration by verb.
+    ("CHANGE_CALL_HANDLING", Configuration),
+    ("ADD_PHONE_NUMBER", Configuration),
+    ("REMOVE_PHONE_NUMBER", Configuration),
+    ("CREATE_SITE", Configuration),
+    ("UPDATE_IVR_MENU", Configuration),
 ];
+
+/// CIM allowed values (Splunk_SA_CIM data models): Authentication `action`, Change `action` and
+/// `status`.
+const CIM_AUTHENTICATION_ACTIONS: &[&str] = &["success", "failure", "pending", "error"];
+const CIM_CHANGE_ACTIONS: &[&str] = &[
+    "acl_modified",
+    "cleared",
+    "created",
+    "deleted",
+    "modified",
+    "read",
+    "stopped",
+    "updated",
+];
+const CIM_CHANGE_STATUS: &[&str] = &["success", "failure"];
 
 /// Checks the CIM fields and datasets an event with `fields` gets, for `what` intended category.
 fn check_category(app: &App, id: &str, what: Intended, fields: &BTreeMap<String, String>) {
     let get = |k: &str| fields.get(k).map(String::as_str).unwrap_or("");
     let datasets = app.datasets(fields);
     let eventtypes = app.eventtypes_of(fields);
+    let tagged = !matches!(what, Session | Unknown);
     assert_eq!(
         eventtypes.len(),
-        1,
-        "{id}: exactly one eventtype, got {eventtypes:?} (fields {fields:?})"
+        usize::from(tagged),
+        "{id}: eventtypes {eventtypes:?} (intended {what:?}; fields {fields:?})"
     );
     let change_columns = ["status", "result", "change_type", "object_category"];
     let expect: &[&str] = match what {
-        Intended::FailedLogin | Intended::SuccessfulLogin => {
-            let action = if what == Intended::FailedLogin {
+        FailedLogin | SuccessfulLogin => {
+            let action = if what == FailedLogin {
                 "failure"
             } else {
                 "success"
             };
             assert_eq!(get("action"), action, "{id}: action");
+            assert_eq!(get("rc_category"), "authentication", "{id}");
             for c in change_columns {
                 assert_eq!(
                     get(c),
@@ -740,7 +801,7 @@ fn check_category(app: &App, id: &str, what: Intended, fields: &BTreeMap<String,
             }
             &["Authentication"]
         }
-        Intended::Lockout => {
+        Lockout => {
             assert_eq!(
                 (
                     get("action"),
@@ -749,8 +810,8 @@ fn check_category(app: &App, id: &str, what: Intended, fields: &BTreeMap<String,
                     get("change_type"),
                     get("object_category")
                 ),
-                ("lockout", "lockout", "success", "AAA", "user"),
-                "{id}: lockout fields"
+                ("modified", "lockout", "success", "AAA", "user"),
+                "{id}: lockout fields (action=modified: lockout is no CIM Change action)"
             );
             &[
                 "Change",
@@ -758,7 +819,7 @@ fn check_category(app: &App, id: &str, what: Intended, fields: &BTreeMap<String,
                 "Change.Account_Management.Account_Lockouts",
             ]
         }
-        Intended::AccountManagement => {
+        AccountManagement => {
             assert!(
                 ["created", "deleted", "modified"].contains(&get("action")),
                 "{id}: action {}",
@@ -776,7 +837,7 @@ fn check_category(app: &App, id: &str, what: Intended, fields: &BTreeMap<String,
             );
             &["Change", "Change.Account_Management"]
         }
-        Intended::Configuration => {
+        Configuration => {
             assert!(
                 ["created", "deleted", "modified"].contains(&get("action")),
                 "{id}: action {}",
@@ -790,6 +851,28 @@ fn check_category(app: &App, id: &str, what: Intended, fields: &BTreeMap<String,
             assert!(!get("object_category").is_empty(), "{id}: object_category");
             &["Change"]
         }
+        Session | Unknown => {
+            let category = if what == Session {
+                "session"
+            } else {
+                "unknown"
+            };
+            assert_eq!(get("rc_category"), category, "{id}: rc_category");
+            for c in [
+                "action",
+                "status",
+                "result",
+                "change_type",
+                "object_category",
+            ] {
+                assert_eq!(
+                    get(c),
+                    "",
+                    "{id}: {category} leaves {c} empty (never a success)"
+                );
+            }
+            &[]
+        }
     };
     assert!(!get("signature").is_empty(), "{id}: signature");
     assert_eq!(
@@ -797,6 +880,13 @@ fn check_category(app: &App, id: &str, what: Intended, fields: &BTreeMap<String,
         expect.iter().copied().collect(),
         "{id}: CIM datasets (intended {what:?}; fields {fields:?})"
     );
+}
+
+/// An event for `id`: the first simulator envelope with its actionId replaced.
+fn envelope_with(id: &str) -> Value {
+    let mut envelope = EVENTS[0].clone();
+    envelope["event"]["actionId"] = Value::from(id);
+    envelope
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -1039,18 +1129,10 @@ fn every_simulator_action_id_lands_in_its_intended_cim_dataset_through_the_looku
         Some("1"),
         "first row wins"
     );
-    let columns: BTreeSet<&String> = app.lookup[0].keys().collect();
+    let columns: BTreeSet<&String> = app.lookup.columns.iter().collect();
     for out in &outputs {
         assert!(columns.contains(out), "lookup has no column {out}");
     }
-    let last = app.lookup.last().expect("lookup rows");
-    assert_eq!(last["vendor_action"], "*", "the catch-all row is last");
-    assert!(
-        app.lookup[..app.lookup.len() - 1]
-            .iter()
-            .all(|r| r["vendor_action"] != "*"),
-        "only one catch-all row"
-    );
     // Through the real events: every simulator action id.
     let mut checked = BTreeSet::new();
     for e in EVENTS.iter() {
@@ -1060,22 +1142,238 @@ fn every_simulator_action_id_lands_in_its_intended_cim_dataset_through_the_looku
         }
     }
     assert_eq!(checked.len(), ACTION_IDS.len());
-    // Ids a tenant may have: the patterns place them.
-    for (id, what) in TENANT_IDS {
-        let mut envelope = EVENTS[0].clone();
-        envelope["event"]["actionId"] = Value::from(*id);
-        check_category(app, id, *what, &app.fields(&envelope));
-    }
     // Every failed-login and lockout id of the simulator is caught by a pattern, not an exact
     // row: RingCentral publishes no such ids, so the simulator's are invented.
     for id in ACTION_IDS {
-        if matches!(intended(id), Intended::FailedLogin | Intended::Lockout) {
+        if matches!(intended(id), FailedLogin | Lockout) {
             let row = app.lookup_row(id).expect("a row");
             assert!(
                 row["vendor_action"].contains('*'),
                 "{id} must be matched by a pattern, not listed: {row:?}"
             );
         }
+    }
+    // Exact rows are only the ids RingCentral published.
+    let exact: BTreeSet<&str> = app
+        .lookup
+        .rows
+        .iter()
+        .filter(|r| r.get("rc_match") == "exact")
+        .map(|r| r.get("vendor_action"))
+        .collect();
+    assert_eq!(exact, PUBLISHED_ACTION_IDS.iter().copied().collect());
+}
+
+#[test]
+fn plausible_real_world_ids_get_their_category_and_unknown_ones_are_never_a_success() {
+    let app = &*APP_FILES;
+    for (id, what) in REAL_WORLD_IDS {
+        check_category(app, id, *what, &app.fields(&envelope_with(id)));
+    }
+}
+
+#[test]
+fn every_lookup_row_carries_cim_allowed_values_for_its_category() {
+    let app = &*APP_FILES;
+    let categories = [
+        "authentication",
+        "lockout",
+        "account_management",
+        "configuration",
+        "session",
+        UNKNOWN,
+    ];
+    for row in &app.lookup.rows {
+        let r = |c: &str| row.get(c);
+        let id = r("vendor_action");
+        assert!(
+            categories.contains(&r("rc_category")),
+            "{id}: rc_category {}",
+            r("rc_category")
+        );
+        assert!(
+            ["exact", "guard", "pattern", "catch_all"].contains(&r("rc_match")),
+            "{id}: rc_match {}",
+            r("rc_match")
+        );
+        assert!(!r("signature").is_empty(), "{id}: signature");
+        let mut fields: BTreeMap<String, String> = row
+            .0
+            .iter()
+            .filter(|(k, v)| k.as_str() != "vendor_action" && !v.is_empty())
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        fields.insert("sourcetype".into(), DEFAULT_SOURCETYPE.into());
+        let datasets = app.datasets(&fields);
+        if datasets.contains("Authentication") {
+            assert!(
+                CIM_AUTHENTICATION_ACTIONS.contains(&r("action")),
+                "{id}: Authentication action {}",
+                r("action")
+            );
+        }
+        if datasets.contains("Change") {
+            assert!(
+                CIM_CHANGE_ACTIONS.contains(&r("action")),
+                "{id}: Change action {}",
+                r("action")
+            );
+            assert!(
+                CIM_CHANGE_STATUS.contains(&r("status")),
+                "{id}: Change status {}",
+                r("status")
+            );
+            assert!(
+                !r("change_type").is_empty() && !r("object_category").is_empty(),
+                "{id}"
+            );
+        }
+        assert!(
+            !(datasets.contains("Authentication") && datasets.contains("Change")),
+            "{id}: in two data models"
+        );
+        if r("rc_category") == "lockout" {
+            assert!(
+                datasets.contains("Change.Account_Management.Account_Lockouts"),
+                "{id}"
+            );
+        }
+        if matches!(r("rc_category"), "session" | UNKNOWN) {
+            assert!(
+                datasets.is_empty(),
+                "{id}: {} is in no data model",
+                r("rc_category")
+            );
+            assert_eq!(
+                (r("action"), r("status")),
+                ("", ""),
+                "{id}: never a success"
+            );
+        }
+    }
+    // The catch-all row is last, alone, and files the rest as unknown.
+    let last = app.lookup.rows.last().expect("rows");
+    assert_eq!(
+        (last.get("vendor_action"), last.get("rc_category")),
+        ("*", UNKNOWN)
+    );
+    assert_eq!(
+        app.lookup
+            .rows
+            .iter()
+            .filter(|r| r.get("vendor_action") == "*")
+            .count(),
+        1
+    );
+    // The binary embeds exactly this file.
+    assert_eq!(
+        read("lookups/ringcentral_audit_actions.csv"),
+        SHIPPED_LOOKUP,
+        "rc-audit-hec embeds the app's lookup"
+    );
+}
+
+/// Evaluates props.conf's `EVAL-user` for an Extension target "Victim" acted on by "Admin":
+/// the condition is `match(actionId, "(?i)(A|B|...)") AND NOT match(actionId, "(?i)(C|...)")`
+/// over plain words, which this test evaluates as case-insensitive substring tests.
+fn eval_user(app: &App, id: &str) -> &'static str {
+    let eval = app.props.require(DEFAULT_SOURCETYPE, "EVAL-user");
+    let words: Vec<Vec<String>> = eval
+        .split("match(actionId, \"(?i)(")
+        .skip(1)
+        .map(|part| {
+            let list = part.split(")\")").next().expect("a closing )\"");
+            assert!(
+                list.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '|'),
+                "EVAL-user: only plain words in the alternations: {list}"
+            );
+            list.split('|').map(str::to_string).collect()
+        })
+        .collect();
+    assert_eq!(words.len(), 2, "EVAL-user: a match and a NOT match: {eval}");
+    assert!(eval.contains("AND NOT match(actionId"), "{eval}");
+    let up = id.to_ascii_uppercase();
+    let any = |ws: &[String]| ws.iter().any(|w| up.contains(w.as_str()));
+    if any(&words[0]) && !any(&words[1]) {
+        "Victim"
+    } else {
+        "Admin"
+    }
+}
+
+#[test]
+fn user_is_the_actor_for_configuration_and_the_account_acted_on_for_account_events() {
+    let app = &*APP_FILES;
+    let props = app.props_stanza();
+    let get = |k: &str| {
+        props
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.as_str())
+            .unwrap_or_else(|| panic!("props.conf has no {k}"))
+    };
+    // user_id follows user.
+    assert_eq!(
+        get("EVAL-user").replace("'target.name', 'initiator.name'", ""),
+        get("EVAL-user_id").replace("'target.objectId', 'initiator.extensionId'", ""),
+        "EVAL-user and EVAL-user_id decide the same way"
+    );
+    let mut ids: Vec<(&str, Intended)> = REAL_WORLD_IDS.to_vec();
+    ids.extend(ACTION_IDS.iter().map(|id| (*id, intended(id))));
+    for (id, what) in ids {
+        let category = app
+            .lookup_row(id)
+            .map(|r| r["rc_category"].clone())
+            .unwrap_or_default();
+        let user = eval_user(app, id);
+        match what {
+            Configuration => assert_eq!(
+                user, "Admin",
+                "{id} ({category}): CIM Change user is the actor"
+            ),
+            AccountManagement | Lockout => {
+                assert_eq!(
+                    user, "Victim",
+                    "{id} ({category}): the account acted on is user"
+                )
+            }
+            _ => {}
+        }
+    }
+    // Tenants do not merge: dest is the account, and the account id is exposed.
+    for key in ["EVAL-dest", "EVAL-dvc"] {
+        assert!(
+            get(key).contains("rc_account") && get(key).contains("'accountId'"),
+            "{key}"
+        );
+    }
+    assert_eq!(get("EVAL-vendor_account"), "'accountId'");
+    assert_eq!(get("FIELDALIAS-rc_src_user"), "initiator.name AS src_user");
+}
+
+#[test]
+fn indexed_fields_are_declared_in_fields_conf() {
+    let app = &*APP_FILES;
+    let mut indexed = BTreeSet::new();
+    for e in EVENTS.iter() {
+        indexed.extend(e["fields"].as_object().expect("fields").keys().cloned());
+    }
+    assert_eq!(
+        indexed,
+        ["rc_account", "rc_action_id"].map(String::from).into()
+    );
+    for field in &indexed {
+        assert_eq!(
+            app.fields_conf.get(field, "INDEXED"),
+            Some("true"),
+            "{field}"
+        );
+        assert_eq!(
+            app.fields_conf.get(field, "INDEXED_VALUE"),
+            Some("false"),
+            "{field}: its value need not be in the raw text"
+        );
     }
 }
 
@@ -1084,8 +1382,11 @@ fn searches_compare_lookup_fields_only_with_values_the_lookup_gives() {
     let app = &*APP_FILES;
     let (_, _, outputs) = app.lookup_call();
     let mut given: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for e in EVENTS.iter() {
-        for (k, v) in app.fields(e) {
+    // The simulator's events, and the plausible real-world ids (the simulator emits no unknown
+    // id, which the Unmapped Action IDs alert selects).
+    let table = REAL_WORLD_IDS.iter().map(|(id, _)| envelope_with(id));
+    for e in EVENTS.iter().cloned().chain(table) {
+        for (k, v) in app.fields(&e) {
             given.entry(k).or_default().insert(v);
         }
     }
@@ -1218,6 +1519,8 @@ fn macros_eventtypes_and_dashboard_tokens_used_are_defined() {
     );
 }
 
+const UNMAPPED: &str = "RingCentral - Unmapped Action IDs";
+
 #[test]
 fn alerts_ship_disabled_scheduled_throttled_and_without_recipients() {
     let app = &*APP_FILES;
@@ -1234,15 +1537,19 @@ fn alerts_ship_disabled_scheduled_throttled_and_without_recipients() {
         "RingCentral - Admin Role Granted or Changed",
         "RingCentral - Burst of Changes by One Admin",
         "RingCentral - Forwarder Silent",
+        UNMAPPED,
     ]
     .into_iter()
     .collect();
     assert_eq!(alerts, expected);
     for name in &alerts {
+        // The unmapped-ids alert only lists ids, daily: it ships enabled so that an unknown
+        // failed-login or lockout id is seen before anyone enables the others.
+        let disabled = if *name == UNMAPPED { "0" } else { "1" };
         assert_eq!(
             ss.get(name, "disabled"),
-            Some("1"),
-            "{name}: ships disabled"
+            Some(disabled),
+            "{name}: disabled = {disabled}"
         );
         let earliest = ss.require(name, "dispatch.earliest_time");
         assert!(!earliest.starts_with("rt"), "{name}: real-time");
@@ -1354,16 +1661,137 @@ fn app_conf_and_manifest_carry_the_crate_version_and_the_app_id() {
     }
 }
 
+/// Seconds of a relative Splunk time like `-3d`, `-30d@d`, `-60m` (its magnitude, snap ignored).
+fn span_seconds(t: &str) -> u64 {
+    let t = t.trim_start_matches('-');
+    let t = t.split('@').next().unwrap_or_default();
+    let digits: String = t.chars().take_while(char::is_ascii_digit).collect();
+    let n: u64 = digits.parse().unwrap_or(0);
+    n * match &t[digits.len()..] {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        unit => panic!("unit {unit} in {t}"),
+    }
+}
+
 #[test]
-fn the_wildcard_matcher_is_splunks() {
-    assert!(wildcard_match("*", "", true));
-    assert!(wildcard_match("*LOGIN*FAIL*", "LOGIN_FAILED", true));
-    assert!(wildcard_match("LOCK_*", "LOCK_USER", true));
-    assert!(!wildcard_match("LOCK_*", "UNLOCK_USER", true));
-    assert!(!wildcard_match("*LOCKED*", "account_locked", true));
-    assert!(wildcard_match("*LOCKED*", "account_locked", false));
-    assert!(!wildcard_match("A*A", "A", true));
-    assert!(wildcard_match("A*A", "AA", true));
-    assert!(!wildcard_match("LOGIN?", "LOGIN1", true), "? is literal");
-    assert!(!wildcard_match("EXACT", "EXACT_NOT", true));
+fn alerts_see_late_events_and_count_distinct_records() {
+    let app = &*APP_FILES;
+    let ss = &app.savedsearches;
+    let mut threshold_alerts = 0;
+    for name in ss.names() {
+        if ss.get(name, "enableSched") != Some("1") || name == "RingCentral - Forwarder Silent" {
+            continue;
+        }
+        let search = ss.require(name, "search");
+        // A wide event-time range: an event delivered a day late still falls inside it.
+        let earliest = ss.require(name, "dispatch.earliest_time");
+        assert!(
+            span_seconds(earliest) >= 86_400,
+            "{name}: earliest {earliest} is too narrow for late events"
+        );
+        // ...and selection by index time, so an event alerts when it arrives.
+        assert!(
+            search.contains("_indextime") || ss.get(name, "dispatch.index_earliest").is_some(),
+            "{name}: selects nothing by index time"
+        );
+        if let Some(window) = search.split("_indextime >= relative_time(now(), \"").nth(1) {
+            let slice = span_seconds(window.split('"').next().unwrap_or_default());
+            let cron = ss.require(name, "cron_schedule");
+            let step: u64 = cron
+                .split_whitespace()
+                .next()
+                .and_then(|m| m.strip_prefix("*/"))
+                .and_then(|n| n.parse().ok())
+                .expect("*/N cron");
+            assert!(
+                slice >= 2 * step * 60,
+                "{name}: index-time slice {slice}s shorter than two runs"
+            );
+        }
+        // Thresholds count distinct record ids, by event time.
+        if search.contains("_threshold`") {
+            threshold_alerts += 1;
+            assert!(
+                search.contains("dc(id)") || search.contains("dc(failure_id)"),
+                "{name}: counts events, not distinct records"
+            );
+            assert!(
+                search.contains("streamstats time_window="),
+                "{name}: threshold over an event-time window"
+            );
+            assert!(
+                search.contains("sort 0 _time"),
+                "{name}: streamstats time_window needs ascending _time"
+            );
+        }
+    }
+    assert_eq!(threshold_alerts, 5);
+    // The unmapped ids alert: daily, by index time, selecting the unknown category.
+    assert_eq!(
+        ss.get(UNMAPPED, "cron_schedule")
+            .map(|c| c.split_whitespace().nth(2) == Some("*") && !c.starts_with('*')),
+        Some(true)
+    );
+    assert!(ss.get(UNMAPPED, "dispatch.index_earliest").is_some());
+    assert!(
+        ss.require(UNMAPPED, "search")
+            .contains("rc_category=\"unknown\"")
+    );
+}
+
+#[test]
+fn role_changes_inventory_and_dashboards_keep_every_event() {
+    let app = &*APP_FILES;
+    let ss = &app.savedsearches;
+    // Admin role alert: any record with the role parameters, whatever the lookup made of it.
+    let admin = ss.require("RingCentral - Admin Role Granted or Changed", "search");
+    assert!(!admin.contains("eventtype="), "{admin}");
+    assert!(admin.contains("`ringcentral_audit_admin_role_match`"));
+    // Inventory: fillnull before stats BY lookup fields, so untagged events are not dropped.
+    let inv = ss.require("RingCentral - Action ID Inventory", "search");
+    let fill = inv.find("fillnull").expect("fillnull in the inventory");
+    let stats = inv.find("| stats").expect("stats");
+    assert!(fill < stats);
+    for f in ["actionId", "rc_category", "rc_match", "action", "signature"] {
+        assert!(inv[fill..stats].contains(f), "inventory fills {f}");
+    }
+    // Investigation: `*` must match events with no src or user, so those are filled first.
+    let (_, inv_view) = app
+        .dashboards
+        .iter()
+        .find(|(f, _)| f == "ringcentral_audit_investigation.xml")
+        .expect("investigation view");
+    for (id, ds) in inv_view["dataSources"].as_object().expect("dataSources") {
+        let q = ds["options"]["query"].as_str().unwrap_or_default();
+        if let Some(at) = q.find("$src|s$").or_else(|| q.find("$user|s$")) {
+            let fill = q.find("fillnull").unwrap_or(usize::MAX);
+            assert!(
+                fill < at && q[fill..at].contains("src") && q[fill..at].contains("user"),
+                "{id}: {q}"
+            );
+        }
+    }
+    // Overview: no panel claims every account while it filters on the account box.
+    let (_, overview) = app
+        .dashboards
+        .iter()
+        .find(|(f, _)| f == "ringcentral_audit_overview.xml")
+        .expect("overview");
+    for (id, viz) in overview["visualizations"]
+        .as_object()
+        .expect("visualizations")
+    {
+        let text = format!("{} {}", viz["title"], viz["description"]).to_lowercase();
+        let ds = viz["dataSources"]["primary"].as_str().unwrap_or_default();
+        let q = overview["dataSources"][ds]["options"]["query"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(
+            !(text.contains("all accounts") && q.contains("$account")),
+            "{id} says all accounts but filters on $account$"
+        );
+    }
 }

@@ -16,51 +16,62 @@
 use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
 use serde_json::{Map, Value, json};
 
-/// Every action id the generator emits.
+/// The only `actionId` values RingCentral has published: `LOGIN_SUCCESSFULLY` (its audit-trail
+/// demo, a record with `eventType` `Create`), `CHANGE_USER_ROLE` (with `oldRoleName` /
+/// `newRoleName` parameters), `CHANGE_SECRET_INFO` and `CHANGE_USER_INFO` (the API reference's
+/// examples). Every other id in [`ACTION_IDS`] is **invented** for the simulator.
+pub const PUBLISHED_ACTION_IDS: &[&str] = &[
+    "LOGIN_SUCCESSFULLY",
+    "CHANGE_USER_ROLE",
+    "CHANGE_SECRET_INFO",
+    "CHANGE_USER_INFO",
+];
+
+/// Every action id the generator emits; the ones not in [`PUBLISHED_ACTION_IDS`] are invented
+/// (marked below).
 ///
-/// Only `LOGIN_SUCCESSFULLY`, `CHANGE_USER_ROLE`, `CHANGE_SECRET_INFO` and `CHANGE_USER_INFO`
-/// appear in public RingCentral samples; the rest are plausible names in the same style, so the
-/// forwarder and the Splunk app are exercised with ids they do not know in advance.
-///
-/// RingCentral publishes **no** action id strings for failed logins and account lockouts (the
-/// guide only says they are in the audit trail). `LOGIN_FAILED`, `LOGIN_FAILED_WRONG_PASSWORD`,
-/// `ACCOUNT_LOCKED` and `USER_LOCKED_OUT` are invented for the simulator; the forwarder must not
-/// depend on them.
+/// The invented ids are plausible names in RingCentral's style, so the forwarder and the Splunk
+/// app are exercised with ids they do not know in advance. RingCentral publishes **no** action
+/// id strings for failed logins, account lockouts, logouts, MFA or password resets (the guide
+/// only says they are in the audit trail): `LOGIN_FAILED`, `LOGIN_FAILED_WRONG_PASSWORD`,
+/// `ACCOUNT_LOCKED`, `USER_LOCKED_OUT` and `LOGOUT` are guesses. Neither the forwarder nor the
+/// app may depend on them (the app's lookup files ids it cannot place as `unknown`; `rc-audit-hec
+/// actions` lists a tenant's real ids).
 pub const ACTION_IDS: &[&str] = &[
     "LOGIN_SUCCESSFULLY",
-    "LOGIN_FAILED",
-    "LOGIN_FAILED_WRONG_PASSWORD",
-    "ACCOUNT_LOCKED",
-    "USER_LOCKED_OUT",
-    "LOGOUT",
+    "LOGIN_FAILED",                // invented
+    "LOGIN_FAILED_WRONG_PASSWORD", // invented
+    "ACCOUNT_LOCKED",              // invented
+    "USER_LOCKED_OUT",             // invented
+    "LOGOUT",                      // invented
     "CHANGE_SECRET_INFO",
     "CHANGE_USER_INFO",
     "CHANGE_USER_ROLE",
-    "CREATE_USER",
-    "DELETE_USER",
-    "ENABLE_USER",
-    "DISABLE_USER",
-    "CHANGE_CALL_HANDLING",
-    "CHANGE_ANSWERING_RULE",
-    "CHANGE_VOICEMAIL_SETTINGS",
-    "CHANGE_CALLER_ID",
-    "CHANGE_EMERGENCY_ADDRESS",
-    "CHANGE_COMPANY_INFO",
-    "CHANGE_BUSINESS_HOURS",
-    "CHANGE_COMPANY_CALL_HANDLING",
-    "CHANGE_IVR_MENU",
-    "CHANGE_CALL_QUEUE_MEMBERS",
-    "ADD_PHONE_NUMBER",
-    "REMOVE_PHONE_NUMBER",
-    "ASSIGN_PHONE_NUMBER",
-    "ADD_DEVICE",
-    "DELETE_DEVICE",
-    "CHANGE_DEVICE_SETTINGS",
-    "CREATE_SITE",
-    "CHANGE_SITE_INFO",
-    "CHANGE_USER_TEMPLATE",
-    "APPLY_USER_TEMPLATE",
-    "CHANGE_MFA_SETTINGS",
+    "CREATE_USER",                  // invented
+    "DELETE_USER",                  // invented
+    "ENABLE_USER",                  // invented
+    "DISABLE_USER",                 // invented
+    "CHANGE_CALL_HANDLING",         // invented
+    "CHANGE_ANSWERING_RULE",        // invented
+    "CHANGE_VOICEMAIL_SETTINGS",    // invented
+    "CHANGE_CALLER_ID",             // invented
+    "CHANGE_EMERGENCY_ADDRESS",     // invented
+    "CHANGE_COMPANY_INFO",          // invented
+    "CHANGE_BUSINESS_HOURS",        // invented
+    "CHANGE_COMPANY_CALL_HANDLING", // invented
+    "CHANGE_IVR_MENU",              // invented
+    "CHANGE_CALL_QUEUE_MEMBERS",    // invented
+    "ADD_PHONE_NUMBER",             // invented
+    "REMOVE_PHONE_NUMBER",          // invented
+    "ASSIGN_PHONE_NUMBER",          // invented
+    "ADD_DEVICE",                   // invented
+    "DELETE_DEVICE",                // invented
+    "CHANGE_DEVICE_SETTINGS",       // invented
+    "CREATE_SITE",                  // invented
+    "CHANGE_SITE_INFO",             // invented
+    "CHANGE_USER_TEMPLATE",         // invented
+    "APPLY_USER_TEMPLATE",          // invented
+    "CHANGE_MFA_SETTINGS",          // invented
 ];
 
 /// What an action is about; decides initiator, target and parameters.
@@ -864,6 +875,9 @@ mod tests {
         let ids: Vec<&str> = ACTIONS.iter().map(|a| a.id).collect();
         assert_eq!(ids, ACTION_IDS);
         assert!(ACTION_IDS.len() >= 20);
+        for published in PUBLISHED_ACTION_IDS {
+            assert!(ACTION_IDS.contains(published), "{published}");
+        }
         for needed in [
             "LOGIN_SUCCESSFULLY",
             "LOGIN_FAILED",
