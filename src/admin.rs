@@ -135,6 +135,9 @@ pub struct BackfillRequest {
     /// Account names; empty or absent: every account.
     #[serde(default)]
     pub accounts: Vec<String>,
+    /// Poll the range again even where an earlier backfill did (`backfill --again`).
+    #[serde(default)]
+    pub again: bool,
 }
 
 fn error_doc(code: StatusCode, error: String) -> (StatusCode, axum::Json<serde_json::Value>) {
@@ -199,10 +202,14 @@ async fn request_backfill(
         req.accounts
     };
     let (from_ms, to_ms) = (range.from.timestamp_millis(), range.to.timestamp_millis());
+    let again = req.again;
     let registered = s
         .spool
         .run(move |sp| {
             for a in &accounts {
+                if again {
+                    sp.backfill_forget(a, from_ms, to_ms)?;
+                }
                 sp.backfill_request(a, from_ms, to_ms)?;
             }
             sp.backfill_jobs()
