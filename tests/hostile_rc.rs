@@ -343,3 +343,45 @@ async fn renaming_an_account_delivers_nothing_twice() {
     drain(&p).await;
     assert_each_once(&w, &[0]);
 }
+
+#[tokio::test]
+async fn a_record_visible_later_than_the_overlap_is_caught_by_backfill_again() {
+    let w = World::new(1).await;
+    let now = Utc::now();
+    w.rc.generate(
+        &w.accounts[0].account_id,
+        10,
+        now - TimeDelta::hours(30),
+        now - TimeDelta::hours(26),
+        90,
+    );
+    let cfg = w.dir.path().join("config.toml");
+    std::fs::write(&cfg, w.toml("", "")).unwrap();
+    let backfill = |again: bool| {
+        let mut cmd = bin();
+        cmd.arg("--config")
+            .arg(&cfg)
+            .args(["backfill", "--from", "2d", "--max-wait", "10s"]);
+        if again {
+            cmd.arg("--again");
+        }
+        cmd
+    };
+    let out = output(backfill(false)).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    // RingCentral shows a record from a day ago only now: far behind the live overlap, and in
+    // a range the first backfill recorded as done.
+    w.rc.generate(
+        &w.accounts[0].account_id,
+        1,
+        now - TimeDelta::hours(25),
+        now - TimeDelta::hours(24),
+        91,
+    );
+    let out = output(backfill(false)).await;
+    assert!(text(&out).contains("0 new record(s)"), "{}", text(&out));
+    let out = output(backfill(true)).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(text(&out).contains(" 1 new record(s)"), "{}", text(&out));
+    assert_each_once(&w, &[0]);
+}
