@@ -103,9 +103,18 @@ async fn a_window_whose_pages_keep_contradicting_paging_stays_open() {
 
 #[tokio::test]
 async fn a_total_found_one_too_high_commits_the_window_within_the_rate_budget() {
+    total_found_too_high_by(1).await;
+}
+
+#[tokio::test]
+async fn a_total_found_far_above_the_api_limit_with_a_short_page_splits_nothing() {
+    total_found_too_high_by(20_000).await;
+}
+
+async fn total_found_too_high_by(extra: u64) {
     let w = World::new(1).await;
     w.seed(0, 300, 83);
-    w.rc.update_faults(|f| f.total_found_extra = 1);
+    w.rc.update_faults(|f| f.total_found_extra = extra);
     let p = w.pipeline("", "");
     let mut poller = p.pollers(None).remove(0);
     // Splitting down to 1 ms made >1,000 searches; a bounded pager is done in a few.
