@@ -70,7 +70,7 @@ pub enum RcError {
     /// The answer was larger than [`MAX_RESPONSE_BYTES`]; it was not read further. The pager
     /// asks again with smaller pages.
     #[error(
-        "RingCentral sent a response larger than {limit} bytes for a page of {per_page} records; it was not read (the window stays open and is asked again with smaller pages)"
+        "RingCentral sent a response larger than {limit} bytes for a page of {per_page} record(s); it was not read, and the window stays open (its cursor does not move) to be asked again"
     )]
     TooLarge {
         /// The limit.
