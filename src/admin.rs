@@ -135,6 +135,9 @@ pub struct BackfillRequest {
     /// Account names; empty or absent: every account.
     #[serde(default)]
     pub accounts: Vec<String>,
+    /// Poll the range again even where an earlier backfill did (`backfill --again`).
+    #[serde(default)]
+    pub again: bool,
 }
 
 fn error_doc(code: StatusCode, error: String) -> (StatusCode, axum::Json<serde_json::Value>) {
@@ -199,10 +202,14 @@ async fn request_backfill(
         req.accounts
     };
     let (from_ms, to_ms) = (range.from.timestamp_millis(), range.to.timestamp_millis());
+    let again = req.again;
     let registered = s
         .spool
         .run(move |sp| {
             for a in &accounts {
+                if again {
+                    sp.backfill_forget(a, from_ms, to_ms)?;
+                }
                 sp.backfill_request(a, from_ms, to_ms)?;
             }
             sp.backfill_jobs()
@@ -309,5 +316,28 @@ mod tests {
             ["acme", "beta"],
             "the same range for beta is one job: {listed}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_backfill_again_polls_a_range_done_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = state(dir.path());
+        let (from, to) = (Utc::now() - chrono::TimeDelta::days(3), Utc::now());
+        let (a, b) = (from.timestamp_millis(), to.timestamp_millis());
+        s.spool.backfill_mark("acme", a - 1000, b).unwrap();
+        let body = |again: bool| {
+            format!(
+                r#"{{"from":"{}","to":"{}","accounts":["acme"],"again":{again}}}"#,
+                rfc3339_millis(from),
+                rfc3339_millis(to),
+            )
+        };
+        let (code, doc) = post(&s, "127.0.0.1:5000", &body(false)).await;
+        assert_eq!(code, StatusCode::ACCEPTED, "{doc}");
+        assert!(s.spool.backfill_jobs().unwrap().is_empty(), "already done");
+        let (code, doc) = post(&s, "127.0.0.1:5000", &body(true)).await;
+        assert_eq!(code, StatusCode::ACCEPTED, "{doc}");
+        assert_eq!(s.spool.backfill_jobs().unwrap().len(), 1, "{doc}");
+        assert_eq!(s.spool.backfill_done("acme").unwrap().len(), 1);
     }
 }

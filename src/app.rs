@@ -5,16 +5,21 @@
 //! where it is (a page not yet committed is simply polled again next time: its window's cursor
 //! has not moved) and the sink abandons its in-flight request (the batch stays spooled).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use sha2::{Digest, Sha256};
 
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::config::Config;
+use crate::config::{AccountConfig, Config};
 use crate::hec::{self, HecError, Sink};
 use crate::retry::RetryPolicy;
+use crate::ringcentral::client::Session;
+use crate::ringcentral::clock::LocalClock;
 use crate::ringcentral::poller::{PollError, WindowOutcome};
 use crate::ringcentral::{Poller, RcClient};
 use crate::spool::{Spool, SpoolError};
@@ -53,6 +58,8 @@ pub struct Options {
     pub notifier: crate::service::Notifier,
     /// How often `STATUS=` is checked (it is sent when it changed).
     pub status_interval: Duration,
+    /// The local clock (tests shift it to play a host whose clock is wrong).
+    pub clock: LocalClock,
 }
 
 impl Default for Options {
@@ -65,6 +72,7 @@ impl Default for Options {
             watchdog_interval: None,
             notifier: crate::service::Notifier::default(),
             status_interval: Duration::from_secs(1),
+            clock: LocalClock::default(),
         }
     }
 }
@@ -81,6 +89,10 @@ pub struct Pipeline {
     pub health: Arc<Health>,
     options: Options,
     rc_http: reqwest::Client,
+    /// Each account's RingCentral session (rate limiter, token, clock skew) by connection
+    /// settings, so clients rebuilt by a reload continue it: a 429 penalty forgotten on SIGHUP
+    /// let searches follow within 3 s of a `Retry-After: 40`, restarting the penalty.
+    sessions: Mutex<HashMap<String, Arc<Session>>>,
 }
 
 /// What `once` did.
@@ -104,6 +116,11 @@ impl Pipeline {
     /// Opens the spool in `config.spool.dir` and prepares the clients.
     pub fn open(config: Config, options: Options) -> Result<Pipeline, AppError> {
         let spool = Spool::open(&config.spool.dir)?;
+        if let Err(e) = adopt_renamed_accounts(&spool, &config) {
+            warn!(
+                "cannot check the spool for renamed accounts ({e}); a renamed account starts from its initial_lookback (check free disk space)"
+            );
+        }
         let rc_http = ringcentral_http(options.rc_timeout)?;
         Ok(Pipeline {
             config,
@@ -112,17 +129,32 @@ impl Pipeline {
             health: Arc::new(Health::default()),
             options,
             rc_http,
+            sessions: Mutex::default(),
         })
+    }
+
+    /// The RingCentral session of `account`: the same one as long as its connection settings
+    /// (server, account id, client id and credentials) are the same.
+    fn session(&self, account: &AccountConfig) -> Arc<Session> {
+        self.sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(connection_key(account))
+            .or_default()
+            .clone()
     }
 
     /// A RingCentral client for account `i`.
     pub fn rc_client(&self, i: usize, max_attempts: Option<u32>) -> RcClient {
+        let account = &self.config.accounts[i];
         RcClient::new(
             self.rc_http.clone(),
-            &self.config.accounts[i],
+            account,
             self.options.retry,
             self.stats.clone(),
         )
+        .with_session(self.session(account))
+        .with_clock(self.options.clock.clone())
         .with_max_attempts(max_attempts)
     }
 
@@ -241,6 +273,34 @@ impl Pipeline {
         }
         Ok(report)
     }
+}
+
+/// Lets each configured account continue the cursor and dedup of a name it was renamed from
+/// (same RingCentral account, name no longer configured; see [`crate::spool::identity`]).
+/// Runs before any poller of the config starts: at open and at each reload.
+pub fn adopt_renamed_accounts(spool: &Spool, config: &Config) -> Result<(), SpoolError> {
+    let names: Vec<String> = config.accounts.iter().map(|a| a.name.clone()).collect();
+    for a in &config.accounts {
+        if let Some(old) = spool.adopt_account(&a.name, &a.identity_digest(), &names)? {
+            info!(account = %a.name, renamed_from = %old,
+                "account renamed in the config (same RingCentral account): it continues the old name's cursor and dedup");
+        }
+    }
+    Ok(())
+}
+
+/// What identifies an account's RingCentral session: everything a token and a rate limit are
+/// tied to. Credentials enter as a digest (the key is never printed, but need not hold them).
+fn connection_key(a: &AccountConfig) -> String {
+    let mut h = Sha256::new();
+    h.update(a.client_secret.expose().as_bytes());
+    h.update([0]);
+    h.update(a.jwt.expose().as_bytes());
+    let digest: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{}\n{}\n{}\n{digest}",
+        a.server_url, a.account_id, a.client_id
+    )
 }
 
 /// The HTTP client for RingCentral requests (shared by every account of a command).

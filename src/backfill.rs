@@ -342,6 +342,7 @@ pub async fn hand_to_service(
     range: Range,
     accounts: &[String],
     all_accounts: bool,
+    again: bool,
     shutdown: CancellationToken,
 ) -> Result<bool, HandOverError> {
     let addr = listen.ok_or(HandOverError::NoAdmin)?;
@@ -366,6 +367,7 @@ pub async fn hand_to_service(
         "from": crate::transform::rfc3339_millis(range.from),
         "to": crate::transform::rfc3339_millis(range.to),
         "accounts": if all_accounts { Vec::new() } else { accounts.to_vec() },
+        "again": again,
     });
     let resp = http
         .post(&url)

@@ -179,6 +179,13 @@ fn rc_failure(what: String, e: &RcError) -> Row {
             true,
         ),
         RcError::Unavailable { detail, .. } => (transport_diagnosis(detail, "server_url"), false),
+        RcError::TooLarge { .. } | RcError::Inconsistent { .. } => (
+            diag(
+                "RingCentral's answer was unusable (too large, or contradicting its own paging)",
+                "run the check again; if it persists, report it to RingCentral support with the time",
+            ),
+            false,
+        ),
     };
     Row {
         what,

@@ -106,6 +106,10 @@ pub enum Command {
         /// How long to keep delivering after the last piece is polled.
         #[arg(long, default_value = "60s", value_parser = parse_duration)]
         max_wait: Duration,
+        /// Poll the range again even where an earlier backfill did: a re-sweep for records
+        /// RingCentral showed later than poll.overlap (already delivered ones are not resent).
+        #[arg(long)]
+        again: bool,
     },
     /// List the account's recent actionIds with counts, an example's eventType and parameters,
     /// and the Splunk app's category for each (flagging ids it files as unknown). Read-only.
@@ -227,10 +231,11 @@ pub async fn execute(cli: Cli) -> anyhow::Result<u8> {
             to,
             account,
             max_wait,
+            again,
         } => {
             let config = load_config(&cli.config)?;
             crate::service::ignore_sighup("backfill");
-            backfill(config, &from, to.as_deref(), &account, max_wait).await
+            backfill(config, &from, to.as_deref(), &account, max_wait, again).await
         }
         Command::Once {
             max_wait,
@@ -357,6 +362,7 @@ async fn backfill(
     to: Option<&str>,
     accounts: &[String],
     max_wait: Duration,
+    again: bool,
 ) -> anyhow::Result<u8> {
     use crate::backfill::{Progress, parse_time, plan_range, select_accounts};
     let now = Utc::now();
@@ -376,13 +382,19 @@ async fn backfill(
         Err(crate::app::AppError::Spool(crate::spool::SpoolError::Locked { .. })) => {
             let names = select_accounts(&known, accounts)?;
             cancel_on_signals(shutdown.clone());
-            crate::backfill::hand_to_service(listen, range, &names, accounts.is_empty(), shutdown)
-                .await?;
+            let all = accounts.is_empty();
+            crate::backfill::hand_to_service(listen, range, &names, all, again, shutdown).await?;
             return Ok(exit::OK);
         }
         other => other?,
     };
     let names = select_accounts(&known, accounts)?;
+    if again {
+        let (from_ms, to_ms) = (range.from.timestamp_millis(), range.to.timestamp_millis());
+        for name in &names {
+            pipeline.spool.backfill_forget(name, from_ms, to_ms)?;
+        }
+    }
     cancel_on_signals(shutdown.clone());
     let report = crate::backfill::run(
         &pipeline,

@@ -124,6 +124,50 @@ pub struct AccountConfig {
     pub sourcetype: Option<String>,
 }
 
+impl AccountConfig {
+    /// What makes two entries the same RingCentral account: the server and the account id; for
+    /// `~` (the JWT user's account, unknown until a token is issued), the server, the app and
+    /// the JWT, so two entries presenting the same JWT are the same account. (Two different JWTs
+    /// of one user are not detected; give `account_id` explicitly to have them detected.)
+    pub fn identity(&self) -> (&str, &str, Option<(&str, &str)>) {
+        let jwt = (self.account_id == "~").then(|| (self.client_id.as_str(), self.jwt.expose()));
+        (self.server_url.as_str(), self.account_id.as_str(), jwt)
+    }
+
+    /// [`Self::identity`] as a stable digest, to store in the spool (renames are detected by
+    /// it; the JWT enters only hashed).
+    pub fn identity_digest(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let (server, account, jwt) = self.identity();
+        let mut h = Sha256::new();
+        for part in [
+            server,
+            account,
+            jwt.map_or("", |j| j.0),
+            jwt.map_or("", |j| j.1),
+        ] {
+            h.update(part.as_bytes());
+            h.update([0]);
+        }
+        h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// The identity for messages (never the JWT).
+    fn identity_text(&self) -> String {
+        if self.account_id == "~" {
+            format!(
+                "server_url {}, account_id \"~\" with the same client_id and JWT",
+                self.server_url
+            )
+        } else {
+            format!(
+                "server_url {}, account_id {}",
+                self.server_url, self.account_id
+            )
+        }
+    }
+}
+
 /// Polling schedule and search options.
 #[derive(Debug, Clone, Serialize)]
 pub struct PollConfig {
@@ -481,6 +525,20 @@ impl Validator<'_> {
                 index: self.opt_name(&key("index"), a.index)?,
                 sourcetype: self.opt_name(&key("sourcetype"), a.sourcetype)?,
             });
+        }
+
+        for (i, a) in accounts.iter().enumerate() {
+            if let Some(b) = accounts[..i].iter().find(|b| b.identity() == a.identity()) {
+                return Err(self.invalid(
+                    &format!("accounts.{i}"),
+                    format!(
+                        "accounts {:?} and {:?} are the same RingCentral account ({}); polling it twice would deliver every record twice. Keep one of them",
+                        b.name,
+                        a.name,
+                        a.identity_text()
+                    ),
+                ));
+            }
         }
 
         let p = raw.poll;
@@ -1124,6 +1182,37 @@ mod tests {
         let no_accounts = "[hec]\nurl = \"https://h:8088\"\ntoken = \"t\"";
         assert!(err(no_accounts).contains("accounts"));
         assert!(err("").contains("hec"));
+    }
+
+    #[test]
+    fn two_names_for_the_same_ringcentral_account_are_rejected() {
+        let block = &MINIMAL[..MINIMAL.find("[hec]").unwrap()];
+        let renamed = block.replacen("name = \"acme\"", "name = \"acme2\"", 1);
+        assert_ne!(block, renamed, "the test renames the account");
+        let e = err(&format!("{MINIMAL}\n{renamed}"));
+        assert!(e.contains("\"acme\"") && e.contains("\"acme2\""), "{e}");
+        assert!(e.contains("same RingCentral account"), "{e}");
+        assert!(!e.contains("eyJ"), "no JWT in the message: {e}");
+        let with_id = |name: &str, id: &str| {
+            block.replacen(
+                "name = \"acme\"",
+                &format!("name = \"{name}\"\naccount_id = \"{id}\""),
+                1,
+            )
+        };
+        let e = err(&format!(
+            "{MINIMAL}\n{}\n{}",
+            with_id("a1", "111"),
+            with_id("a2", "111")
+        ));
+        assert!(e.contains("account_id 111"), "{e}");
+        let other_jwt = renamed.replace("eyJ.jwt.value", "eyJ.other.jwt");
+        let ok = format!(
+            "{MINIMAL}\n{other_jwt}\n{}\n{}",
+            with_id("a1", "111"),
+            with_id("a2", "222")
+        );
+        Config::from_toml_str(&ok, &LoadEnv::default()).unwrap();
     }
 
     #[test]

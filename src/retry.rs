@@ -9,6 +9,12 @@ use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 
+/// The longest `Retry-After` honoured. A server asking for more (10^9 seconds was seen) would
+/// otherwise stop that side for a day or more; a quarter of an hour is longer than any real
+/// rate-limit penalty or maintenance hint, and a retry after it is harmless. Callers log when
+/// they cap.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(15 * 60);
+
 /// Backoff bounds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryPolicy {

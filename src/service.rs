@@ -15,7 +15,8 @@
 //! The config file is read and validated again. If it is bad, the error is logged and the
 //! service keeps running with the old config. Otherwise the poll loops are restarted with the new
 //! accounts and poll settings (a window cut short is polled again; the spool's dedup absorbs
-//! it), and the delivery loop is restarted only if a `hec.*` setting changed (a batch cut short
+//! it; an account whose connection settings are unchanged keeps its rate-limit penalty, token
+//! and clock skew, see [`crate::ringcentral::client::Session`]), and the delivery loop is restarted only if a `hec.*` setting changed (a batch cut short
 //! is resent: at most one batch may reach Splunk twice, as at shutdown). `spool.dir` and `log.*`
 //! need a restart and say so; `admin.listen` is re-bound.
 
@@ -268,8 +269,18 @@ impl Service {
         }
         for gone in old_names.iter().filter(|n| !new_names.contains(n)) {
             self.pipeline.health.remove(&format!("account:{gone}"));
+            self.pipeline.health.remove(&format!("clock:{gone}"));
         }
         *self.accounts.write().unwrap_or_else(|p| p.into_inner()) = new_names.clone();
+        let (spool, config) = (self.pipeline.spool.clone(), self.pipeline.config.clone());
+        let adopted = spool
+            .run(move |s| crate::app::adopt_renamed_accounts(s, &config))
+            .await;
+        if let Err(e) = adopted {
+            warn!(
+                "reload: cannot check the spool for renamed accounts ({e}); a renamed account starts from its initial_lookback"
+            );
+        }
         self.pollers = self.start_pollers();
         if admin_changed {
             let admin = std::mem::replace(&mut self.admin, Loops::new(&self.shutdown));

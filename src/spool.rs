@@ -48,6 +48,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tracing::{error, info};
 
 pub mod backfill;
+pub mod identity;
 pub mod peek;
 
 /// Schema version in `PRAGMA user_version`.

@@ -115,7 +115,8 @@ pub struct ComponentHealth {
 }
 
 /// Health per component: `account:<name>`, `hec` (delivery as a whole), `hec:<url>` (each HEC
-/// URL) and `loop:<name>` (a loop the watchdog saw stall).
+/// URL), `loop:<name>` (a loop the watchdog saw stall) and `clock:<account>` (this host's clock
+/// far from RingCentral's).
 #[derive(Debug, Default)]
 pub struct Health {
     components: Mutex<BTreeMap<String, ComponentHealth>>,
@@ -167,6 +168,7 @@ pub fn render_health(health: &Health) -> (State, serde_json::Value) {
     let mut accounts = serde_json::Map::new();
     let mut hec = serde_json::Map::new();
     let mut loops = serde_json::Map::new();
+    let mut clocks = serde_json::Map::new();
     for (name, h) in &components {
         let value = serde_json::json!(h);
         if let Some(account) = name.strip_prefix("account:") {
@@ -177,6 +179,8 @@ pub fn render_health(health: &Health) -> (State, serde_json::Value) {
             hec.insert(url.to_string(), value);
         } else if let Some(l) = name.strip_prefix("loop:") {
             loops.insert(l.to_string(), value);
+        } else if let Some(a) = name.strip_prefix("clock:") {
+            clocks.insert(a.to_string(), value);
         }
     }
     (
@@ -186,6 +190,7 @@ pub fn render_health(health: &Health) -> (State, serde_json::Value) {
             "accounts": accounts,
             "hec": hec,
             "loops": loops,
+            "clocks": clocks,
             "components": components,
         }),
     )

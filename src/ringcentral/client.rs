@@ -6,10 +6,21 @@
 //! - 5xx, connection errors, unreadable bodies: back off with jitter, try again;
 //! - 401 on a search: get a new token once and retry;
 //! - token-endpoint refusals, 403 permission errors, 400/404 on a search: [`RcError`] for the
-//!   caller, which reports them as configuration problems of that account (never as "no records").
+//!   caller, which reports them as configuration problems of that account (never as "no records");
+//! - a 200 that is not a page (no `records` array): counted, logged with what was wrong, backed
+//!   off and tried again, like a 5xx (never "no records");
+//! - a body larger than [`MAX_RESPONSE_BYTES`]: read no further, [`RcError::TooLarge`] for the
+//!   pager, which asks again with smaller pages.
+//!
+//! The rate limiter, the token and the measured clock skew live in a [`Session`] that outlives
+//! the client: a config reload builds new clients but hands them the account's session, so a
+//! 429 penalty in progress is still honoured (a request during it would restart it).
 
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
+
+use chrono::TimeDelta;
 
 use reqwest::header::{AUTHORIZATION, HeaderValue};
 use reqwest::{Method, StatusCode};
@@ -17,10 +28,11 @@ use serde::de::DeserializeOwned;
 use tracing::{debug, warn};
 
 use super::auth::{AccessToken, JWT_GRANT, TokenResponse, explain_token_error};
+use super::clock::{LocalClock, server_date};
 use super::model::{ApiError, SearchPage, SearchRequest};
 use super::rate_limit::{Group, Observed, RateLimiter};
 use crate::config::{AccountConfig, Secret};
-use crate::retry::RetryPolicy;
+use crate::retry::{MAX_RETRY_AFTER, RetryPolicy, parse_seconds};
 use crate::telemetry::logging::error_chain;
 use crate::telemetry::{AccountStats, Health, State, Stats};
 
@@ -55,6 +67,27 @@ pub enum RcError {
         /// Code and message.
         detail: String,
     },
+    /// The answer was larger than [`MAX_RESPONSE_BYTES`]; it was not read further. The pager
+    /// asks again with smaller pages.
+    #[error(
+        "RingCentral sent a response larger than {limit} bytes for a page of {per_page} record(s); it was not read, and the window stays open (its cursor does not move) to be asked again"
+    )]
+    TooLarge {
+        /// The limit.
+        limit: usize,
+        /// The page size asked for.
+        per_page: u32,
+    },
+    /// The pages contradict their own paging information even after asking again (an empty
+    /// page while `paging` says more pages follow). The window stays open: its cursor does
+    /// not move, and the next poll asks again.
+    #[error(
+        "RingCentral's pages contradict its paging information ({detail}); the window stays open and is polled again"
+    )]
+    Inconsistent {
+        /// What disagreed.
+        detail: String,
+    },
     /// Transient failures persisted past the caller's attempt limit (only `once` sets one).
     #[error(
         "RingCentral unavailable after {attempts} attempts: {detail} (check server_url and the network path to RingCentral; the next poll tries again)"
@@ -70,7 +103,36 @@ pub enum RcError {
 impl RcError {
     /// True for problems an operator must fix (as opposed to an outage).
     pub fn is_config(&self) -> bool {
-        !matches!(self, RcError::Unavailable { .. })
+        !matches!(
+            self,
+            RcError::Unavailable { .. } | RcError::TooLarge { .. } | RcError::Inconsistent { .. }
+        )
+    }
+}
+
+/// The largest RingCentral answer read: 32 MiB, far above a page of 1,000 realistic records
+/// (about 2 MiB), so only a broken or hostile answer reaches it. Without a bound one 150 MB
+/// page took 314 MiB of memory.
+pub const MAX_RESPONSE_BYTES: usize = 32 << 20;
+
+/// What an account's RingCentral conversation keeps between clients (config reloads): the rate
+/// limiter, the access token and the clock skew. Shared by the account's clients in turn.
+#[derive(Debug, Default)]
+pub struct Session {
+    state: Mutex<SessionState>,
+}
+
+#[derive(Debug, Default)]
+struct SessionState {
+    limiter: RateLimiter,
+    token: Option<AccessToken>,
+    /// Local clock minus RingCentral's (`Date`), from the last answer.
+    skew: Option<TimeDelta>,
+}
+
+impl Session {
+    fn lock(&self) -> MutexGuard<'_, SessionState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -84,8 +146,11 @@ pub struct RcClient {
     client_id: String,
     client_secret: Secret,
     jwt: Secret,
-    token: Option<AccessToken>,
-    limiter: RateLimiter,
+    /// Limiter, token, skew: survive the client (see [`Session`]).
+    session: Arc<Session>,
+    clock: LocalClock,
+    /// Largest answer read (see [`MAX_RESPONSE_BYTES`]).
+    max_response_bytes: usize,
     retry: RetryPolicy,
     /// `None`: retry transient failures forever (the service); `Some(n)`: give up after n.
     max_attempts: Option<u32>,
@@ -121,8 +186,9 @@ impl RcClient {
             client_id: account.client_id.clone(),
             client_secret: account.client_secret.clone(),
             jwt: account.jwt.clone(),
-            token: None,
-            limiter: RateLimiter::default(),
+            session: Arc::default(),
+            clock: LocalClock::default(),
+            max_response_bytes: MAX_RESPONSE_BYTES,
             retry,
             max_attempts: None,
             acct: stats.account(&account.name),
@@ -135,6 +201,39 @@ impl RcClient {
     pub fn with_max_attempts(mut self, n: Option<u32>) -> Self {
         self.max_attempts = n;
         self
+    }
+
+    /// Continues `session` (another client's limiter, token and skew for the same account).
+    pub fn with_session(mut self, session: Arc<Session>) -> Self {
+        self.session = session;
+        self
+    }
+
+    /// Reads time from `clock` (tests shift it).
+    pub fn with_clock(mut self, clock: LocalClock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Reads answers up to `limit` bytes (default [`MAX_RESPONSE_BYTES`]).
+    pub fn with_max_response_bytes(mut self, limit: usize) -> Self {
+        self.max_response_bytes = limit;
+        self
+    }
+
+    /// Local clock minus RingCentral's, from the last answer's `Date` (`None` before any).
+    pub fn skew(&self) -> Option<TimeDelta> {
+        self.session.lock().skew
+    }
+
+    /// The clock this client measures skew with.
+    pub fn clock(&self) -> &LocalClock {
+        &self.clock
+    }
+
+    /// The backoff policy (the pager re-asks contradicting pages with it).
+    pub fn retry_policy(&self) -> RetryPolicy {
+        self.retry
     }
 
     /// Reports retries and rate-limit penalties as `Degraded` in `health` under `component`.
@@ -160,17 +259,56 @@ impl RcClient {
     }
 
     async fn access_token(&mut self) -> Result<Secret, RcError> {
-        if let Some(t) = &self.token {
+        let held = self.session.lock().token.clone();
+        if let Some(t) = held {
             if t.is_fresh() {
-                return Ok(t.value.clone());
+                return Ok(t.value);
             }
             debug!(account = %self.name, "access token due for renewal");
         }
         let token: TokenResponse = self.send(Body::Token).await?;
         let token = token.into_token();
         let value = token.value.clone();
-        self.token = Some(token);
+        self.session.lock().token = Some(token);
         Ok(value)
+    }
+
+    /// Records the skew between the local clock and RingCentral's `Date`.
+    fn observe_date(&self, headers: &reqwest::header::HeaderMap) {
+        let Some(date) = server_date(headers) else {
+            return;
+        };
+        let skew = self.clock.now() - date;
+        let before = self.session.lock().skew.replace(skew);
+        self.acct
+            .clock_skew_ms
+            .store(skew.num_milliseconds(), Ordering::Relaxed);
+        self.acct.clock_skew_seen.store(true, Ordering::Relaxed);
+        let big = |s: TimeDelta| s.abs() > super::clock::SKEW_DEGRADED;
+        if big(skew) && before.is_none_or(|b| !big(b)) {
+            warn!(account = %self.name, skew_s = skew.num_seconds(),
+                "this host's clock differs from RingCentral's by {}s; poll windows follow RingCentral's clock, but check the host's time service (chrony, systemd-timesyncd)", skew.num_seconds());
+        }
+    }
+
+    /// Reads a body up to the size limit, chunk by chunk, so an oversized answer never sits in
+    /// memory whole. `Ok(None)`: larger than the limit (not read further).
+    async fn read_body(
+        &self,
+        mut resp: reqwest::Response,
+    ) -> Result<Option<Vec<u8>>, reqwest::Error> {
+        let limit = self.max_response_bytes;
+        if resp.content_length().is_some_and(|n| n > limit as u64) {
+            return Ok(None);
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = resp.chunk().await? {
+            if body.len() + chunk.len() > limit {
+                return Ok(None);
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(Some(body))
     }
 
     /// Sends one request with rate limiting, retries and classification; returns the parsed 200
@@ -188,8 +326,11 @@ impl RcClient {
                 Body::Token => None,
                 Body::Search(_) => Some(Box::pin(self.access_token()).await?),
             };
-            crate::watchdog::waiting(self.limiter.delay(group));
-            let waited = self.limiter.wait(group).await;
+            let waited = self.session.lock().limiter.delay(group);
+            crate::watchdog::waiting(waited);
+            if !waited.is_zero() {
+                tokio::time::sleep(waited).await;
+            }
             crate::watchdog::beat();
             if !waited.is_zero() {
                 self.acct.rate_limit_wait(waited);
@@ -225,9 +366,41 @@ impl RcClient {
                 Ok(resp) => {
                     let status = resp.status();
                     self.acct.rc_response(status.as_u16());
-                    let observed = self.limiter.observe(group, status, resp.headers());
-                    let bytes = match resp.bytes().await {
-                        Ok(b) => b,
+                    let asked = resp
+                        .headers()
+                        .get("retry-after")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(parse_seconds);
+                    if status == StatusCode::TOO_MANY_REQUESTS
+                        && asked.is_some_and(|a| a > MAX_RETRY_AFTER)
+                    {
+                        warn!(account = %self.name, retry_after_s = asked.map(|a| a.as_secs()),
+                            "RingCentral asked to wait longer than {}; waiting {} instead (a longer wait would stop this account for no good reason)",
+                            humantime::format_duration(MAX_RETRY_AFTER), humantime::format_duration(MAX_RETRY_AFTER));
+                    }
+                    let observed =
+                        self.session
+                            .lock()
+                            .limiter
+                            .observe(group, status, resp.headers());
+                    self.observe_date(resp.headers());
+                    let bytes = match self.read_body(resp).await {
+                        Ok(Some(b)) => b,
+                        Ok(None) => {
+                            Stats::add(&self.acct.rc_too_large, 1);
+                            let limit = self.max_response_bytes;
+                            if let Body::Search(req) = &body {
+                                warn!(account = %self.name, limit, per_page = req.per_page,
+                                    "RingCentral sent more than {limit} bytes for one page; not reading it. Asking again with smaller pages");
+                                return Err(RcError::TooLarge {
+                                    limit,
+                                    per_page: req.per_page,
+                                });
+                            }
+                            let d = format!("the response was larger than {limit} bytes");
+                            self.give_up_or_wait(&mut backoff, &d).await?;
+                            continue;
+                        }
                         Err(e) => {
                             let d = format!("reading the response failed: {}", e.without_url());
                             self.give_up_or_wait(&mut backoff, &d).await?;
@@ -237,7 +410,10 @@ impl RcClient {
                     match self.classify(&body, status, &bytes, observed, &mut refreshed)? {
                         Next::Done => match serde_json::from_slice::<T>(&bytes) {
                             Ok(parsed) => return Ok(parsed),
-                            Err(e) => format!("HTTP 200 with an unreadable body: {e}"),
+                            Err(e) => {
+                                Stats::add(&self.acct.rc_malformed, 1);
+                                self.malformed(&body, &bytes, &e)
+                            }
                         },
                         Next::Again => continue,
                         Next::RateLimited => {
@@ -299,7 +475,7 @@ impl RcClient {
             Body::Search(_) if status == StatusCode::UNAUTHORIZED && !*refreshed => {
                 debug!(account = %self.name, code = err.code().unwrap_or("-"), "access token refused; getting a new one");
                 *refreshed = true;
-                self.token = None;
+                self.session.lock().token = None;
                 Ok(Next::Again)
             }
             Body::Search(_) if status == StatusCode::UNAUTHORIZED => Err(RcError::Credentials {
@@ -340,9 +516,25 @@ impl RcClient {
         Ok(())
     }
 
+    /// What was wrong with a 200 that did not parse, for the log: the parser's complaint, any
+    /// error RingCentral put in the body, and (searches only: token answers hold secrets) the
+    /// start of the body.
+    fn malformed(&self, body: &Body<'_>, bytes: &[u8], e: &serde_json::Error) -> String {
+        let mut d = format!("HTTP 200 that is not a usable answer ({e})");
+        let err = ApiError::parse(bytes);
+        if err.code().is_some() || err.message.is_some() {
+            d.push_str(&format!("; RingCentral said: {}", err.describe()));
+        }
+        if let Body::Search(_) = body {
+            let start = String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned();
+            d.push_str(&format!("; body starts {start:?}"));
+        }
+        d
+    }
+
     /// Time until the account's next request of `group` may go out (for `check` and tests).
     pub fn rate_limit_delay(&mut self, group: Group) -> Duration {
-        self.limiter.delay(group)
+        self.session.lock().limiter.delay(group)
     }
 }
 

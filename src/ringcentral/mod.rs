@@ -7,6 +7,7 @@
 
 pub mod auth;
 pub mod client;
+pub mod clock;
 pub mod model;
 pub mod poller;
 pub mod rate_limit;

@@ -22,18 +22,17 @@ pub struct SearchRequest {
 }
 
 /// One page of search results. Records stay raw: they are forwarded byte for byte.
+///
+/// `records` is required and must be an array: a 200 without it (`{}`, `{"errors":[...]}`,
+/// `null`, a wrong type) does not parse, so it is a failed request (retried), never "no
+/// records". Reading such an answer as an empty page once moved a cursor over a day of records.
 #[derive(Debug, Deserialize)]
 pub struct SearchPage {
-    /// The records of this page (possibly empty; `null` counts as empty).
-    #[serde(default, deserialize_with = "null_as_empty")]
+    /// The records of this page (possibly empty, but present).
     pub records: Vec<Box<RawValue>>,
     /// Paging information; may be missing.
     #[serde(default)]
     pub paging: Option<Paging>,
-}
-
-fn null_as_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Box<RawValue>>, D::Error> {
-    Ok(Option::<Vec<Box<RawValue>>>::deserialize(d)?.unwrap_or_default())
 }
 
 /// `paging` of a search response. Every field may be missing.
@@ -134,10 +133,27 @@ mod tests {
         let p: SearchPage = serde_json::from_slice(body).unwrap();
         assert_eq!(p.records[0].get(), r#"{"id":"a","x": [1, 2]}"#);
         assert_eq!(p.paging.unwrap().total_found, Some(2));
-        let p: SearchPage = serde_json::from_slice(b"{}").unwrap();
+        let p: SearchPage = serde_json::from_slice(br#"{"records":[]}"#).unwrap();
         assert!(p.records.is_empty() && p.paging.is_none());
-        let p: SearchPage = serde_json::from_slice(br#"{"records":null}"#).unwrap();
-        assert!(p.records.is_empty(), "null records are an empty page");
+    }
+
+    #[test]
+    fn an_answer_without_a_records_array_is_not_a_page() {
+        for body in [
+            &b"{}"[..],
+            br#"{"errors":[{"errorCode":"CMN-201","message":"later"}]}"#,
+            br#"{"records":null}"#,
+            br#"{"records":{}}"#,
+            br#"{"records":"x","paging":{}}"#,
+            b"null",
+            br#"{"records":[],"paging":{"totalFound":"many"}}"#,
+        ] {
+            assert!(
+                serde_json::from_slice::<SearchPage>(body).is_err(),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
     }
 
     #[test]

@@ -1,9 +1,19 @@
 //! One account's poller: windows, pages, spool commits.
 //!
 //! Each poll covers `[cursor - overlap, now - settle_delay]` (the first from
-//! `now - initial_lookback`, never more than 180 days back), fetched page by page until a short or
-//! empty page. Record order is undocumented (the simulator returns newest first), so a window is
-//! complete only when all its pages are in: every page's records are committed as they arrive,
+//! `now - initial_lookback`, never more than 180 days back), fetched page by page until the
+//! paging information says the window is done. "Now" is RingCentral's clock (see
+//! [`super::clock`]): a cursor is never committed past it, and one found ahead of it (left by a
+//! clock that jumped) is pulled back.
+//!
+//! A window is complete only when its pages prove it: an empty page while `paging` says more
+//! pages follow is asked again, then the window is left open (cursor not moved) with a warning.
+//! A window whose pages are complete but hold fewer records than `totalFound` says is committed
+//! with a warning (RingCentral's count can be off by one); only a window holding more than one
+//! search can return is split, and never below [`MIN_SPLIT`].
+//!
+//! Record order is undocumented (the simulator returns newest first), so a window is complete
+//! only when all its pages are in: every page's records are committed as they arrive,
 //! and the cursor moves to the window's end only in the same transaction as the last page. A crash
 //! mid-window re-polls the window; the spool's id dedup absorbs the repeats. The overlap catches
 //! records that become visible after a poll whose window already covered their `eventTime`.
@@ -18,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use super::client::{RcClient, RcError};
+use super::clock::{SKEW_DEGRADED, rc_now};
 use super::model::{SearchPage, SearchRequest};
 use crate::config::{MAX_LOOKBACK, PollConfig};
 use crate::spool::{NewRecord, Spool, SpoolError};
@@ -28,6 +39,12 @@ use crate::transform::{Transformer, inspect_record, rfc3339_millis};
 pub const TOTAL_FOUND_WARNING: u64 = 9_000;
 /// The API holds at most this many records per account.
 pub const API_RECORD_LIMIT: u64 = 10_000;
+/// The shortest window split in two: a window of a second holding more than 10,000 records is
+/// not a real account, and halving down to a millisecond cost 1,029 searches in 40 s once.
+pub const MIN_SPLIT: TimeDelta = TimeDelta::seconds(1);
+/// How often an empty page that `paging` contradicts is asked again before the window is left
+/// open.
+pub const PAGE_RECHECKS: u32 = 2;
 
 /// Why a poll failed.
 #[derive(Debug, thiserror::Error)]
@@ -121,10 +138,38 @@ impl Poller {
         }
         let account = self.account.clone();
         let cursor = self.spool.run(move |s| s.cursor(&account)).await?;
-        match next_window(cursor, Utc::now(), &self.poll) {
+        // RingCentral's clock bounds the window; before its first answer, get a token (whose
+        // answer carries a `Date`) so even the first window is measured.
+        if self.client.skew().is_none() {
+            self.client.authenticate().await?;
+        }
+        self.report_skew();
+        let now = self.rc_now();
+        let cursor = cursor.map(|c| self.pull_back(c, now));
+        match next_window(cursor, now, &self.poll) {
             Some((from, to)) => self.poll_range(from, to).await,
             None => Ok(WindowOutcome::NotDue),
         }
+    }
+
+    /// RingCentral's now, by the local clock corrected for the measured skew.
+    fn rc_now(&self) -> DateTime<Utc> {
+        rc_now(self.client.clock().now(), self.client.skew())
+    }
+
+    /// A cursor ahead of RingCentral's clock (left by a local clock that ran ahead and was
+    /// corrected) would skip every record until RingCentral's clock caught up: pull it back to
+    /// where a window would end now, so the next window (with its overlap) covers the records.
+    fn pull_back(&self, cursor: i64, now: DateTime<Utc>) -> i64 {
+        let end = (now - delta(self.poll.settle_delay)).timestamp_millis();
+        if cursor <= end {
+            return cursor;
+        }
+        Stats::add(&self.acct.cursors_pulled_back, 1);
+        warn!(account = %self.account, cursor = %DateTime::<Utc>::from_timestamp_millis(cursor).map(rfc3339_millis).unwrap_or_default(), ringcentral_now = %rfc3339_millis(now),
+            "the cursor is {}s ahead of RingCentral's clock (this host's clock was ahead when it was saved); pulling it back so no record is skipped",
+            (cursor - end) / 1000);
+        end
     }
 
     /// Polls `[from, to]` completely and moves the cursor to `to`.
@@ -167,27 +212,42 @@ impl Poller {
         let (from_ms, to_ms) = (from.timestamp_millis(), to.timestamp_millis());
         let mut pager = Pager::new(&self.account, from, to, &self.poll);
         let (mut records, mut inserted) = (0usize, 0usize);
-        while let Some((page, last)) = pager.next(&mut self.client, &self.stats).await? {
-            // Too many records for one search, or the pages ran out before `totalFound`:
-            // halve the window (each half commits its own end) rather than move the cursor past
-            // records never fetched. A window under 2 ms cannot be split; say so loudly.
-            let splittable = to_ms - from_ms >= 2;
-            if pager.incomplete()
-                && splittable
-                && (last || pager.found.is_some_and(|f| f > API_RECORD_LIMIT))
-            {
+        loop {
+            let next = match pager.next(&mut self.client, &self.stats).await {
+                Ok(next) => next,
+                Err(e @ RcError::Inconsistent { .. }) => {
+                    Stats::add(&self.acct.windows_unproven, 1);
+                    warn!(account = %self.account, from = %rfc3339_millis(from), to = %rfc3339_millis(to),
+                        "window left open, its cursor not moved: {e}");
+                    return Err(e.into());
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let Some((page, last)) = next else { break };
+            // Too many records for one search (`totalFound` above the limit, or the page budget
+            // spent with records left): halve the window (each half commits its own end) rather
+            // than move the cursor past records never fetched. Not below `MIN_SPLIT`.
+            let splittable = to - from >= MIN_SPLIT;
+            if pager.needs_split() && splittable {
                 info!(account = %self.account, total_found = pager.found, fetched = pager.fetched,
                     "a poll window holds more than one search can return: splitting it in two");
                 return self.fetch_split(from, to, live, (records, inserted)).await;
             }
-            if last && pager.incomplete() {
+            if last && pager.needs_split() {
                 warn!(account = %self.account, total_found = pager.found, fetched = pager.fetched,
-                    "RingCentral reported more records than it returned for a window too small to split: some may be missing");
+                    "RingCentral reported more records than one search returns for a window too short to split: some may be missing; lower poll.interval");
+            } else if last && pager.count_mismatch() {
+                Stats::add(&self.acct.windows_count_mismatch, 1);
+                warn!(account = %self.account, total_found = pager.found, fetched = pager.fetched,
+                    from = %rfc3339_millis(from), to = %rfc3339_millis(to),
+                    "RingCentral's pages for this window are complete but hold fewer records than its totalFound; committing the window (its count can be off). If this repeats, compare with RingCentral's admin portal");
             }
             let n = page.records.len();
             let batch = new_records(&self.transformer, &page);
             let account = self.account.clone();
-            let cursor = (last && live).then_some(to_ms);
+            // Never past RingCentral's now (the window was bounded by it; this guards the
+            // first window, measured while it ran).
+            let cursor = (last && live).then(|| to_ms.min(self.rc_now().timestamp_millis()));
             let done = self
                 .spool
                 .run(move |s| s.enqueue_page(&account, &batch, cursor))
@@ -372,6 +432,27 @@ impl Poller {
         Some(wait)
     }
 
+    /// Shows a clock skew above [`SKEW_DEGRADED`] as a degraded `clock:<account>` in
+    /// `/healthz` (windows are corrected, but the host's time service needs a look).
+    fn report_skew(&self) {
+        let component = format!("clock:{}", self.account);
+        match self.client.skew() {
+            Some(s) if s.abs() > SKEW_DEGRADED => {
+                let reason = format!(
+                    "this host's clock is {}s {} RingCentral's (its Date header): poll windows follow RingCentral's clock, but fix the host's time service (chrony, systemd-timesyncd)",
+                    s.num_seconds().abs(),
+                    if s > TimeDelta::zero() {
+                        "ahead of"
+                    } else {
+                        "behind"
+                    }
+                );
+                self.health.set(&component, State::Degraded, Some(reason));
+            }
+            _ => self.health.remove(&component),
+        }
+    }
+
     /// Polls one piece of this account's oldest waiting backfill job (see
     /// [`crate::spool::backfill`]); true when a piece was done (so the caller asks again).
     /// Failures are left for the next round: the live poll reports the account's problems.
@@ -449,9 +530,16 @@ pub fn next_window(
     (from < to).then_some((from, to))
 }
 
-/// Pages through one search window: page 1, 2, ... until a short or empty page (or the most
-/// pages the API's 10,000-record limit allows). Shared by live polling, backfill and the dry
-/// run, so all three see the same records the same way.
+/// Pages through one search window: page 1, 2, ... until the paging information says the
+/// window is done (or the most pages the API's 10,000-record limit allows). Shared by live
+/// polling, backfill and the dry run, so all three see the same records the same way.
+///
+/// What ends a window: an empty page that nothing contradicts; a short page when neither
+/// `paging.total` nor `totalFound` says more follow; the page budget. An empty page while
+/// `paging.total` (or, without it, `totalFound` after a full page) says more follow is asked
+/// again ([`PAGE_RECHECKS`] times, backing off); still empty, it is [`RcError::Inconsistent`]
+/// and the window stays open. An answer too large to read is asked again with pages half the
+/// size, from the same record on.
 pub struct Pager {
     account: String,
     req: SearchRequest,
@@ -462,6 +550,14 @@ pub struct Pager {
     found: Option<u64>,
     /// Records received so far.
     fetched: u64,
+    /// The last page was taken because the page budget ran out, not because paging said so.
+    budget_spent: bool,
+    /// Page 1 was full: with `totalFound` above the API's limit, the window really is too big.
+    first_full: bool,
+    /// The previous page was full (true before page 1): without `paging.total`, an empty page
+    /// after a full one contradicts a `totalFound` not yet reached; after a short one it is the
+    /// end, and `totalFound` is just off.
+    prev_full: bool,
 }
 
 impl Pager {
@@ -479,19 +575,30 @@ impl Pager {
                 include_hidden: poll.include_hidden,
             },
             page_size,
-            max_pages: (API_RECORD_LIMIT / page_size as u64) as u32 + 2,
+            max_pages: max_pages(page_size),
             done: false,
             found: None,
             fetched: 0,
+            budget_spent: false,
+            first_full: false,
+            prev_full: true,
         }
     }
 
-    /// True when the window holds more records than one search can return (`totalFound` above
-    /// the API's limit), or when paging ended before `totalFound` records arrived: the window
-    /// must be split, not committed.
-    pub fn incomplete(&self) -> bool {
-        self.found
-            .is_some_and(|f| f > API_RECORD_LIMIT || (self.done && self.fetched < f))
+    /// True when the window holds more records than one search can return: `totalFound` above
+    /// the API's limit with a full first page, or the page budget spent with records left. Such
+    /// a window is split. (A `totalFound` that is merely off never splits a window: halving
+    /// down to a millisecond once made 1,029 searches in 40 s.)
+    pub fn needs_split(&self) -> bool {
+        self.found.is_some_and(|f| {
+            (f > API_RECORD_LIMIT && self.first_full)
+                || (self.done && self.budget_spent && self.fetched < f)
+        })
+    }
+
+    /// True when paging ended (proven by the pages) with fewer records than `totalFound`.
+    pub fn count_mismatch(&self) -> bool {
+        self.done && !self.needs_split() && self.found.is_some_and(|f| self.fetched < f)
     }
 
     /// Pages fetched so far (the page number of the last one).
@@ -503,6 +610,17 @@ impl Pager {
         }
     }
 
+    /// Halves the page size after an answer too large to read, keeping the position: the next
+    /// page starts at or before the first record of the refused one.
+    fn shrink(&mut self) {
+        let offset = u64::from(self.req.page - 1) * u64::from(self.req.per_page);
+        let size = (self.req.per_page / 2).max(1);
+        self.req.per_page = size;
+        self.page_size = size;
+        self.req.page = u32::try_from(offset / u64::from(size) + 1).unwrap_or(u32::MAX);
+        self.max_pages = max_pages(size);
+    }
+
     /// The next page and whether it is the window's last; `None` once the last was returned.
     pub async fn next(
         &mut self,
@@ -512,7 +630,47 @@ impl Pager {
         if self.done {
             return Ok(None);
         }
-        let page = client.search(&self.req).await?;
+        let mut recheck = client.retry_policy().backoff();
+        let page = loop {
+            let page = match client.search(&self.req).await {
+                Err(RcError::TooLarge { .. }) if self.req.per_page > 1 => {
+                    self.shrink();
+                    continue;
+                }
+                other => other?,
+            };
+            let paging = page.paging.as_ref();
+            let total = paging.and_then(|p| p.total);
+            let found = if self.req.page == 1 {
+                paging.and_then(|p| p.total_found)
+            } else {
+                self.found
+            };
+            let pages_left = total.is_some_and(|t| u64::from(self.req.page) < t);
+            let records_left = found.is_some_and(|f| self.fetched < f);
+            let contradicts = pages_left || (total.is_none() && records_left && self.prev_full);
+            if page.records.is_empty() && contradicts {
+                let what = format!(
+                    "page {} of {} was empty, totalFound {}, {} records received before it",
+                    self.req.page,
+                    total.map_or_else(|| "?".into(), |t| t.to_string()),
+                    found.map_or_else(|| "absent".into(), |f| f.to_string()),
+                    self.fetched
+                );
+                if recheck.attempts() < PAGE_RECHECKS {
+                    let delay = recheck.next_delay(None);
+                    warn!(account = %self.account, from = %self.req.event_time_from, to = %self.req.event_time_to,
+                        "RingCentral's page contradicts its paging ({what}); asking again");
+                    crate::watchdog::waiting(delay);
+                    tokio::time::sleep(delay).await;
+                    continue;
+                }
+                return Err(RcError::Inconsistent {
+                    detail: format!("{what}, {} times", PAGE_RECHECKS + 1),
+                });
+            }
+            break page;
+        };
         if self.req.page == 1 {
             let found = page.paging.as_ref().and_then(|p| p.total_found);
             if let Some(found) = found.filter(|f| *f >= TOTAL_FOUND_WARNING) {
@@ -520,12 +678,14 @@ impl Pager {
                 warn!(account = %self.account, total_found = found, from = %self.req.event_time_from, to = %self.req.event_time_to,
                     "a poll window holds {found} records; the API returns at most {API_RECORD_LIMIT} and may have lost records upstream: lower poll.interval");
             }
-        }
-        if self.req.page == 1 {
-            self.found = page.paging.as_ref().and_then(|p| p.total_found);
+            self.found = found;
         }
         let n = page.records.len();
         self.fetched += n as u64;
+        self.prev_full = n >= self.page_size as usize;
+        if self.req.page == 1 {
+            self.first_full = self.prev_full;
+        }
         // A short page ends the window only if `paging` agrees: RingCentral may serve fewer
         // records per page than asked (that it clamps `perPage` is undocumented), and stopping
         // there would leave the window's later pages unread while its cursor moves on.
@@ -535,10 +695,11 @@ impl Pager {
             .and_then(|p| p.total)
             .is_some_and(|total| u64::from(self.req.page) < total);
         let records_left = self.found.is_some_and(|f| self.fetched < f);
+        self.budget_spent = self.req.page >= self.max_pages;
         let last = n == 0
             || (n < self.page_size as usize && !pages_left && !records_left)
-            || self.req.page >= self.max_pages;
-        if last && n >= self.page_size as usize {
+            || self.budget_spent;
+        if last && self.budget_spent && n >= self.page_size as usize {
             warn!(account = %self.account, pages = self.req.page,
                 "RingCentral kept returning full pages past its {API_RECORD_LIMIT}-record limit; treating this page as the last. Lower poll.interval so windows hold fewer records");
         }
@@ -549,6 +710,11 @@ impl Pager {
         }
         Ok(Some((page, last)))
     }
+}
+
+/// The most pages one search window may take: the API's limit in pages, plus two.
+fn max_pages(page_size: u32) -> u32 {
+    u32::try_from(API_RECORD_LIMIT / u64::from(page_size.max(1))).unwrap_or(u32::MAX) + 2
 }
 
 /// A page's records as spool rows: each transformed into its HEC event (a record without a

@@ -4,6 +4,7 @@
 //! blindly can lock itself out for good. The limiter therefore blocks *every* request of the
 //! account until `Retry-After` (30 s when absent) has passed after a 429, and blocks a group once
 //! its `X-Rate-Limit-Remaining` reaches 0 until a full `X-Rate-Limit-Window` has passed.
+//! A `Retry-After` above [`MAX_RETRY_AFTER`] (15 minutes) is capped to it.
 
 use std::time::Duration;
 
@@ -11,7 +12,7 @@ use reqwest::StatusCode;
 use reqwest::header::HeaderMap;
 use tokio::time::Instant;
 
-use crate::retry::parse_seconds;
+use crate::retry::{MAX_RETRY_AFTER, parse_seconds};
 
 /// The penalty assumed when a 429 carries no `Retry-After`.
 pub const DEFAULT_PENALTY: Duration = Duration::from_secs(30);
@@ -90,7 +91,7 @@ impl RateLimiter {
         if status == StatusCode::TOO_MANY_REQUESTS {
             let penalty = header("retry-after")
                 .unwrap_or(DEFAULT_PENALTY)
-                .max(MIN_PENALTY);
+                .clamp(MIN_PENALTY, MAX_RETRY_AFTER);
             self.penalty_until = Some(now + penalty);
             return Observed::Penalty(penalty);
         }
@@ -137,6 +138,16 @@ mod tests {
             &HeaderMap::new(),
         );
         assert_eq!(l.delay(Group::Heavy), DEFAULT_PENALTY);
+        let o = l.observe(
+            Group::Heavy,
+            StatusCode::TOO_MANY_REQUESTS,
+            &headers(&[("retry-after", "1000000000")]),
+        );
+        assert_eq!(
+            o,
+            Observed::Penalty(MAX_RETRY_AFTER),
+            "a silly Retry-After is capped"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -179,6 +179,17 @@ pub struct RcFaults {
     /// Serve at most this many records per page whatever `perPage` asks, with `paging` telling
     /// the truth: whether the real API clamps or rejects a large `perPage` is undocumented.
     pub clamp_per_page: Option<u64>,
+    /// Answer the next searches (that pass the token and rate-limit checks) with exactly these
+    /// statuses and bytes, one each, in order: `200 {}`, `200 {"errors":[...]}`, a huge body.
+    pub raw_search_replies: std::collections::VecDeque<(u16, Vec<u8>)>,
+    /// Answer the next N searches for page 2 or later with no records while `paging` still
+    /// tells the truth about the window (counts down): a page lost in the middle.
+    pub empty_pages: u32,
+    /// Leave `totalFound` out of `paging` (the API allows it).
+    pub omit_total_found: bool,
+    /// Report this many more records in `totalFound` than the window holds (`total`, the page
+    /// count, follows the real count).
+    pub total_found_extra: u64,
 }
 
 /// One request the simulator received, for tests to assert on what a client did.
@@ -968,6 +979,18 @@ fn search_outcome(
                 if let Some(clamp) = state.faults.clamp_per_page {
                     query.per_page = query.per_page.min(clamp.max(1));
                 }
+                if let Some((status, bytes)) = state.faults.raw_search_replies.pop_front() {
+                    let status =
+                        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                    outcome.reply = with_headers(Reply::raw_json(status, bytes), limits);
+                    return outcome;
+                }
+                query.lose_page = query.page >= 2 && state.faults.empty_pages > 0;
+                if query.lose_page {
+                    state.faults.empty_pages -= 1;
+                }
+                query.omit_total_found = state.faults.omit_total_found;
+                query.total_found_extra = state.faults.total_found_extra;
                 let matching: Vec<Arc<RawValue>> = state
                     .records
                     .get(&account)
@@ -995,6 +1018,12 @@ struct SearchQuery {
     per_page: u64,
     action_ids: Option<HashSet<String>>,
     exclude_action_ids: HashSet<String>,
+    /// Fault: serve this page empty (paging unchanged).
+    lose_page: bool,
+    /// Fault: no `totalFound`.
+    omit_total_found: bool,
+    /// Fault: `totalFound` this much too high.
+    total_found_extra: u64,
 }
 
 /// The search response.
@@ -1011,7 +1040,8 @@ struct Paging {
     page: u64,
     per_page: u64,
     total: u64,
-    total_found: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    total_found: Option<u64>,
 }
 
 impl SearchQuery {
@@ -1066,6 +1096,9 @@ impl SearchQuery {
             per_page: number("perPage", 100, 1..=MAX_PER_PAGE)?,
             action_ids: ids("actionIds")?,
             exclude_action_ids: ids("excludeActionIds")?.unwrap_or_default(),
+            lose_page: false,
+            omit_total_found: false,
+            total_found_extra: 0,
         })
     }
 
@@ -1089,6 +1122,7 @@ impl SearchQuery {
             .iter()
             .skip(usize::try_from(start).unwrap_or(usize::MAX))
             .take(usize::try_from(self.per_page).unwrap_or(usize::MAX))
+            .take(if self.lose_page { 0 } else { usize::MAX })
             .map(|r| r.as_ref())
             .collect();
         let page = SearchPage {
@@ -1097,7 +1131,7 @@ impl SearchQuery {
                 page: self.page,
                 per_page: self.per_page,
                 total: found.div_ceil(self.per_page),
-                total_found: found,
+                total_found: (!self.omit_total_found).then_some(found + self.total_found_extra),
             },
         };
         match serde_json::to_vec(&page) {

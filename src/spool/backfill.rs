@@ -85,6 +85,46 @@ impl Spool {
 }
 
 impl Spool {
+    /// Forgets that `[from_ms, to_ms]` of `account` was backfilled, so the next backfill of it
+    /// polls it again (`backfill --again`: a re-sweep for records RingCentral showed late).
+    /// Intervals reaching outside the range keep their outside parts.
+    pub fn backfill_forget(
+        &self,
+        account: &str,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<(), SpoolError> {
+        let mut conn = self.conn();
+        conn.execute_batch(SCHEMA)?;
+        let tx = conn.transaction()?;
+        let overlapping: Vec<(i64, i64)> = {
+            let mut stmt = tx.prepare(
+                "SELECT from_ms, to_ms FROM backfill_done
+                 WHERE account = ?1 AND from_ms < ?3 AND to_ms > ?2",
+            )?;
+            stmt.query_map(params![account, from_ms, to_ms], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?
+            .collect::<Result<_, _>>()?
+        };
+        for (lo, hi) in overlapping {
+            tx.execute(
+                "DELETE FROM backfill_done WHERE account = ?1 AND from_ms = ?2",
+                params![account, lo],
+            )?;
+            for (a, b) in [(lo, from_ms.min(hi)), (to_ms.max(lo), hi)] {
+                if a < b {
+                    tx.execute(
+                        "INSERT INTO backfill_done(account, from_ms, to_ms) VALUES (?1, ?2, ?3)",
+                        params![account, a, b],
+                    )?;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Asks the service to backfill `[from_ms, to_ms]` of `account` (a no-op if the same job is
     /// already waiting).
     pub fn backfill_request(
@@ -226,6 +266,20 @@ mod tests {
         s.backfill_mark("acme", 10, 25).unwrap();
         assert_eq!(s.backfill_next("acme", 10).unwrap(), None);
         assert!(s.backfill_jobs().unwrap().is_empty());
+    }
+
+    #[test]
+    fn forgetting_a_range_keeps_what_lies_outside_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Spool::open(dir.path()).unwrap();
+        s.backfill_mark("acme", 0, 100).unwrap();
+        s.backfill_mark("acme", 200, 300).unwrap();
+        s.backfill_mark("other", 0, 300).unwrap();
+        s.backfill_forget("acme", 50, 250).unwrap();
+        assert_eq!(s.backfill_done("acme").unwrap(), vec![(0, 50), (250, 300)]);
+        assert_eq!(s.backfill_done("other").unwrap(), vec![(0, 300)]);
+        s.backfill_forget("acme", -10, 400).unwrap();
+        assert!(s.backfill_done("acme").unwrap().is_empty());
     }
 
     #[test]

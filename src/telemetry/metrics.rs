@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use super::{Health, State, Stats};
@@ -33,6 +33,21 @@ pub struct AccountStats {
     pub last_poll_ms: AtomicI64,
     /// RingCentral answers by HTTP status (0 = no answer: timeout, refused, TLS).
     pub rc_responses: Mutex<BTreeMap<u16, u64>>,
+    /// 200 answers that were not a usable page or token (no `records` array...), retried.
+    pub rc_malformed: AtomicU64,
+    /// Answers larger than the response size limit, not read.
+    pub rc_too_large: AtomicU64,
+    /// Windows left open because their pages contradicted `paging` (cursor not moved).
+    pub windows_unproven: AtomicU64,
+    /// Windows committed although `totalFound` disagreed with the records the complete pages
+    /// held.
+    pub windows_count_mismatch: AtomicU64,
+    /// Cursors found ahead of RingCentral's clock and pulled back.
+    pub cursors_pulled_back: AtomicU64,
+    /// Local clock minus RingCentral's (`Date` header), from the last answer, in ms.
+    pub clock_skew_ms: AtomicI64,
+    /// Whether `clock_skew_ms` has been measured.
+    pub clock_skew_seen: AtomicBool,
 }
 
 impl AccountStats {
@@ -164,6 +179,31 @@ const ACCOUNT_COUNTERS: &[AccountCounter] = &[
         |a| &a.windows_completed,
     ),
     (
+        "rc_malformed_responses_total",
+        "RingCentral 200 answers that were not a usable page (no records array, wrong types), retried.",
+        |a| &a.rc_malformed,
+    ),
+    (
+        "rc_responses_too_large_total",
+        "RingCentral answers larger than the size limit, not read (asked again with smaller pages).",
+        |a| &a.rc_too_large,
+    ),
+    (
+        "windows_unproven_total",
+        "Windows left open (cursor not moved) because pages contradicted RingCentral's paging.",
+        |a| &a.windows_unproven,
+    ),
+    (
+        "windows_count_mismatch_total",
+        "Windows committed with complete pages although totalFound disagreed with the records.",
+        |a| &a.windows_count_mismatch,
+    ),
+    (
+        "cursors_pulled_back_total",
+        "Cursors found ahead of RingCentral's clock and pulled back.",
+        |a| &a.cursors_pulled_back,
+    ),
+    (
         "rc_rate_limit_waits_total",
         "Requests that waited for the account's RingCentral rate limit (spent budget or 429 penalty).",
         |a| &a.rate_limit_waits,
@@ -251,6 +291,23 @@ pub fn render_metrics(input: &MetricsInput<'_>) -> String {
                 "rc_responses_total",
                 &[("account", account), ("status", &status)],
                 n as f64,
+            );
+        }
+    }
+    family(
+        &mut out,
+        "clock_skew_seconds",
+        "This host's clock minus RingCentral's (Date header of the last answer); absent until measured.",
+        "gauge",
+    );
+    for (account, a) in &accounts {
+        if a.clock_skew_seen.load(Ordering::Relaxed) {
+            let ms = a.clock_skew_ms.load(Ordering::Relaxed);
+            sample(
+                &mut out,
+                "clock_skew_seconds",
+                &[("account", account)],
+                ms as f64 / 1000.0,
             );
         }
     }
