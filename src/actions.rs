@@ -346,7 +346,7 @@ async fn read_account(
             windows.push((a, mid));
             continue;
         }
-        complete &= !pager.incomplete();
+        complete &= !(pager.needs_split() || pager.count_mismatch());
         for raw in &window {
             total.add(raw.get());
         }
