@@ -104,6 +104,7 @@ impl Pipeline {
     /// Opens the spool in `config.spool.dir` and prepares the clients.
     pub fn open(config: Config, options: Options) -> Result<Pipeline, AppError> {
         let spool = Spool::open(&config.spool.dir)?;
+        spool.set_min_free_bytes(config.spool.min_free_bytes);
         let rc_http = ringcentral_http(options.rc_timeout)?;
         Ok(Pipeline {
             config,
@@ -195,11 +196,11 @@ impl Pipeline {
                 None => report
                     .account_errors
                     .push((name, "interrupted".into(), false)),
-                Some(Ok(WindowOutcome::SpoolFull { used })) => report.account_errors.push((
-                    name,
-                    format!("spool full ({used} bytes): not polled"),
-                    false,
-                )),
+                Some(Ok(WindowOutcome::SpoolFull { reason })) => {
+                    report
+                        .account_errors
+                        .push((name, format!("{reason}: not polled"), false))
+                }
                 Some(Ok(_)) => report.accounts_polled += 1,
                 Some(Err(e)) => {
                     let config = matches!(&e, PollError::RingCentral(rc) if rc.is_config());

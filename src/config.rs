@@ -200,6 +200,9 @@ pub struct SpoolConfig {
     pub dir: PathBuf,
     /// Polling pauses when the spool file reaches this size.
     pub max_bytes: u64,
+    /// Polling pauses when the spool's filesystem has less than this free (plus the delivery
+    /// reserve while it is used), so delivery keeps room to delete on a full disk.
+    pub min_free_bytes: u64,
 }
 
 /// The admin HTTP endpoint.
@@ -664,7 +667,14 @@ impl Validator<'_> {
             accounts,
             poll,
             hec,
-            spool: SpoolConfig { dir, max_bytes },
+            spool: SpoolConfig {
+                dir,
+                max_bytes,
+                min_free_bytes: raw
+                    .spool
+                    .min_free_bytes
+                    .map_or(crate::spool::DEFAULT_MIN_FREE_BYTES, |b| b.0),
+            },
             admin: AdminConfig { listen },
             log: LogConfig {
                 format: raw.log.format,
@@ -879,6 +889,8 @@ struct RawSpool {
     dir: Option<PathBuf>,
     #[serde(default)]
     max_bytes: ByteSize,
+    #[serde(default)]
+    min_free_bytes: Option<ByteSize>,
 }
 
 #[derive(Deserialize, Default)]

@@ -284,6 +284,21 @@ async fn run_serves_admin_refuses_a_second_instance_and_stops_on_sigterm() {
         "{}",
         text(&out)
     );
+    // Deleting spool.lock does not let a second `run` in (it once did: 1,440 duplicates of
+    // 2,000): the state directory itself is locked, and the holder is still named.
+    std::fs::remove_file(w.dir.path().join("state").join("spool.lock")).unwrap();
+    let mut second = bin();
+    second.arg("--config").arg(&cfg).arg("run");
+    let out = run(second).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!(
+            "in use by another rc-audit-hec process (pid {})",
+            child.id()
+        )),
+        "{}",
+        text(&out)
+    );
 
     let killed = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])

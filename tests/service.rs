@@ -560,3 +560,54 @@ async fn under_journald_every_line_carries_its_syslog_priority() {
     }
     assert!(lines.iter().any(|l| l.starts_with("<4>")), "{logged}");
 }
+
+/// `spool.db` deleted under the running service (it once went unnoticed, `/healthz` 200):
+/// the spool shows failing with what to do, and polling pauses (records written into the
+/// unlinked file would vanish at exit) while delivery goes on.
+#[tokio::test]
+async fn a_deleted_spool_file_fails_healthz_and_pauses_polling() {
+    let w = World::new(1).await;
+    w.seed(0, 20, 91);
+    let (p, _notes) = watched(&w.toml("", ""), Duration::from_secs(30));
+    let health = p.health.clone();
+    let state = p.config.spool.dir.clone();
+    let shutdown = CancellationToken::new();
+    let service = tokio::spawn(p.run(shutdown.clone()));
+    assert!(eventually(Duration::from_secs(10), || w.hec.accepted() >= 20).await);
+    assert_eq!(rc_audit_hec::telemetry::render_health(&health).0, State::Ok);
+    std::fs::remove_file(state.join("spool.db")).unwrap();
+    let failing = || {
+        health
+            .snapshot()
+            .get("spool")
+            .is_some_and(|h| h.state == State::Failing)
+    };
+    assert!(
+        eventually(Duration::from_secs(5), failing).await,
+        "{:?}",
+        health.snapshot()
+    );
+    let reason = health.snapshot()["spool"].reason.clone().unwrap();
+    assert!(
+        reason.contains("deleted") && reason.contains("restart"),
+        "{reason}"
+    );
+    assert_eq!(
+        rc_audit_hec::telemetry::render_health(&health).0,
+        State::Failing,
+        "/healthz answers 503"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || health
+            .snapshot()
+            .get("account:acct0")
+            .and_then(|h| h.reason.clone())
+            .is_some_and(|r| r.contains("deleted")))
+        .await,
+        "polling paused: {:?}",
+        health.snapshot()
+    );
+    shutdown.cancel();
+    service.await.unwrap().unwrap();
+    assert_each_once(&w, &[0]);
+}
