@@ -1070,6 +1070,7 @@ mod tests {
         assert_eq!(c.hec.batch_max_bytes, 1_000_000);
         assert_eq!(c.hec.timeout, Duration::from_secs(60));
         assert_eq!(c.spool.max_bytes, 1 << 30);
+        assert_eq!(c.spool.min_free_bytes, 64 << 20);
         assert_eq!(c.spool.dir, PathBuf::from("./state"));
         assert_eq!(c.admin.listen, Some("127.0.0.1:9464".parse().unwrap()));
         assert_eq!(c.hec.token.expose(), "hec-token-123");
