@@ -17,8 +17,8 @@
 //!   RingCentral within the rate limits; the spool's dedup keeps it from duplicating anything.
 //!
 //! Bounded ([`Limits`]): 64 connections at once (more wait in the kernel's queue), closed after
-//! 10 s without a byte, 30 s per request; so idle sockets cannot take the descriptors delivery
-//! needs.
+//! 10 s without a byte, 5 s per request (then 503); so idle sockets cannot take the descriptors
+//! delivery needs.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -74,7 +74,9 @@ pub struct Limits {
     /// A connection with no bytes in or out for this long is closed (waiting for headers or
     /// idle between keep-alive requests).
     pub idle_timeout: Duration,
-    /// A request whose answer takes longer gets 503.
+    /// A request whose answer takes longer gets 503. Shorter than `idle_timeout`: hyper reads
+    /// while a handler runs (to notice the peer leaving), so a handler slower than the idle
+    /// timeout would otherwise see its connection cut instead of answering.
     pub request_timeout: Duration,
 }
 
@@ -83,7 +85,7 @@ impl Default for Limits {
         Limits {
             max_connections: 64,
             idle_timeout: Duration::from_secs(10),
-            request_timeout: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(5),
         }
     }
 }
