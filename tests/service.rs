@@ -611,3 +611,68 @@ async fn a_deleted_spool_file_fails_healthz_and_pauses_polling() {
     service.await.unwrap().unwrap();
     assert_each_once(&w, &[0]);
 }
+
+/// Idle sockets on the admin endpoint cannot take the descriptors delivery needs: the real
+/// binary under `ulimit -n 128`, 150 idle connections to the admin port, then HEC comes up (so
+/// delivery needs a new socket) and records arrive: all delivered. (Unbounded, the endpoint
+/// accepted sockets until EMFILE, and delivery could no longer connect to HEC.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_admin_sockets_cannot_starve_delivery_of_descriptors() {
+    let w = World::new(1).await;
+    let port = free_port();
+    let cfg = write(
+        w.dir.path(),
+        "config.toml",
+        &w.toml("", "")
+            .replace("listen = \"\"", &format!("listen = \"127.0.0.1:{port}\"")),
+    );
+    w.hec.set_down(true).await;
+    let mut cmd = Command::new("sh");
+    for (k, _) in std::env::vars() {
+        if k.starts_with("RC_AUDIT_HEC_") || k == "RUST_LOG" || k == "NOTIFY_SOCKET" {
+            cmd.env_remove(k);
+        }
+    }
+    let child = cmd
+        .args(["-c", "ulimit -n 128 && exec \"$@\"", "sh"])
+        .arg(env!("CARGO_BIN_EXE_rc-audit-hec"))
+        .arg("--config")
+        .arg(&cfg)
+        .arg("run")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}/healthz");
+    let mut up = false;
+    for _ in 0..100 {
+        if reqwest::get(&url).await.is_ok() {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(up, "the service answers /healthz");
+    let mut idle = Vec::new();
+    for _ in 0..150 {
+        idle.push(
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .unwrap(),
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // HEC comes up (delivery needs a new socket), and records arrive.
+    w.hec.set_down(false).await;
+    generate_recent(&w, 0, 30, 93);
+    assert!(
+        eventually(Duration::from_secs(20), || w.hec.accepted() >= 30).await,
+        "delivered {} of 30 with 150 idle admin sockets",
+        w.hec.accepted()
+    );
+    drop(idle);
+    signal(&child, "-TERM");
+    let (code, _) = wait(child).await;
+    assert_eq!(code, Some(0));
+    assert_each_once(&w, &[0]);
+}
