@@ -257,12 +257,20 @@ async fn run_serves_admin_refuses_a_second_instance_and_stops_on_sigterm() {
         "run delivers"
     );
 
-    let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    // HEC has the events a moment before the spool records their delivery: scrape until then.
+    let mut metrics = String::new();
+    for _ in 0..100 {
+        metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if metrics.contains("rc_audit_hec_events_delivered_total 25") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert!(
         metrics.contains("rc_audit_hec_events_delivered_total 25"),
         "{metrics}"
