@@ -295,13 +295,25 @@ fn fill(spool: &Spool, n: usize, pool: &[Vec<u8>]) -> anyhow::Result<()> {
 fn spool(opts: &Opts) -> anyhow::Result<()> {
     let pool = events(10_000)?;
     let (mut enq, mut drain) = (Vec::new(), Vec::new());
+    let (mut scrape_small, mut scrape_full) = (Vec::new(), Vec::new());
+    // What a `/metrics` scrape costs the spool (its mutex is held meanwhile), per scrape.
+    let scrape = |s: &Spool| -> anyhow::Result<f64> {
+        let start = Instant::now();
+        for _ in 0..100 {
+            std::hint::black_box(s.status()?);
+        }
+        Ok(start.elapsed().as_secs_f64() * 1e6 / 100.0)
+    };
     for _ in 0..opts.runs {
         let dir = bench_dir("spool")?;
         let s = Spool::open(&dir)?;
         let n = 200_000;
+        fill(&s, 1000, &pool)?;
+        scrape_small.push(scrape(&s)?);
         let start = Instant::now();
-        fill(&s, n, &pool)?;
-        enq.push(n as f64 / start.elapsed().as_secs_f64());
+        fill(&s, n - 1000, &pool)?;
+        enq.push((n - 1000) as f64 / start.elapsed().as_secs_f64());
+        scrape_full.push(scrape(&s)?);
         let start = Instant::now();
         loop {
             let batch = s.read_batch(1000, usize::MAX)?;
@@ -318,6 +330,16 @@ fn spool(opts: &Opts) -> anyhow::Result<()> {
         enq,
     );
     row("spool read + delete (batches of 1000)", "records/s", drain);
+    row(
+        "spool status (a /metrics scrape), 1,000 waiting",
+        "µs",
+        scrape_small,
+    );
+    row(
+        "spool status (a /metrics scrape), 200,000 waiting",
+        "µs",
+        scrape_full,
+    );
     Ok(())
 }
 

@@ -1,6 +1,7 @@
 //! The admin HTTP endpoint (`admin.listen`, loopback by default).
 //!
-//! - `GET /metrics`: Prometheus text format ([`crate::telemetry::metrics`]).
+//! - `GET /metrics`: Prometheus text format ([`crate::telemetry::metrics`]); O(1) in the
+//!   spool's backlog (running counts, see [`crate::spool::Spool::status`]).
 //! - `GET /healthz`: JSON, ok / degraded / failing per account, per HEC URL and per stalled
 //!   loop, with the reason; answers 503 when anything is failing (a refused credential, a
 //!   missing permission, a rejected HEC token, a stalled loop), so a load balancer or monitor
@@ -14,16 +15,27 @@
 //!   address), whatever `admin.listen` binds to, and only as `application/json` (so a web page
 //!   in a local browser cannot send it). Its worst effect is extra polling of
 //!   RingCentral within the rate limits; the spool's dedup keeps it from duplicating anything.
+//!
+//! Bounded ([`Limits`]): 64 connections at once (more wait in the kernel's queue), closed after
+//! 10 s without a byte, 5 s per request (then 503); so idle sockets cannot take the descriptors
+//! delivery needs.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use axum::extract::{ConnectInfo, State as AxumState};
 use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
 use axum::routing::get;
+use axum::serve::{Listener, ListenerExt};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
@@ -51,26 +63,204 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
-/// Serves the endpoint on `listener` until `shutdown`.
+/// What the endpoint may hold, so that no client (a scraper that never closes, a port scan, a
+/// thousand idle sockets) can take the file descriptors delivery needs: 1,100 idle sockets once
+/// exhausted systemd's default soft limit of 1024 and delivery stopped.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Connections served at once; further ones wait in the kernel's accept queue (they hold
+    /// no descriptor of ours) until one closes.
+    pub max_connections: usize,
+    /// A connection with no bytes in or out for this long is closed (waiting for headers or
+    /// idle between keep-alive requests).
+    pub idle_timeout: Duration,
+    /// A request whose answer takes longer gets 503. Shorter than `idle_timeout`: hyper reads
+    /// while a handler runs (to notice the peer leaving), so a handler slower than the idle
+    /// timeout would otherwise see its connection cut instead of answering.
+    pub request_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 64,
+            idle_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Serves the endpoint on `listener` until `shutdown`, within the default [`Limits`].
 pub async fn serve(
     listener: TcpListener,
     state: AdminState,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    serve_with(listener, state, shutdown, Limits::default()).await
+}
+
+/// [`serve`] with explicit limits (tests use short timeouts).
+pub async fn serve_with(
+    listener: TcpListener,
+    state: AdminState,
+    shutdown: CancellationToken,
+    limits: Limits,
+) -> std::io::Result<()> {
+    let request_timeout = limits.request_timeout;
     let router = axum::Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/backfill", get(list_backfill).post(request_backfill))
+        .layer(axum::middleware::from_fn(
+            move |req: axum::extract::Request, next: axum::middleware::Next| async move {
+                match tokio::time::timeout(request_timeout, next.run(req)).await {
+                    Ok(response) => response,
+                    Err(_) => (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "the request took too long (the spool may be busy recovering); try again\n",
+                    )
+                        .into_response(),
+                }
+            },
+        ))
         .with_state(state);
     if let Ok(addr) = listener.local_addr() {
-        info!(%addr, "admin endpoint serving /metrics, /healthz and /backfill");
+        info!(%addr, max_connections = limits.max_connections,
+            "admin endpoint serving /metrics, /healthz and /backfill");
     }
+    let listener = Bounded {
+        listener,
+        permits: Arc::new(Semaphore::new(limits.max_connections.max(1))),
+        idle: limits.idle_timeout,
+    }
+    // `tap_io` makes the peer address available as `ConnectInfo<SocketAddr>`.
+    .tap_io(|_| {});
     axum::serve(
         listener,
         router.into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(async move { shutdown.cancelled().await })
     .await
+}
+
+/// A listener that accepts only while fewer than [`Limits::max_connections`] are open.
+struct Bounded {
+    listener: TcpListener,
+    permits: Arc<Semaphore>,
+    idle: Duration,
+}
+
+impl Listener for Bounded {
+    type Io = Guarded;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Guarded, SocketAddr) {
+        let permit = match self.permits.clone().acquire_owned().await {
+            Ok(p) => p,
+            // The semaphore is never closed; if it were, serve unbounded rather than stop.
+            Err(_) => return std::future::pending().await,
+        };
+        let (io, addr) = Listener::accept(&mut self.listener).await;
+        let guarded = Guarded {
+            io,
+            idle: self.idle,
+            timer: Box::pin(tokio::time::sleep(self.idle)),
+            _permit: permit,
+        };
+        (guarded, addr)
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+}
+
+/// An accepted connection: holds its permit, and fails its reads and writes once no byte has
+/// moved for the idle timeout, which makes hyper close it.
+struct Guarded {
+    io: tokio::net::TcpStream,
+    idle: Duration,
+    timer: Pin<Box<tokio::time::Sleep>>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Guarded {
+    fn touch(&mut self) {
+        let deadline = tokio::time::Instant::now() + self.idle;
+        self.timer.as_mut().reset(deadline);
+    }
+
+    /// Called when the socket is not ready: ready with an error once the idle time is over.
+    fn idle_expired<T>(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<T>> {
+        match self.timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "admin connection idle",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl AsyncRead for Guarded {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        match Pin::new(&mut self.io).poll_read(cx, buf) {
+            Poll::Ready(r) => {
+                if buf.filled().len() > before {
+                    self.touch();
+                }
+                Poll::Ready(r)
+            }
+            Poll::Pending => self.idle_expired(cx),
+        }
+    }
+}
+
+impl AsyncWrite for Guarded {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match Pin::new(&mut self.io).poll_write(cx, buf) {
+            Poll::Ready(r) => {
+                self.touch();
+                Poll::Ready(r)
+            }
+            Poll::Pending => self.idle_expired(cx),
+        }
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match Pin::new(&mut self.io).poll_write_vectored(cx, bufs) {
+            Poll::Ready(r) => {
+                self.touch();
+                Poll::Ready(r)
+            }
+            Poll::Pending => self.idle_expired(cx),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
 }
 
 async fn metrics(AxumState(s): AxumState<AdminState>) -> impl axum::response::IntoResponse {
@@ -261,6 +451,61 @@ mod tests {
 
     async fn post(s: &AdminState, peer: &str, body: &str) -> (StatusCode, serde_json::Value) {
         post_as(s, peer, "application/json", body).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn connections_are_bounded_and_idle_ones_closed() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let dir = tempfile::tempdir().unwrap();
+        let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        let limits = Limits {
+            max_connections: 8,
+            idle_timeout: Duration::from_millis(300),
+            request_timeout: Duration::from_secs(5),
+        };
+        let server = tokio::spawn(serve_with(
+            listener,
+            state(dir.path()),
+            stop.clone(),
+            limits,
+        ));
+        let fds = || std::fs::read_dir("/proc/self/fd").unwrap().count();
+        let before = fds();
+        let mut idle = Vec::new();
+        for _ in 0..40 {
+            idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Our 40 client sockets, plus at most 8 the endpoint accepted (not 40 more).
+        let grown = fds().saturating_sub(before);
+        assert!(
+            grown <= 40 + 8 + 4,
+            "{grown} descriptors for 40 idle sockets"
+        );
+        // Every idle socket is closed by the endpoint (a read sees EOF), 8 at a time.
+        for (i, sock) in idle.iter_mut().enumerate() {
+            let mut buf = [0u8; 16];
+            let read = tokio::time::timeout(Duration::from_secs(30), sock.read(&mut buf)).await;
+            assert!(
+                matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+                "idle socket {i} still open: {read:?}"
+            );
+        }
+        // And a real request is served once they are gone.
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut answer))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        stop.cancel();
+        server.await.unwrap().unwrap();
     }
 
     #[tokio::test]

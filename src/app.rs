@@ -121,6 +121,7 @@ impl Pipeline {
                 "cannot check the spool for renamed accounts ({e}); a renamed account starts from its initial_lookback (check free disk space)"
             );
         }
+        spool.set_min_free_bytes(config.spool.min_free_bytes);
         let rc_http = ringcentral_http(options.rc_timeout)?;
         Ok(Pipeline {
             config,
@@ -227,11 +228,11 @@ impl Pipeline {
                 None => report
                     .account_errors
                     .push((name, "interrupted".into(), false)),
-                Some(Ok(WindowOutcome::SpoolFull { used })) => report.account_errors.push((
-                    name,
-                    format!("spool full ({used} bytes): not polled"),
-                    false,
-                )),
+                Some(Ok(WindowOutcome::SpoolFull { reason })) => {
+                    report
+                        .account_errors
+                        .push((name, format!("{reason}: not polled"), false))
+                }
                 Some(Ok(_)) => report.accounts_polled += 1,
                 Some(Err(e)) => {
                     let config = matches!(&e, PollError::RingCentral(rc) if rc.is_config());

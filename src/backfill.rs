@@ -579,10 +579,10 @@ async fn backfill_account(
                     progress.advance(u64::try_from(end - at).unwrap_or(0), inserted as u64);
                     at = end;
                 }
-                Ok(WindowOutcome::SpoolFull { used }) => {
+                Ok(WindowOutcome::SpoolFull { reason }) => {
                     if !full_logged {
-                        warn!(account = %report.name, used,
-                            "spool full: backfill waits for delivery to free space (raise spool.max_bytes, or check that HEC accepts events)");
+                        warn!(account = %report.name,
+                            "{reason}: backfill waits for delivery to free space (raise spool.max_bytes, or check that HEC accepts events)");
                         full_logged = true;
                     }
                     tokio::select! {

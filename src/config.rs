@@ -244,6 +244,9 @@ pub struct SpoolConfig {
     pub dir: PathBuf,
     /// Polling pauses when the spool file reaches this size.
     pub max_bytes: u64,
+    /// Polling pauses when the spool's filesystem has less than this free (plus the delivery
+    /// reserve while it is used), so delivery keeps room to delete on a full disk.
+    pub min_free_bytes: u64,
 }
 
 /// The admin HTTP endpoint.
@@ -722,7 +725,14 @@ impl Validator<'_> {
             accounts,
             poll,
             hec,
-            spool: SpoolConfig { dir, max_bytes },
+            spool: SpoolConfig {
+                dir,
+                max_bytes,
+                min_free_bytes: raw
+                    .spool
+                    .min_free_bytes
+                    .map_or(crate::spool::DEFAULT_MIN_FREE_BYTES, |b| b.0),
+            },
             admin: AdminConfig { listen },
             log: LogConfig {
                 format: raw.log.format,
@@ -937,6 +947,8 @@ struct RawSpool {
     dir: Option<PathBuf>,
     #[serde(default)]
     max_bytes: ByteSize,
+    #[serde(default)]
+    min_free_bytes: Option<ByteSize>,
 }
 
 #[derive(Deserialize, Default)]
@@ -1116,6 +1128,7 @@ mod tests {
         assert_eq!(c.hec.batch_max_bytes, 1_000_000);
         assert_eq!(c.hec.timeout, Duration::from_secs(60));
         assert_eq!(c.spool.max_bytes, 1 << 30);
+        assert_eq!(c.spool.min_free_bytes, 64 << 20);
         assert_eq!(c.spool.dir, PathBuf::from("./state"));
         assert_eq!(c.admin.listen, Some("127.0.0.1:9464".parse().unwrap()));
         assert_eq!(c.hec.token.expose(), "hec-token-123");

@@ -33,7 +33,8 @@
 //!    bad event is dead-lettered with its reason; configuration failures pause that side and
 //!    resume when fixed.
 //! 5. **Bounded resources**: the sink holds one batch in memory; polling pauses at
-//!    `spool.max_bytes`.
+//!    `spool.max_bytes` and below `spool.min_free_bytes` of free disk, and a reserve keeps
+//!    delivery going on a full disk; the admin endpoint holds at most 64 connections.
 //! 6. **Secrets stay secret**: [`config::Secret`] prints as `[REDACTED]` everywhere.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]

@@ -236,6 +236,9 @@ impl Service {
         let admin_changed = new.admin.listen != old.admin.listen;
         let old_names: Vec<String> = old.accounts.iter().map(|a| a.name.clone()).collect();
         let new_names: Vec<String> = new.accounts.iter().map(|a| a.name.clone()).collect();
+        self.pipeline
+            .spool
+            .set_min_free_bytes(new.spool.min_free_bytes);
         let old_config = std::mem::replace(&mut self.pipeline.config, new);
         // Build the new sink before stopping the old one: a new HEC setting that does not work
         // (an unreadable CA file) must not leave the service without delivery. It starts only
@@ -347,6 +350,7 @@ pub async fn run(
     helpers.spawn(report_status(
         service.pipeline.spool.clone(),
         service.pipeline.stats.clone(),
+        service.pipeline.health.clone(),
         service.watchdog.clone(),
         options.notifier.clone(),
         options.status_interval,
@@ -403,18 +407,38 @@ pub async fn run(
     Ok(())
 }
 
+/// Health component of the spool file itself ([`crate::spool::Spool::file_problem`]).
+pub const SPOOL_COMPONENT: &str = "spool";
+
 /// Keeps systemd's `STATUS=` current: checks every `every` and sends when the text changed
-/// (spool depth, deliveries, the last delivery's time, stalled loops).
+/// (spool depth, deliveries, the last delivery's time, stalled loops). Also watches the spool
+/// file (deleted or replaced under the service, damaged): failing in `/healthz` while it is.
 async fn report_status(
     spool: crate::spool::Spool,
     stats: Arc<Stats>,
+    health: Arc<crate::telemetry::Health>,
     watchdog: Arc<Watchdog>,
     notifier: Notifier,
     every: Duration,
     shutdown: CancellationToken,
 ) {
     let mut last = String::new();
+    let mut file_failing = false;
     loop {
+        match spool.file_problem() {
+            Some(problem) => {
+                if health.set(SPOOL_COMPONENT, State::Failing, Some(problem.clone())) {
+                    error!("{problem}");
+                }
+                file_failing = true;
+            }
+            None if file_failing => {
+                health.remove(SPOOL_COMPONENT);
+                info!(spool = %spool.path().display(), "the spool file is in place and readable again");
+                file_failing = false;
+            }
+            None => {}
+        }
         let depth = spool.run(|s| s.depth()).await.ok();
         let line = status_line(depth, &stats, &watchdog);
         if line != last {

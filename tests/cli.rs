@@ -257,12 +257,20 @@ async fn run_serves_admin_refuses_a_second_instance_and_stops_on_sigterm() {
         "run delivers"
     );
 
-    let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    // HEC has the events a moment before the spool records their delivery: scrape until then.
+    let mut metrics = String::new();
+    for _ in 0..100 {
+        metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if metrics.contains("rc_audit_hec_events_delivered_total 25") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert!(
         metrics.contains("rc_audit_hec_events_delivered_total 25"),
         "{metrics}"
@@ -281,6 +289,21 @@ async fn run_serves_admin_refuses_a_second_instance_and_stops_on_sigterm() {
     assert_eq!(out.status.code(), Some(1));
     assert!(
         text(&out).contains("in use by another rc-audit-hec process"),
+        "{}",
+        text(&out)
+    );
+    // Deleting spool.lock does not let a second `run` in (it once did: 1,440 duplicates of
+    // 2,000): the state directory itself is locked, and the holder is still named.
+    std::fs::remove_file(w.dir.path().join("state").join("spool.lock")).unwrap();
+    let mut second = bin();
+    second.arg("--config").arg(&cfg).arg("run");
+    let out = run(second).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!(
+            "in use by another rc-audit-hec process (pid {})",
+            child.id()
+        )),
         "{}",
         text(&out)
     );

@@ -699,3 +699,178 @@ async fn a_window_holding_more_than_its_pages_can_return_is_split_not_committed(
     drain(&p).await;
     assert_each_once(&w, &[0]);
 }
+
+/// A tmpfs mounted for one test, unmounted when dropped.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    /// `None` (with a message saying why the test is skipped) when not root or mount fails.
+    fn mount(at: &std::path::Path, mib: u64) -> Option<Tmpfs> {
+        let root = std::process::Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+        if !root {
+            eprintln!(
+                "SKIPPED: mounting a size-limited tmpfs needs root (CI runs as root); the disk-full path is also covered by a_full_disk_pauses_polling_with_a_reason_and_recovers_without_a_restart"
+            );
+            return None;
+        }
+        std::fs::create_dir_all(at).unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+            .arg(at)
+            .output()
+            .unwrap();
+        if !out.status.success() {
+            eprintln!(
+                "SKIPPED: cannot mount a tmpfs ({}); run as root with CAP_SYS_ADMIN",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+            return None;
+        }
+        Some(Tmpfs(at.to_path_buf()))
+    }
+
+    /// Fills the filesystem to the last byte (another program eating the disk).
+    fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write;
+        let path = self.0.join("filler");
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&path)
+            .unwrap();
+        for size in [1 << 20, 4096, 1] {
+            let chunk = vec![7u8; size];
+            while f.write_all(&chunk).is_ok() {}
+        }
+        let _ = f.sync_all();
+        path
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// On a real filesystem filled to the last byte (a tmpfs; needs root, as in CI, else skipped
+/// with a message): HEC down while the spool fills, the disk filled by something else, HEC back.
+/// Every event is delivered once, with the service running and again across a clean restart on
+/// the full filesystem. (Before the delivery reserve, deletes needed WAL space that was gone:
+/// every settle failed with "database or disk is full" and each restart resent the first
+/// batch.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_filesystem_never_stops_delivery_even_across_a_restart() {
+    use rc_audit_hec::app::Pipeline;
+    use rc_audit_hec::config::{Config, LoadEnv};
+    const FS_MIB: u64 = 96;
+    let w = World::new(1).await;
+    let mnt = w.dir.path().join("small");
+    let Some(fs) = Tmpfs::mount(&mnt, FS_MIB) else {
+        return;
+    };
+    let state = mnt.join("state");
+    let toml = w
+        .toml("", "")
+        .replace(
+            &format!("{:?}", w.dir.path().join("state")),
+            &format!("{state:?}"),
+        )
+        .replace("[spool]\n", "[spool]\nmin_free_bytes = \"2MiB\"\n");
+    assert!(toml.contains("small"), "{toml}");
+    let open = || {
+        Pipeline::open(
+            Config::from_toml_str(&toml, &LoadEnv::default()).unwrap(),
+            common::fast(),
+        )
+        .unwrap()
+    };
+    let (n1, n2) = (3000, 2000);
+    let account = &w.accounts[0].account_id;
+
+    // 1. HEC down, records spooled, the disk filled, HEC back: delivered without a restart.
+    w.rc.generate(account, n1, hours_ago(3), hours_ago(1), 71);
+    w.hec.update_faults(|f| f.server_error = true);
+    let p = open();
+    let spool = p.spool.clone();
+    let shutdown = CancellationToken::new();
+    let service = tokio::spawn(p.run(shutdown.clone()));
+    assert!(
+        eventually(Duration::from_secs(60), || spool.depth().unwrap()
+            == n1 as u64)
+        .await,
+        "spooled"
+    );
+    assert!(state.join("spool.reserve").exists(), "reserve in place");
+    let filler = fs.fill();
+    w.hec.update_faults(|f| f.server_error = false);
+    assert!(
+        eventually(Duration::from_secs(60), || w.received().len() == n1).await,
+        "delivered on the full filesystem: {} of {n1}",
+        w.received().len()
+    );
+    shutdown.cancel();
+    service.await.unwrap().unwrap();
+    drop(spool);
+
+    // 2. Space back (the reserve is re-created), HEC down, more records spooled, the disk
+    //    filled again, a clean stop; then a start on the full filesystem with HEC back.
+    std::fs::remove_file(&filler).unwrap();
+    w.rc.generate(
+        account,
+        n2,
+        Utc::now() - TimeDelta::minutes(5),
+        Utc::now() - TimeDelta::seconds(30),
+        72,
+    );
+    w.hec.update_faults(|f| f.server_error = true);
+    let p = open();
+    let spool = p.spool.clone();
+    let shutdown = CancellationToken::new();
+    let service = tokio::spawn(p.run(shutdown.clone()));
+    assert!(
+        eventually(Duration::from_secs(60), || spool.depth().unwrap()
+            == n2 as u64)
+        .await,
+        "spooled: {}",
+        spool.depth().unwrap()
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || state
+            .join("spool.reserve")
+            .exists())
+        .await,
+        "reserve re-created once space returned"
+    );
+    fs.fill();
+    shutdown.cancel();
+    service.await.unwrap().unwrap();
+    drop(spool);
+    w.hec.update_faults(|f| f.server_error = false);
+    let p = open();
+    let spool = p.spool.clone();
+    let shutdown = CancellationToken::new();
+    let service = tokio::spawn(p.run(shutdown.clone()));
+    assert!(
+        eventually(Duration::from_secs(60), || w.received().len() == n1 + n2).await,
+        "delivered after a restart on the full filesystem: {} of {}",
+        w.received().len(),
+        n1 + n2
+    );
+    shutdown.cancel();
+    service.await.unwrap().unwrap();
+    drop(spool);
+    eprintln!(
+        "full filesystem: {FS_MIB} MiB tmpfs, {} events spooled, {} delivered, {} requests to HEC",
+        n1 + n2,
+        w.received().len(),
+        w.hec.requests().len()
+    );
+    assert_each_once(&w, &[0]);
+}

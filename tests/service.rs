@@ -560,3 +560,119 @@ async fn under_journald_every_line_carries_its_syslog_priority() {
     }
     assert!(lines.iter().any(|l| l.starts_with("<4>")), "{logged}");
 }
+
+/// `spool.db` deleted under the running service (it once went unnoticed, `/healthz` 200):
+/// the spool shows failing with what to do, and polling pauses (records written into the
+/// unlinked file would vanish at exit) while delivery goes on.
+#[tokio::test]
+async fn a_deleted_spool_file_fails_healthz_and_pauses_polling() {
+    let w = World::new(1).await;
+    w.seed(0, 20, 91);
+    let (p, _notes) = watched(&w.toml("", ""), Duration::from_secs(30));
+    let health = p.health.clone();
+    let state = p.config.spool.dir.clone();
+    let shutdown = CancellationToken::new();
+    let service = tokio::spawn(p.run(shutdown.clone()));
+    assert!(eventually(Duration::from_secs(10), || w.hec.accepted() >= 20).await);
+    assert_eq!(rc_audit_hec::telemetry::render_health(&health).0, State::Ok);
+    std::fs::remove_file(state.join("spool.db")).unwrap();
+    let failing = || {
+        health
+            .snapshot()
+            .get("spool")
+            .is_some_and(|h| h.state == State::Failing)
+    };
+    assert!(
+        eventually(Duration::from_secs(5), failing).await,
+        "{:?}",
+        health.snapshot()
+    );
+    let reason = health.snapshot()["spool"].reason.clone().unwrap();
+    assert!(
+        reason.contains("deleted") && reason.contains("restart"),
+        "{reason}"
+    );
+    assert_eq!(
+        rc_audit_hec::telemetry::render_health(&health).0,
+        State::Failing,
+        "/healthz answers 503"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || health
+            .snapshot()
+            .get("account:acct0")
+            .and_then(|h| h.reason.clone())
+            .is_some_and(|r| r.contains("deleted")))
+        .await,
+        "polling paused: {:?}",
+        health.snapshot()
+    );
+    shutdown.cancel();
+    service.await.unwrap().unwrap();
+    assert_each_once(&w, &[0]);
+}
+
+/// Idle sockets on the admin endpoint cannot take the descriptors delivery needs: the real
+/// binary under `ulimit -n 128`, 150 idle connections to the admin port, then HEC comes up (so
+/// delivery needs a new socket) and records arrive: all delivered. (Unbounded, the endpoint
+/// accepted sockets until EMFILE, and delivery could no longer connect to HEC.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_admin_sockets_cannot_starve_delivery_of_descriptors() {
+    let w = World::new(1).await;
+    let port = free_port();
+    let cfg = write(
+        w.dir.path(),
+        "config.toml",
+        &w.toml("", "")
+            .replace("listen = \"\"", &format!("listen = \"127.0.0.1:{port}\"")),
+    );
+    w.hec.set_down(true).await;
+    let mut cmd = Command::new("sh");
+    for (k, _) in std::env::vars() {
+        if k.starts_with("RC_AUDIT_HEC_") || k == "RUST_LOG" || k == "NOTIFY_SOCKET" {
+            cmd.env_remove(k);
+        }
+    }
+    let child = cmd
+        .args(["-c", "ulimit -n 128 && exec \"$@\"", "sh"])
+        .arg(env!("CARGO_BIN_EXE_rc-audit-hec"))
+        .arg("--config")
+        .arg(&cfg)
+        .arg("run")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}/healthz");
+    let mut up = false;
+    for _ in 0..100 {
+        if reqwest::get(&url).await.is_ok() {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(up, "the service answers /healthz");
+    let mut idle = Vec::new();
+    for _ in 0..150 {
+        idle.push(
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .unwrap(),
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // HEC comes up (delivery needs a new socket), and records arrive.
+    w.hec.set_down(false).await;
+    generate_recent(&w, 0, 30, 93);
+    assert!(
+        eventually(Duration::from_secs(20), || w.hec.accepted() >= 30).await,
+        "delivered {} of 30 with 150 idle admin sockets",
+        w.hec.accepted()
+    );
+    drop(idle);
+    signal(&child, "-TERM");
+    let (code, _) = wait(child).await;
+    assert_eq!(code, Some(0));
+    assert_each_once(&w, &[0]);
+}

@@ -77,10 +77,11 @@ pub enum WindowOutcome {
     },
     /// The window would be empty (polled too recently).
     NotDue,
-    /// Polling is paused because the spool reached `spool.max_bytes`.
+    /// Polling is paused: the spool reached `spool.max_bytes`, its filesystem is short of
+    /// `spool.min_free_bytes`, or its file is gone ([`crate::spool::Spool::room_to_poll`]).
     SpoolFull {
-        /// Bytes in use.
-        used: u64,
+        /// Why, with what to do.
+        reason: String,
     },
 }
 
@@ -132,9 +133,9 @@ impl Poller {
 
     /// Polls the next window completely.
     pub async fn poll_window(&mut self) -> Result<WindowOutcome, PollError> {
-        let used = self.spool.run(|s| s.used_bytes()).await?;
-        if used >= self.max_spool_bytes {
-            return Ok(WindowOutcome::SpoolFull { used });
+        let max = self.max_spool_bytes;
+        if let Some(full) = self.spool.run(move |s| s.room_to_poll(max)).await? {
+            return Ok(WindowOutcome::SpoolFull { reason: full.0 });
         }
         let account = self.account.clone();
         let cursor = self.spool.run(move |s| s.cursor(&account)).await?;
@@ -189,9 +190,9 @@ impl Poller {
         from: DateTime<Utc>,
         to: DateTime<Utc>,
     ) -> Result<WindowOutcome, PollError> {
-        let used = self.spool.run(|s| s.used_bytes()).await?;
-        if used >= self.max_spool_bytes {
-            return Ok(WindowOutcome::SpoolFull { used });
+        let max = self.max_spool_bytes;
+        if let Some(full) = self.spool.run(move |s| s.room_to_poll(max)).await? {
+            return Ok(WindowOutcome::SpoolFull { reason: full.0 });
         }
         self.fetch(from, to, false).await
     }
@@ -395,10 +396,9 @@ impl Poller {
                 self.poll.interval
             }
             Ok(WindowOutcome::NotDue) => self.poll.interval.min(Duration::from_secs(5)),
-            Ok(WindowOutcome::SpoolFull { used }) => {
+            Ok(WindowOutcome::SpoolFull { reason }) => {
                 let reason = format!(
-                    "spool full ({used} bytes in use, spool.max_bytes {}): polling paused until delivery frees space; RingCentral keeps 180 days, so nothing is lost",
-                    self.max_spool_bytes
+                    "{reason}: polling paused until delivery frees space; RingCentral keeps 180 days, so nothing is lost"
                 );
                 if self
                     .health
