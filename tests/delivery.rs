@@ -562,3 +562,32 @@ async fn ack_mode_polls_soon_after_a_send() {
     assert!(took < Duration::from_millis(500), "{took:?} of poll waits");
     assert_each_once(&w, &[0]);
 }
+
+/// Issue 9 item 6: the body of an unreadable 200 is shown (in `/healthz` and the log), but a
+/// proxy page echoing the request's `Authorization` header never shows the token.
+#[tokio::test]
+async fn an_unreadable_200_is_reported_with_its_body_but_never_the_token() {
+    let w = World::new(1).await;
+    w.hec.update_faults(|f| {
+        f.success_body = Some(format!(
+            "<html>proxy echo: Authorization: Splunk {}</html>",
+            common::HEC_TOKEN
+        ))
+    });
+    let p = spooled(&w, 5, "").await;
+    let stop = CancellationToken::new();
+    let sink = tokio::spawn(p.sink().unwrap().run(stop.clone()));
+    let reason = || {
+        p.health
+            .snapshot()
+            .get("hec")
+            .and_then(|h| h.reason.clone())
+            .unwrap_or_default()
+    };
+    assert!(eventually(Duration::from_secs(5), || reason().contains("proxy echo")).await);
+    stop.cancel();
+    sink.await.unwrap();
+    assert!(!reason().contains(common::HEC_TOKEN), "{}", reason());
+    assert!(reason().contains("<hec.token>"), "{}", reason());
+    assert_eq!(p.spool.depth().unwrap(), 5);
+}
