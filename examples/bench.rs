@@ -6,7 +6,9 @@
 //! cargo run --release --example bench -- drain --records 1000000 --runs 3
 //! ```
 //!
-//! Subcommands: `transform`, `spool`, `drain`, `poll`, `footprint`, `all`. Options: `--runs N`
+//! Subcommands: `transform`, `spool`, `drain`, `drain-ack`, `poll`, `footprint`, `all`.
+//! `drain-ack` drains the same backlog in plain mode and with `hec.use_ack` (a receiver that
+//! acknowledges at once), alternating per run, and reports the ratio. Options: `--runs N`
 //! (repeat each measure, report median and spread), `--records N` (drain backlog size).
 //! Drain and footprint run the real release binary (`target/release/rc-audit-hec`) as a child
 //! process, so its CPU time, peak RSS and time to READY are its own, read from `/proc`.
@@ -48,9 +50,8 @@ fn main() -> anyhow::Result<()> {
         match a.as_str() {
             "--runs" => opts.runs = it.next().context("--runs N")?.parse()?,
             "--records" => opts.records = it.next().context("--records N")?.parse()?,
-            "transform" | "spool" | "drain" | "poll" | "footprint" | "gzip" | "all" => {
-                what = a.clone()
-            }
+            "transform" | "spool" | "drain" | "drain-ack" | "poll" | "footprint" | "gzip"
+            | "all" => what = a.clone(),
             other => bail!(
                 "unknown argument {other:?}; see the doc comment at the top of examples/bench.rs"
             ),
@@ -79,6 +80,9 @@ fn main() -> anyhow::Result<()> {
             all || what == "drain",
             all || what == "footprint",
         ))?;
+    }
+    if all || what == "drain-ack" {
+        rt.block_on(drain_ack(&opts))?;
     }
     Ok(())
 }
@@ -614,5 +618,96 @@ async fn drain_and_footprint(
                 .collect(),
         );
     }
+    Ok(())
+}
+
+/// Drains `records` spooled events with the release binary's `once` against `hec_url`; events
+/// per second.
+async fn drain_rate(
+    bin: &Path,
+    rc: &RcSim,
+    acct: &SimAccount,
+    hec: &HecSim,
+    extra_hec: &str,
+    records: usize,
+    pool: &[Vec<u8>],
+) -> anyhow::Result<f64> {
+    let dir = bench_dir("drain-ack")?;
+    fill(&Spool::open(&dir.join("state"))?, records, pool)?;
+    let cfg = dir.join("config.toml");
+    std::fs::write(
+        &cfg,
+        config_toml(&rc.url(), acct, &hec.url(), &dir.join("state"), extra_hec),
+    )?;
+    let before = hec.accepted();
+    let start = Instant::now();
+    let mut cmd = Command::new(bin);
+    cmd.arg("--config")
+        .arg(&cfg)
+        .args(["once", "--max-wait", "30m"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let status = tokio::task::spawn_blocking(move || cmd.status()).await??;
+    let secs = start.elapsed().as_secs_f64();
+    anyhow::ensure!(status.success(), "the drain exited with {status}");
+    let delivered = hec.accepted() - before;
+    anyhow::ensure!(delivered == records, "delivered {delivered} of {records}");
+    Ok(delivered as f64 / secs)
+}
+
+/// Ack mode against plain mode: the same backlog, the same receiver (the simulator's fast path;
+/// with ack on it acknowledges every id at the first query), runs alternating so both see the
+/// same machine load.
+async fn drain_ack(opts: &Opts) -> anyhow::Result<()> {
+    let bin = binary()?;
+    let acct = SimAccount::new("400100001", "Acme Corp");
+    let rc = RcSim::start(RcSimConfig {
+        accounts: vec![acct.clone()],
+        rate_limits: false,
+        ..RcSimConfig::default()
+    })
+    .await?;
+    let mut plain_cfg = HecSimConfig::new(TOKEN);
+    plain_cfg.fast = true;
+    let mut ack_cfg = plain_cfg.clone();
+    ack_cfg.ack = true;
+    let (plain_hec, ack_hec) = (
+        HecSim::start(plain_cfg).await?,
+        HecSim::start(ack_cfg).await?,
+    );
+    let pool = events(10_000)?;
+    let (mut plain, mut acked) = (Vec::new(), Vec::new());
+    for run in 0..opts.runs {
+        eprintln!(
+            "run {}: plain and ack drains of {} events...",
+            run + 1,
+            opts.records
+        );
+        plain.push(drain_rate(&bin, &rc, &acct, &plain_hec, "", opts.records, &pool).await?);
+        acked.push(
+            drain_rate(
+                &bin,
+                &rc,
+                &acct,
+                &ack_hec,
+                "use_ack = true",
+                opts.records,
+                &pool,
+            )
+            .await?,
+        );
+    }
+    let ratio = acked.iter().zip(&plain).map(|(a, p)| a / p).collect();
+    row(
+        &format!("drain {} events, plain", opts.records),
+        "events/s",
+        plain,
+    );
+    row(
+        &format!("drain {} events, use_ack (acks at once)", opts.records),
+        "events/s",
+        acked,
+    );
+    row("ack / plain drain", "ratio", ratio);
     Ok(())
 }

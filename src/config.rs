@@ -215,7 +215,8 @@ pub struct HecConfig {
     pub timeout: Duration,
     /// Indexer acknowledgement: a batch leaves the spool only when its ack reads true.
     pub use_ack: bool,
-    /// With `use_ack`: resend a batch whose ack has not read true after this long.
+    /// With `use_ack`: resend a batch whose ack has not read true after this long (doubled per
+    /// resend of the same batch, see [`crate::hec::ack`]).
     #[serde(serialize_with = "ser_duration")]
     pub ack_timeout: Duration,
     /// Extra PEM trust root for a private CA.

@@ -82,6 +82,23 @@ impl Backoff {
     }
 }
 
+/// A server's `Retry-After`, capped at [`MAX_RETRY_AFTER`]; says so in the log when it caps
+/// (`server` names the side, e.g. `HEC`).
+pub fn cap_retry_after(d: Duration, server: &str) -> Duration {
+    if d > MAX_RETRY_AFTER {
+        tracing::warn!(
+            requested_s = d.as_secs(),
+            honoured_s = MAX_RETRY_AFTER.as_secs(),
+            "{server} asked to wait {}: waiting {} instead (the cap for Retry-After)",
+            humantime::format_duration(d),
+            humantime::format_duration(MAX_RETRY_AFTER)
+        );
+        MAX_RETRY_AFTER
+    } else {
+        d
+    }
+}
+
 /// Parses a `Retry-After` (or `X-Rate-Limit-Window`) value in seconds. Decimal values are
 /// accepted (the simulators scale time down); HTTP dates are not used by either service.
 pub fn parse_seconds(value: &str) -> Option<Duration> {
@@ -122,6 +139,18 @@ mod tests {
         b.reset();
         assert!(b.next_delay(None) <= Duration::from_millis(200));
         assert_eq!(b.attempts(), 1);
+    }
+
+    #[test]
+    fn retry_after_is_capped() {
+        assert_eq!(
+            cap_retry_after(Duration::from_secs(1_000_000_000), "HEC"),
+            MAX_RETRY_AFTER
+        );
+        assert_eq!(
+            cap_retry_after(Duration::from_secs(40), "HEC"),
+            Duration::from_secs(40)
+        );
     }
 
     #[test]

@@ -10,6 +10,10 @@
 //!   timeouts, SQLite busy timeout), so a healthy loop always comes back in time.
 //! - [`waiting`]: "I am deliberately idle for `d`" (the poll interval, a backoff, a rate-limit
 //!   penalty); the deadline moves to `d` plus the stall limit. Idle waiting counts as alive.
+//! - [`within`]: "this await ends by itself within `d`" (a request whose timeout is longer than
+//!   a usual step, e.g. HEC's resend after a timeout with 10x `hec.timeout`): the promise is
+//!   derived from the wait about to happen, at the one place that starts it, so no fixed stall
+//!   limit has to guess the longest wait of every loop.
 //!
 //! A loop whose deadline has passed is *stalled*: it is stuck in an await it did not announce.
 //! The supervisor ([`crate::service`]) then stops sending `WATCHDOG=1`, so systemd kills and
@@ -188,6 +192,16 @@ pub fn waiting(d: Duration) {
     let _ = CURRENT.try_with(|s| s.promise(d.saturating_add(s.stall_limit)));
 }
 
+/// Awaits `fut`, which ends by itself within `d` (its own timeout), as a step of the current
+/// loop: alive until `d` plus the stall limit, then working again ([`beat`]). A no-op wrapper
+/// outside a supervised task.
+pub async fn within<F: Future>(d: Duration, fut: F) -> F::Output {
+    waiting(d);
+    let out = fut.await;
+    beat();
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -235,6 +249,24 @@ mod tests {
         // The idle loop is still fine long after the stall limit.
         tokio::time::sleep(Duration::from_secs(200)).await;
         assert_eq!(wd.stalled().len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_bounded_await_longer_than_the_stall_limit_is_alive_until_its_bound() {
+        let wd = Arc::new(Watchdog::default());
+        let hb = wd.register("delivery", LIMIT);
+        let _task = tokio::spawn(supervise(hb, async {
+            within(
+                Duration::from_secs(100),
+                tokio::time::sleep(Duration::from_secs(100)),
+            )
+            .await;
+            std::future::pending::<()>().await;
+        }));
+        tokio::time::sleep(Duration::from_secs(105)).await;
+        assert!(wd.stalled().is_empty(), "a wait it announced");
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        assert_eq!(wd.stalled().len(), 1, "back to the stall limit after it");
     }
 
     #[tokio::test(start_paused = true)]

@@ -17,7 +17,7 @@ use common::{World, assert_each_once, eventually};
 use rc_audit_hec::app::{Options, Pipeline};
 use rc_audit_hec::config::{Config, LoadEnv};
 use rc_audit_hec::service::Notifier;
-use rc_audit_hec::telemetry::State;
+use rc_audit_hec::telemetry::{State, Stats};
 use tokio_util::sync::CancellationToken;
 
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
@@ -211,27 +211,32 @@ fn pings(notes: &Mutex<Vec<String>>) -> usize {
         .count()
 }
 
+/// A loop stuck in an await past its promise. A HEC request cannot be that any more (each
+/// promises its own timeout: `a_black_holed_hec_never_stalls_the_delivery_loop`), so the stuck
+/// loop here is a poll loop waiting for a RingCentral answer, with a 1 s stall limit set below
+/// the RingCentral timeout (in production the stall limit is always above it) so that a 6 s
+/// answer counts as stuck.
 #[tokio::test]
-async fn a_delivery_loop_stuck_in_an_await_stops_the_watchdog_and_shows_in_healthz() {
+async fn a_loop_stuck_in_an_await_stops_the_watchdog_and_shows_in_healthz() {
     let w = World::new(1).await;
-    let (p, notes) = watched(&w.toml("", "timeout = \"30s\""), Duration::from_secs(1));
+    let (p, notes) = watched(&w.toml("", ""), Duration::from_secs(1));
     let health = p.health.clone();
     let shutdown = CancellationToken::new();
     let service = tokio::spawn(p.run(shutdown.clone()));
     assert!(eventually(Duration::from_secs(5), || pings(&notes) >= 2).await);
-    // HEC now indexes but answers only after 6 s: the delivery loop sits in one await.
-    w.hec.update_faults(|f| f.slow = Duration::from_secs(6));
+    // RingCentral now answers only after 6 s: the poll loop sits in one await.
+    w.rc.update_faults(|f| f.slow = Duration::from_secs(6));
     generate_recent(&w, 0, 5, 81);
     assert!(
         eventually(Duration::from_secs(5), || health
             .snapshot()
-            .get("loop:delivery")
+            .get("loop:poll:acct0")
             .is_some_and(|h| h.state == State::Failing))
         .await,
         "{:?}",
         health.snapshot()
     );
-    let reason = health.snapshot()["loop:delivery"].reason.clone().unwrap();
+    let reason = health.snapshot()["loop:poll:acct0"].reason.clone().unwrap();
     assert!(reason.contains("watchdog will restart"), "{reason}");
     let quiet = pings(&notes);
     tokio::time::sleep(Duration::from_millis(800)).await;
@@ -245,19 +250,20 @@ async fn a_delivery_loop_stuck_in_an_await_stops_the_watchdog_and_shows_in_healt
             .lock()
             .unwrap()
             .iter()
-            .any(|m| m.starts_with("STATUS=") && m.contains("STALLED: delivery")),
+            .any(|m| m.starts_with("STATUS=") && m.contains("STALLED: poll:acct0")),
     );
     assert!(
-        !health.snapshot().contains_key("loop:poll:acct0"),
-        "the poll loop is fine"
+        !health.snapshot().contains_key("loop:delivery"),
+        "the delivery loop is fine"
     );
     // The answer arrives: the loop moves again and so do the pings.
-    w.hec.update_faults(|f| f.slow = Duration::ZERO);
+    w.rc.update_faults(|f| f.slow = Duration::ZERO);
     assert!(
         eventually(Duration::from_secs(15), || !health
             .snapshot()
-            .contains_key("loop:delivery")
-            && pings(&notes) > quiet + 2)
+            .contains_key("loop:poll:acct0")
+            && pings(&notes) > quiet + 2
+            && w.hec.accepted() >= 5)
         .await
     );
     shutdown.cancel();
@@ -675,4 +681,72 @@ async fn idle_admin_sockets_cannot_starve_delivery_of_descriptors() {
     let (code, _) = wait(child).await;
     assert_eq!(code, Some(0));
     assert_each_once(&w, &[0]);
+}
+
+/// Issue 9 item 5: a HEC that accepts the connection and never answers. The first request times
+/// out after `hec.timeout` (60 s), the resend waits 10x that (600 s), then again after a backoff.
+/// Before, the delivery loop promised the watchdog only its stall limit (120 s) for each request,
+/// so the 600 s wait counted as a stall: no more `WATCHDOG=1`, and systemd restarted the service
+/// every few minutes. Now every request announces its own bound.
+///
+/// Why paused time in-process rather than the binary with a scaled-down `hec.timeout`: the
+/// defaults run exactly as shipped (60 s timeout, 600 s resend, the default 120 s stall limit,
+/// `WatchdogSec=3min`) for 16 minutes of the service's clock in a few seconds, through the real
+/// supervisor (`service::run` and its watchdog feeder with a captured notifier). The binary's
+/// stall limit is not configurable, so a scaled run of the binary could not reproduce the stall
+/// (its 60 s margin dwarfs a scaled resend); `run_speaks_the_systemd_notify_protocol` covers the
+/// binary's notify socket and `WATCHDOG_USEC`.
+#[tokio::test(start_paused = true)]
+async fn a_black_holed_hec_never_stalls_the_delivery_loop() {
+    let w = World::new(1).await;
+    generate(&w, 0, 5, 83);
+    // Accepts connections, keeps them open, never reads or answers.
+    let hole = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hole_url = format!("http://{}", hole.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((sock, _)) = hole.accept().await {
+            held.push(sock);
+        }
+    });
+    let toml = w
+        .toml("", "")
+        .replace(&w.hec.url(), &hole_url)
+        .replace("interval = \"200ms\"", "interval = \"60s\"");
+    let notes = Arc::new(Mutex::new(Vec::new()));
+    let options = Options {
+        watchdog_interval: Some(Duration::from_secs(180)),
+        notifier: Notifier::Capture(notes.clone()),
+        status_interval: Duration::from_secs(30),
+        ..common::fast()
+    };
+    let config = Config::from_toml_str(&toml, &LoadEnv::default()).unwrap();
+    assert_eq!(config.hec.timeout, Duration::from_secs(60), "the default");
+    let p = Pipeline::open(config, options).unwrap();
+    let (health, stats) = (p.health.clone(), p.stats.clone());
+    let shutdown = CancellationToken::new();
+    let service = tokio::spawn(p.run(shutdown.clone()));
+    // Pings come every half WatchdogSec (90 s, from 0 s); checked between them (45 s, 135 s...)
+    // for 16 minutes: a ping in every 90 s, no loop stalled.
+    tokio::time::sleep(Duration::from_secs(45)).await;
+    let mut last = pings(&notes);
+    assert!(last >= 1);
+    for step in 1..=10 {
+        tokio::time::sleep(Duration::from_secs(90)).await;
+        let at = 45 + step * 90;
+        let now = pings(&notes);
+        let snapshot = health.snapshot();
+        assert!(
+            !snapshot.keys().any(|k| k.starts_with("loop:")),
+            "after {at} s: {snapshot:?}"
+        );
+        assert!(now > last, "no WATCHDOG=1 in the 90 s before {at} s");
+        last = now;
+    }
+    assert!(
+        Stats::get(&stats.hec_timeouts) >= 2,
+        "the long resend timed out too (the wait this is about)"
+    );
+    shutdown.cancel();
+    service.await.unwrap().unwrap();
 }

@@ -2,9 +2,16 @@
 //!
 //! Several `hec.urls` (e.g. the HEC endpoints of an indexer cluster) share the load: requests
 //! rotate over the endpoints currently healthy. An endpoint that fails a request (connection
-//! error, timeout, 5xx, 429) is taken out of the rotation; once its probe time has come, its
-//! health endpoint is asked before real traffic goes back to it. When every endpoint is down the
-//! sink backs off and the next request itself is the probe.
+//! error, timeout, 5xx, 429, a garbled 200) is taken out of the rotation; once its probe time
+//! has come, its health endpoint is asked before real traffic goes back to it. When every
+//! endpoint is down the sink backs off and the next request itself is the probe.
+//!
+//! A passing health check only lets an endpoint back *on probation*: its failure streak is
+//! cleared by a real request that HEC answers, never by `/health`. A URL whose health answers
+//! at once but whose event endpoint times out (an overloaded indexer behind a healthy front)
+//! would otherwise rejoin after every probe interval and cost one duplicate batch each time;
+//! on probation, each failed request doubles its time out of the rotation (up to
+//! [`MAX_PROBE_INTERVAL`]).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -17,13 +24,15 @@ use tracing::{info, warn};
 
 use super::response::{Outcome, classify};
 use crate::config::{HecConfig, Secret};
-use crate::retry::parse_seconds;
+use crate::retry::{cap_retry_after, parse_seconds};
 
 /// How long a failed endpoint stays out of the rotation before it is probed, at first; doubles
 /// with each failed probe up to [`MAX_PROBE_INTERVAL`].
 pub const PROBE_INTERVAL: Duration = Duration::from_secs(2);
 /// The longest wait between probes of a failed endpoint.
 pub const MAX_PROBE_INTERVAL: Duration = Duration::from_secs(60);
+/// Timeout of a health check (`GET /services/collector/health`).
+pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Problems building the HEC client.
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +79,9 @@ struct Endpoint {
     probe_at: Instant,
     /// Current wait between probes.
     probe_interval: Duration,
+    /// Requests (and probes) failed since a real request last succeeded here; a passing health
+    /// check does not clear it (see the module docs).
+    failures: u32,
 }
 
 /// A HEC endpoint set with its token and data channel.
@@ -126,6 +138,7 @@ impl HecClient {
                     healthy: true,
                     probe_at: now,
                     probe_interval: PROBE_INTERVAL,
+                    failures: 0,
                 })
                 .collect(),
             token: cfg.token.clone(),
@@ -148,30 +161,71 @@ impl HecClient {
     }
 
     /// Takes `endpoint` out of the rotation after a failed request; it is not probed before
-    /// `retry_after` (the server's own `Retry-After`) has passed.
+    /// `retry_after` (the server's own `Retry-After`) has passed. The first failure after a
+    /// success keeps it out for [`PROBE_INTERVAL`]; every further one (on probation after a
+    /// passing health check included) doubles that, up to [`MAX_PROBE_INTERVAL`].
     pub fn mark_failed(&mut self, endpoint: usize, reason: &str, retry_after: Option<Duration>) {
+        let several = self.endpoints.len() > 1;
         let e = &mut self.endpoints[endpoint];
+        e.probe_interval = if e.failures == 0 {
+            PROBE_INTERVAL
+        } else {
+            (e.probe_interval * 2).min(MAX_PROBE_INTERVAL)
+        };
+        e.failures = e.failures.saturating_add(1);
         if e.healthy {
             e.healthy = false;
-            e.probe_interval = PROBE_INTERVAL;
-            if self.endpoints.len() > 1 {
-                warn!(url = %self.endpoints[endpoint].url, "HEC endpoint taken out of the rotation: {reason}");
+            if several {
+                warn!(url = %e.url, failures = e.failures,
+                    retry_in_s = e.probe_interval.max(retry_after.unwrap_or_default()).as_secs(),
+                    "HEC endpoint taken out of the rotation: {reason}");
             }
-        } else {
-            e.probe_interval = (e.probe_interval * 2).min(MAX_PROBE_INTERVAL);
         }
-        let e = &mut self.endpoints[endpoint];
         e.probe_at = Instant::now() + e.probe_interval.max(retry_after.unwrap_or_default());
     }
 
-    fn mark_healthy(&mut self, endpoint: usize) {
+    /// A passing health check: back in the rotation on probation (the failure streak stays, so
+    /// a failing next request keeps it out twice as long).
+    fn rejoin(&mut self, endpoint: usize) {
+        let several = self.endpoints.len() > 1;
         let e = &mut self.endpoints[endpoint];
         let was_down = !e.healthy;
         e.healthy = true;
+        if was_down && several {
+            info!(url = %e.url, failures = e.failures,
+                "HEC endpoint health check passed: back in the rotation on probation");
+        }
+    }
+
+    /// A real request was answered: the endpoint works, its failure streak ends.
+    fn mark_succeeded(&mut self, endpoint: usize) {
+        self.rejoin(endpoint);
+        let e = &mut self.endpoints[endpoint];
+        e.failures = 0;
         e.probe_interval = PROBE_INTERVAL;
-        let url = e.url.clone();
-        if was_down && self.endpoints.len() > 1 {
-            info!(%url, "HEC endpoint back in the rotation");
+    }
+
+    /// The longest a [`HecClient::send`] with `timeout` can take: the request itself plus a
+    /// health check of every other endpoint whose probe is due. The sink promises the watchdog
+    /// this much (see [`crate::watchdog::within`]).
+    pub fn send_bound(&self, timeout: Duration) -> Duration {
+        let probes = u32::try_from(self.endpoints.len().saturating_sub(1)).unwrap_or(u32::MAX);
+        timeout.saturating_add(HEALTH_TIMEOUT.saturating_mul(probes))
+    }
+
+    /// The longest [`HecClient::health`] can take.
+    pub fn health_bound(&self) -> Duration {
+        HEALTH_TIMEOUT.saturating_mul(u32::try_from(self.endpoints.len()).unwrap_or(u32::MAX))
+    }
+
+    /// `reason` with the token blanked out, in case an answer (a proxy's error page) echoes
+    /// the request's headers.
+    fn redact(&self, reason: String) -> String {
+        let token = self.token.expose();
+        if token.len() >= 4 && reason.contains(token) {
+            reason.replace(token, "<hec.token>")
+        } else {
+            reason
         }
     }
 
@@ -185,7 +239,7 @@ impl HecClient {
                 continue;
             }
             match self.health_of(&e.url.clone()).await {
-                Ok(()) => self.mark_healthy(i),
+                Ok(()) => self.rejoin(i),
                 Err(reason) => self.mark_failed(i, &reason, None),
             }
         }
@@ -255,7 +309,8 @@ impl HecClient {
                     .headers()
                     .get("retry-after")
                     .and_then(|v| v.to_str().ok())
-                    .and_then(parse_seconds);
+                    .and_then(parse_seconds)
+                    .map(|d| cap_retry_after(d, "HEC"));
                 match resp.bytes().await {
                     Ok(b) => super::observe::classify_observed(
                         &mut self.observed,
@@ -274,6 +329,31 @@ impl HecClient {
                 }
             }
         };
+        let outcome = match outcome {
+            Outcome::Retry {
+                reason,
+                retry_after,
+            } => Outcome::Retry {
+                reason: self.redact(reason),
+                retry_after,
+            },
+            Outcome::Pause { reason } => Outcome::Pause {
+                reason: self.redact(reason),
+            },
+            Outcome::Garbled { reason } => Outcome::Garbled {
+                reason: self.redact(reason),
+            },
+            Outcome::BadEvent {
+                index,
+                code,
+                reason,
+            } => Outcome::BadEvent {
+                index,
+                code,
+                reason: self.redact(reason),
+            },
+            other => other,
+        };
         match &outcome {
             Outcome::Retry {
                 reason,
@@ -281,9 +361,14 @@ impl HecClient {
             } => self.mark_failed(endpoint, reason, *retry_after),
             Outcome::TimedOut => self.mark_failed(endpoint, "no answer within the timeout", None),
             // A URL that refuses the token or does not exist leaves the rotation too: another
-            // URL may work, and if none does the sink backs off anyway.
-            Outcome::Pause { reason } => self.mark_failed(endpoint, reason, None),
-            _ => self.mark_healthy(endpoint),
+            // URL may work, and if none does the sink backs off anyway. So does one whose 200s
+            // cannot be read (a proxy answering for Splunk).
+            Outcome::Pause { reason } | Outcome::Garbled { reason } => {
+                self.mark_failed(endpoint, reason, None)
+            }
+            Outcome::Accepted { .. } | Outcome::BadEvent { .. } | Outcome::TooLarge => {
+                self.mark_succeeded(endpoint)
+            }
         }
         Sent {
             endpoint,
@@ -346,7 +431,7 @@ impl HecClient {
         let mut req = self
             .http
             .get(format!("{url}/services/collector/health"))
-            .timeout(Duration::from_secs(10));
+            .timeout(HEALTH_TIMEOUT);
         if let Some(auth) = self.auth() {
             req = req.header(AUTHORIZATION, auth);
         }

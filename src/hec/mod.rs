@@ -8,11 +8,12 @@
 //! | --- | --- |
 //! | accepted (200, code 0) | batch deleted (the only way a record leaves the outbox) |
 //! | accepted with `ackId` (`use_ack`) | batch kept until its ack reads true, then deleted; resent after `ack_timeout` |
-//! | bad event k | events before k deleted (HEC indexed them), k dead-lettered, the rest resent |
+//! | bad event k | events before k deleted (HEC indexed them; in ack mode too), k dead-lettered, the rest resent |
 //! | bad event, index unknown | the batch is resent one event at a time to find it |
 //! | 413 too large | the batch is split in halves; a single over-size event is dead-lettered |
 //! | retry (5xx, 429, down) | same batch on the next healthy URL at once, else after backoff or `Retry-After`, forever |
 //! | timed out | same batch again once with a 10x longer timeout (see below) |
+//! | garbled 200 (unreadable body) | same batch again after a backoff, never at once; counted as a suspected duplicate |
 //! | pause (token, URL) | same batch again, slowly; health says why; resumes when fixed |
 //!
 //! # Duplicates
@@ -20,7 +21,14 @@
 //! (at most the batches in flight), and after a timeout. A HEC that accepts but answers late
 //! would, with a fixed timeout, receive the same batch over and over; so after a timeout the
 //! batch is resent with [`TIMEOUT_FACTOR`] times the timeout, which a merely slow HEC answers:
-//! one duplicate batch, not an endless loop.
+//! one duplicate batch, not an endless loop. A 200 whose body cannot be read may also have been
+//! indexed: it is resent only after a growing backoff, so no answer, however broken, can make
+//! the sink resend at an unbounded rate.
+//!
+//! # Watchdog
+//! Every wait of the loop is announced with the wait's own bound ([`crate::watchdog::within`]
+//! around each request, [`crate::watchdog::waiting`] before each sleep), so the resend with a
+//! 10x timeout against a HEC that never answers is a promised wait, not a stall.
 
 pub mod ack;
 pub mod batch;
@@ -36,7 +44,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use self::ack::{ACK_POLL_INTERVAL, AckTracker, MAX_IN_FLIGHT, Pending};
+use self::ack::{AckTracker, MAX_IN_FLIGHT, Pending};
 use self::batch::build_body;
 use self::client::{AckError, HecClient};
 use self::response::Outcome;
@@ -51,6 +59,8 @@ pub use self::client::HecError;
 pub const COMPONENT: &str = "hec";
 /// After a timeout, the resend waits this many times `hec.timeout` for its answer.
 pub const TIMEOUT_FACTOR: u32 = 10;
+/// With nothing to send, the sink looks again after this long even without a wake-up.
+const IDLE_RECHECK: Duration = Duration::from_secs(1);
 
 /// Why the sink stopped (only ever shutdown; delivery failures are retried, not returned).
 #[derive(Debug, thiserror::Error)]
@@ -139,7 +149,8 @@ impl Sink {
 
     /// Checks every HEC URL's health endpoint with the token and logs the result.
     pub async fn log_health(&self) {
-        for (url, result) in self.client.health().await {
+        let checks = crate::watchdog::within(self.client.health_bound(), self.client.health());
+        for (url, result) in checks.await {
             match result {
                 Ok(()) => info!(%url, "HEC is healthy and accepts the token"),
                 Err(reason) => {
@@ -158,9 +169,10 @@ impl Sink {
                 Ok(Step::Progress) => continue,
                 Ok(Step::Stopped) => return,
                 Ok(Step::Idle) => {
+                    crate::watchdog::waiting(IDLE_RECHECK);
                     tokio::select! {
                         _ = self.spool.wait_for_data() => {}
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = tokio::time::sleep(IDLE_RECHECK) => {}
                         _ = shutdown.cancelled() => return,
                     }
                 }
@@ -293,13 +305,14 @@ impl Sink {
 
     /// Queries pending acks per endpoint, settles confirmed batches, resends expired ones.
     async fn ack_round(&mut self, shutdown: &CancellationToken) -> Result<Step, SinkError> {
-        self.next_ack_poll = Instant::now() + ACK_POLL_INTERVAL;
         let Some(tracker) = self.acks.as_ref() else {
             return Ok(Step::Progress);
         };
+        let mut confirmed_any = false;
         for (endpoint, ids) in tracker.ids_by_endpoint() {
+            let query = self.client.query_acks(endpoint, &ids);
             let answer = tokio::select! {
-                r = self.client.query_acks(endpoint, &ids) => r,
+                r = crate::watchdog::within(self.timeout, query) => r,
                 _ = shutdown.cancelled() => return Ok(Step::Stopped),
             };
             match answer {
@@ -309,9 +322,17 @@ impl Sink {
                         .as_mut()
                         .map(|t| t.confirm(endpoint, &answer))
                         .unwrap_or_default();
-                    for p in done {
+                    confirmed_any |= !done.is_empty();
+                    for c in done {
+                        if c.late {
+                            info!(
+                                first_seq = c.first,
+                                last_seq = c.last,
+                                "a late acknowledgement of an earlier copy settled a resent batch (the resend's own ack is ignored)"
+                            );
+                        }
                         if self
-                            .settle(Some((p.first, p.last)), p.events, Vec::new(), shutdown)
+                            .settle(Some((c.first, c.last)), c.events, Vec::new(), shutdown)
                             .await?
                         {
                             return Ok(Step::Stopped);
@@ -331,17 +352,24 @@ impl Sink {
                 }
             }
         }
-        let expired = self
-            .acks
-            .as_mut()
-            .map(|t| t.take_expired(Instant::now()))
-            .unwrap_or_default();
+        let Some(tracker) = self.acks.as_mut() else {
+            return Ok(Step::Progress);
+        };
+        self.next_ack_poll = Instant::now() + tracker.next_poll(confirmed_any);
+        let expired = tracker.take_expired(Instant::now());
         for p in expired {
             Stats::add(&self.stats.ack_resends, 1);
+            let next = self
+                .acks
+                .as_ref()
+                .map_or(p.deadline, |t| t.deadline_for(p.attempt + 1));
             warn!(
                 ack_id = p.ack_id,
                 events = p.events,
-                "no indexer acknowledgement within hec.ack_timeout: resending the batch (it may be indexed twice)"
+                resends = p.attempt + 1,
+                waited_s = p.deadline.as_secs(),
+                next_deadline_s = next.as_secs(),
+                "no indexer acknowledgement within its deadline (hec.ack_timeout, doubled per resend): resending the batch (it may be indexed twice); the earlier ack id stays valid, a late true still settles it"
             );
             if self.deliver_range(p.first, p.last, shutdown).await? == Step::Stopped {
                 return Ok(Step::Stopped);
@@ -457,7 +485,8 @@ impl Sink {
                 })
             });
             prefetch = false;
-            let send = self.client.send(body.clone(), timeout);
+            let bound = self.client.send_bound(timeout);
+            let send = crate::watchdog::within(bound, self.client.send(body.clone(), timeout));
             let (sent, next) = tokio::select! {
                 r = async {
                     match next {
@@ -487,14 +516,14 @@ impl Sink {
                     self.isolate = self.isolate.saturating_sub(good.len());
                     match (self.acks.as_mut(), ack_id) {
                         (Some(tracker), Some(ack_id)) => {
-                            tracker.push(Pending {
+                            let soon = tracker.push(Pending::new(
                                 ack_id,
-                                endpoint: sent.endpoint,
+                                sent.endpoint,
                                 first,
                                 last,
-                                events: good.len(),
-                                sent_at: Instant::now(),
-                            });
+                                good.len(),
+                            ));
+                            self.next_ack_poll = self.next_ack_poll.min(Instant::now() + soon);
                             return Ok(Delivered::Done);
                         }
                         (Some(_), None) => {
@@ -522,11 +551,11 @@ impl Sink {
                     Stats::add(&self.stats.hec_failures, 1);
                     match index.filter(|k| *k < good.len()) {
                         Some(k) => {
-                            // HEC indexed 0..k and refused k. Without acks that counts as
-                            // delivered; with acks nothing confirms it, so 0..k are sent again
-                            // (possibly twice in Splunk) rather than deleted unconfirmed.
-                            let plain = self.acks.is_none();
-                            let accepted = (plain && k > 0).then(|| (first, good[k - 1].seq));
+                            // HEC indexed 0..k and refused k (reference/splunk-hec.md). With
+                            // acks on too: a 400 carries no ackId, so no later answer can
+                            // confirm 0..k any better than this one does, and sending them
+                            // again would index them twice. Both modes settle them.
+                            let accepted = (k > 0).then(|| (first, good[k - 1].seq));
                             let dead = DeadLetter {
                                 seq: good[k].seq,
                                 reason: reason.clone(),
@@ -534,11 +563,7 @@ impl Sink {
                             };
                             warn!(%url, record_id = %good[k].record_id, account = %good[k].account,
                                 "HEC refused one event; moved it to dead letters (see `rc-audit-hec spool dead-letters`): {reason}");
-                            let delivered = if plain { k } else { 0 };
-                            if self
-                                .settle(accepted, delivered, vec![dead], shutdown)
-                                .await?
-                            {
+                            if self.settle(accepted, k, vec![dead], shutdown).await? {
                                 return Ok(Delivered::Stopped);
                             }
                             self.isolate = self.isolate.saturating_sub(k + 1);
@@ -597,6 +622,23 @@ impl Sink {
                     let immediate = !timed_out && self.client.any_healthy();
                     timed_out = true;
                     if !immediate && sleep_or_stop(backoff.next_delay(None), shutdown).await {
+                        return Ok(Delivered::Stopped);
+                    }
+                }
+                Outcome::Garbled { reason } => {
+                    Stats::add(&self.stats.hec_failures, 1);
+                    // Another URL may be healthy, but this batch may be indexed already: a
+                    // fast failover would let a HEC that indexes and answers garbage take it
+                    // again and again. Always back off.
+                    let delay = backoff.next_delay(None);
+                    let reason = format!(
+                        "{reason}; HEC may have indexed the batch, so it is resent after a backoff (it may be indexed twice); a proxy or load balancer in front of Splunk may be answering instead of HEC"
+                    );
+                    self.health
+                        .set(COMPONENT, State::Degraded, Some(reason.clone()));
+                    warn!(%url, attempt = backoff.attempts(), retry_in_ms = delay.as_millis() as u64,
+                        events = good.len(), "{reason}");
+                    if sleep_or_stop(delay, shutdown).await {
                         return Ok(Delivered::Stopped);
                     }
                 }

@@ -1,6 +1,7 @@
 //! What the sink learns from each HEC answer besides what to do next: answers by URL, status and
 //! code, per-URL health for `/healthz`, the time of the last delivery, and events that may
-//! have reached Splunk twice (a request that timed out may still have been indexed).
+//! have reached Splunk twice (a request that timed out, or a 200 that could not be read, may
+//! still have been indexed).
 //!
 //! Kept apart from the decision logic ([`super::response`]) and the delivery loop so that those
 //! stay about delivery; the loop calls [`Sink::observe`] once per answer.
@@ -69,9 +70,7 @@ pub fn classify_observed(
     retry_after: Option<Duration>,
     body: &[u8],
 ) -> Outcome {
-    let code = serde_json::from_slice::<serde_json::Value>(body)
-        .ok()
-        .and_then(|v| v.get("code").and_then(|c| c.as_i64()));
+    let code = super::response::hec_code(body);
     *observed = Observed::Response { status, code };
     classify(status, retry_after, body)
 }
@@ -84,7 +83,8 @@ impl Sink {
             Observed::Timeout | Observed::Unreachable => self.stats.hec_response(url, 0, None),
             Observed::Nothing => {}
         }
-        if self.client.observed == Observed::Timeout {
+        // No answer, or a 200 that cannot be read: HEC may hold the batch, which is resent.
+        if self.client.observed == Observed::Timeout || matches!(outcome, Outcome::Garbled { .. }) {
             Stats::add(&self.stats.events_duplicate_suspected, events as u64);
         }
         let delivered = match outcome {
@@ -103,7 +103,9 @@ impl Sink {
             Outcome::Accepted { .. } | Outcome::BadEvent { .. } | Outcome::TooLarge => {
                 (State::Ok, None)
             }
-            Outcome::Retry { reason, .. } => (State::Degraded, Some(reason.clone())),
+            Outcome::Retry { reason, .. } | Outcome::Garbled { reason } => {
+                (State::Degraded, Some(reason.clone()))
+            }
             Outcome::TimedOut => (
                 State::Degraded,
                 Some("no answer within hec.timeout (the batch may be indexed; it is resent once with a longer timeout)".to_string()),

@@ -6,8 +6,6 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
-
 /// What the sink does with a response.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -39,6 +37,14 @@ pub enum Outcome {
     /// No answer within the timeout. HEC may have indexed the batch, so a resend can duplicate
     /// it; the sink resends once with a much longer timeout rather than looping.
     TimedOut,
+    /// A 200 whose body says nothing readable (empty, HTML from a proxy, truncated JSON, no
+    /// numeric `code`, an unreadable `ackId`): HEC may have indexed the batch, or not. Like a
+    /// timeout, the resend may duplicate; unlike a 5xx it must never be resent at once, or a
+    /// HEC that indexes and answers garbage would receive the batch in a tight loop.
+    Garbled {
+        /// What came back (a snippet of the body), for logs.
+        reason: String,
+    },
     /// A configuration problem (token, URL): keep buffering, retry slowly, tell the operator.
     Pause {
         /// What is wrong and how to fix it.
@@ -46,27 +52,75 @@ pub enum Outcome {
     },
 }
 
-#[derive(Deserialize, Default)]
+/// The most of an unreadable body that goes into a log line.
+const BODY_SNIPPET: usize = 200;
+
+/// What the sink reads from a HEC answer's body. Parsed from a [`serde_json::Value`] field by
+/// field rather than into a typed struct, so that a field of an unexpected type (`"text": 0`, a
+/// string `ackId`) never hides the `code`, which alone decides.
+#[derive(Default)]
 struct Body {
-    #[serde(default)]
+    /// The body was JSON (an object).
+    json: bool,
     text: Option<String>,
-    #[serde(default)]
     code: Option<i64>,
-    #[serde(default, rename = "invalid-event-number")]
     invalid_event_number: Option<i64>,
-    #[serde(default, rename = "ackId")]
-    ack_id: Option<u64>,
+    /// `ackId`: `None` when absent; `Some(None)` when present but not a non-negative integer.
+    ack_id: Option<Option<u64>>,
+}
+
+impl Body {
+    fn parse(body: &[u8]) -> Body {
+        let Ok(serde_json::Value::Object(m)) = serde_json::from_slice::<serde_json::Value>(body)
+        else {
+            return Body::default();
+        };
+        // Numbers may come as JSON numbers or as strings of digits (`"7"`): both mean the same
+        // number; anything else is unreadable.
+        let int = |v: &serde_json::Value| match v {
+            serde_json::Value::Number(n) => n.as_i64(),
+            serde_json::Value::String(s) => s.trim().parse::<i64>().ok(),
+            _ => None,
+        };
+        Body {
+            json: true,
+            text: m.get("text").map(|t| match t {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            }),
+            code: m.get("code").and_then(int),
+            invalid_event_number: m.get("invalid-event-number").and_then(int),
+            ack_id: m
+                .get("ackId")
+                .map(|v| int(v).and_then(|n| u64::try_from(n).ok())),
+        }
+    }
+}
+
+/// The start of `body` as text for a log line: at most [`BODY_SNIPPET`] bytes, lossy UTF-8,
+/// control characters escaped so one answer stays one log line.
+pub fn snippet(body: &[u8]) -> String {
+    if body.is_empty() {
+        return "(empty body)".to_string();
+    }
+    let cut = &body[..body.len().min(BODY_SNIPPET)];
+    let mut s: String = String::from_utf8_lossy(cut).escape_debug().collect();
+    if body.len() > BODY_SNIPPET {
+        s.push_str(&format!("... ({} bytes)", body.len()));
+    }
+    s
+}
+
+/// HEC's `code` in a body, read as [`classify`] reads it (for metrics).
+pub fn hec_code(body: &[u8]) -> Option<i64> {
+    Body::parse(body).code
 }
 
 /// Classifies a HEC response to an event request.
 pub fn classify(status: u16, retry_after: Option<Duration>, body: &[u8]) -> Outcome {
-    let parsed: Option<Body> = serde_json::from_slice(body).ok();
-    let b = parsed.unwrap_or_default();
+    let b = Body::parse(body);
     let code = b.code;
-    let text = b
-        .text
-        .clone()
-        .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned());
+    let text = b.text.clone().unwrap_or_else(|| snippet(body));
     let said = format!(
         "HTTP {status}, code {}: {text}",
         code.map_or("-".to_string(), |c| c.to_string())
@@ -79,8 +133,30 @@ pub fn classify(status: u16, retry_after: Option<Duration>, body: &[u8]) -> Outc
         reason: format!("{said}; {fix}"),
     };
     match (status, code) {
-        (200, Some(0 | 24 | 25)) => Outcome::Accepted { ack_id: b.ack_id },
-        (200, _) => retry(format!("{said}: a 200 without code 0 is not an acceptance")),
+        // An `ackId` that is there but unreadable cannot be confirmed later: the batch was
+        // received (maybe indexed), yet nothing can ever settle it, so it counts as garbled.
+        (200, Some(0 | 24 | 25)) if matches!(b.ack_id, Some(None)) => Outcome::Garbled {
+            reason: format!("HTTP 200 with an unreadable ackId: {}", snippet(body)),
+        },
+        (200, Some(0 | 24 | 25)) => Outcome::Accepted {
+            ack_id: b.ack_id.flatten(),
+        },
+        // A 200 means HEC took the request, so whatever else it says, the batch may be
+        // indexed: never a fast retry.
+        (200, Some(_)) => Outcome::Garbled {
+            reason: format!("{said}: a 200 without code 0 is not an acceptance"),
+        },
+        (200, None) => Outcome::Garbled {
+            reason: format!(
+                "HTTP 200 without a readable HEC code ({}): {}",
+                if b.json {
+                    "JSON without a numeric code"
+                } else {
+                    "not JSON"
+                },
+                snippet(body)
+            ),
+        },
         (400, Some(c @ (6 | 7 | 12 | 13 | 15))) => Outcome::BadEvent {
             index: b.invalid_event_number.and_then(|n| usize::try_from(n).ok()),
             code: c,
@@ -138,10 +214,72 @@ mod tests {
             c(200, r#"{"text":"queue approaching capacity","code":24}"#),
             Outcome::Accepted { ack_id: None }
         );
-        assert!(matches!(
-            c(200, "<html>proxy</html>"),
-            Outcome::Retry { .. }
-        ));
+    }
+
+    /// Issue 9 item 6: `code` alone decides; other fields of odd types never hide it.
+    #[test]
+    fn code_zero_is_acceptance_whatever_the_other_fields_types() {
+        assert_eq!(
+            c(200, r#"{"text":0,"code":0}"#),
+            Outcome::Accepted { ack_id: None }
+        );
+        assert_eq!(
+            c(200, r#"{"text":"Success","code":0,"ackId":"7"}"#),
+            Outcome::Accepted { ack_id: Some(7) },
+            "a string ackId of digits is that number"
+        );
+        assert_eq!(
+            c(200, r#"{"text":null,"code":"0","extra":[1,{"a":2}]}"#),
+            Outcome::Accepted { ack_id: None }
+        );
+        assert_eq!(
+            c(400, r#"{"text":6,"code":6,"invalid-event-number":"3"}"#),
+            Outcome::BadEvent {
+                index: Some(3),
+                code: 6,
+                reason: "HTTP 400, code 6: 6".into()
+            }
+        );
+    }
+
+    /// Issue 9 item 6: a 200 that is not a readable acceptance is `Garbled` (resent only after
+    /// a backoff, counted as a suspected duplicate), with the body in the reason.
+    #[test]
+    fn an_unreadable_200_is_garbled_with_the_body_in_the_reason() {
+        for body in [
+            "",
+            "<html>proxy</html>",
+            r#"{"text":"Success","co"#,
+            r#"{"text":"Success"}"#,
+            r#"{"text":"Success","code":0,"ackId":"seven"}"#,
+            r#"{"text":"Success","code":0,"ackId":-1}"#,
+            r#"{"text":"No data","code":5}"#,
+            "[0]",
+        ] {
+            match c(200, body) {
+                Outcome::Garbled { reason } => {
+                    let shown = if body.is_empty() {
+                        "(empty body)"
+                    } else {
+                        body
+                    };
+                    let shown = shown.escape_debug().to_string();
+                    assert!(
+                        reason.contains(&shown) || reason.contains("code 5"),
+                        "{body:?}: {reason}"
+                    );
+                }
+                other => panic!("{body:?}: {other:?}"),
+            }
+        }
+        let long = format!(r#"{{"text":"{}""#, "x".repeat(5000));
+        let Outcome::Garbled { reason } = c(200, &long) else {
+            panic!()
+        };
+        assert!(
+            reason.len() < 400 && reason.contains("5010 bytes"),
+            "{reason}"
+        );
     }
 
     #[test]

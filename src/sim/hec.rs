@@ -62,7 +62,8 @@ pub struct HecSimConfig {
     /// The token has indexer acknowledgement on.
     pub ack: bool,
     /// Benchmark mode: check the token, gunzip, count the events and answer success; no
-    /// per-event validation, nothing stored, no faults, no log. It measures what a receiver
+    /// per-event validation, nothing stored, no faults, no log (with `ack`, every id reads true
+    /// at the first query). It measures what a receiver
     /// costs at the least, so the forwarder's throughput can be compared with it. Never use it
     /// to test behaviour: that is what the strict (default) mode is for.
     pub fast: bool,
@@ -110,6 +111,13 @@ pub struct HecFaults {
     pub ack_delay: Duration,
     /// With ack on: new `ackId`s never read `true` (the events were indexed, the ack was lost).
     pub lose_acks: bool,
+    /// A successful event request (indexed as usual) is answered 200 with exactly this body
+    /// instead of HEC's JSON: an empty body, a proxy's HTML, truncated JSON, odd field types
+    /// (`{"text":0,"code":0}`), a string `ackId` (`{ack}` in it is replaced by the real id).
+    pub success_body: Option<String>,
+    /// Like `slow`, but for event requests only: `/health` answers at once (an overloaded
+    /// indexer behind a healthy front end).
+    pub slow_events: Duration,
 }
 
 /// One request the simulator received.
@@ -274,6 +282,8 @@ struct Answer {
     invalid_event: Option<usize>,
     retry_after: Option<Duration>,
     ack_id: Option<u64>,
+    /// Sent as the body instead of HEC's JSON ([`HecFaults::success_body`]).
+    raw_body: Option<String>,
 }
 
 impl Answer {
@@ -284,6 +294,7 @@ impl Answer {
             invalid_event: None,
             retry_after: None,
             ack_id: None,
+            raw_body: None,
         }
     }
 
@@ -309,6 +320,10 @@ impl Answer {
             && let Ok(value) = HeaderValue::from_str(&format_secs(after))
         {
             headers.insert(header::RETRY_AFTER, value);
+        }
+        if let Some(raw) = self.raw_body {
+            let id = self.ack_id.map(|i| i.to_string()).unwrap_or_default();
+            return (self.status, headers, raw.replace("{ack}", &id)).into_response();
         }
         (self.status, headers, body.to_string()).into_response()
     }
@@ -454,7 +469,7 @@ async fn event(
         } else {
             Answer::new(404, 404)
         };
-        let slow = state.faults.slow;
+        let slow = state.faults.slow + state.faults.slow_events;
         record.log(&mut state, &answer);
         (answer, slow)
     };
@@ -498,7 +513,20 @@ fn fast_events(shared: &Shared, headers: &HeaderMap, body: &[u8]) -> Response {
     shared
         .accepted
         .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
-    Answer::new(200, 0).into_response()
+    let mut answer = Answer::new(200, 0);
+    if shared.ack.load(std::sync::atomic::Ordering::Relaxed) {
+        // Acknowledged at once: the ack-mode benchmark measures the forwarder's polling.
+        let Some(channel) = channel_of(headers).0 else {
+            return Answer::new(400, 10).into_response();
+        };
+        let mut state = shared.lock();
+        let ch = state.channels.entry(channel).or_default();
+        let id = ch.next_id;
+        ch.next_id += 1;
+        ch.pending.insert(id, Some(Instant::now()));
+        answer.ack_id = Some(id);
+    }
+    answer.into_response()
 }
 
 /// Auth, faults, decoding and per-event indexing for one event request.
@@ -592,6 +620,7 @@ fn handle_events(
             ch.pending.insert(id, ready);
             answer.ack_id = Some(id);
         }
+        answer.raw_body = state.faults.success_body.clone();
         answer
     })
 }
