@@ -178,4 +178,14 @@ async fn tls_verify_false_delivers_and_warns_at_every_start() {
         );
     }
     assert_eq!(hec.accepted(), 5);
+    // `check --offline` (systemd's ExecStartPre) flags it too, without failing the start.
+    let out = run_bin(&["check", "--offline"], &cfg).await;
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{t}");
+    assert!(
+        t.lines()
+            .any(|l| l.starts_with("hec: tls_verify") && l.contains("WARN")),
+        "{t}"
+    );
+    assert!(t.contains("set hec.tls_ca_file"), "{t}");
 }
