@@ -84,6 +84,8 @@ pub struct HecClient {
     next: usize,
     /// What the last `send` got back, for metrics and per-URL health ([`super::observe`]).
     pub(super) observed: super::observe::Observed,
+    /// How long the last `send` took, answer read (the request-latency histogram).
+    pub(super) elapsed: Duration,
 }
 
 impl HecClient {
@@ -133,6 +135,7 @@ impl HecClient {
             gzip: cfg.gzip,
             next: 0,
             observed: Default::default(),
+            elapsed: Duration::ZERO,
         })
     }
 
@@ -236,6 +239,7 @@ impl HecClient {
         if self.gzip {
             req = req.header(CONTENT_ENCODING, "gzip");
         }
+        let started = std::time::Instant::now();
         let sent = req.send().await;
         self.observed = super::observe::Observed::of(&sent);
         let outcome = match sent {
@@ -274,6 +278,7 @@ impl HecClient {
                 }
             }
         };
+        self.elapsed = started.elapsed();
         match &outcome {
             Outcome::Retry {
                 reason,

@@ -84,6 +84,9 @@ impl Sink {
             Observed::Timeout | Observed::Unreachable => self.stats.hec_response(url, 0, None),
             Observed::Nothing => {}
         }
+        if self.client.observed != Observed::Nothing {
+            self.stats.hec_request_seconds.observe(self.client.elapsed);
+        }
         if self.client.observed == Observed::Timeout {
             Stats::add(&self.stats.events_duplicate_suspected, events as u64);
         }
