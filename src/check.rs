@@ -333,7 +333,7 @@ fn transport_diagnosis(detail: &str, key: &str) -> Option<Diagnosis> {
         || d.contains("handshake")
     {
         let fix = if key == "hec.urls" {
-            "if Splunk uses a private CA, set hec.tls_ca_file to that CA's PEM certificate; make sure the certificate's names include the host in hec.urls. (hec.tls_verify = false only for a test)"
+            "if Splunk uses a private CA, set hec.tls_ca_file to that CA's PEM certificate (for a self-signed certificate, such as Splunk's default, to the certificate itself); make sure the certificate's names include the host in hec.urls. (hec.tls_verify = false only for a test)"
         } else {
             "if a TLS-inspecting proxy sits in between, add its CA to the system trust store (update-ca-certificates); check the system clock"
         };

@@ -55,7 +55,7 @@ pub fn unreachable_reason(e: reqwest::Error) -> String {
     let lower = chain.to_ascii_lowercase();
     if lower.contains("certificate") || lower.contains("unknownissuer") {
         format!(
-            "cannot reach HEC: {chain} (TLS trust: set hec.tls_ca_file to the CA that signed Splunk's certificate, and check the certificate names the host in hec.urls)"
+            "cannot reach HEC: {chain} (TLS trust: set hec.tls_ca_file to the CA that signed Splunk's certificate, or to the certificate itself when it is self-signed, and check the certificate names the host in hec.urls)"
         )
     } else {
         format!("cannot reach HEC: {chain} (check hec.urls, the network path and firewalls)")
