@@ -92,7 +92,8 @@ pub enum Command {
         #[arg(long)]
         offline: bool,
     },
-    /// Print the effective configuration (file + environment + defaults), secrets redacted.
+    /// Print the effective configuration (file + environment + defaults), secrets redacted, each
+    /// value with where it came from.
     Config,
     /// Poll a past range (at most 180 days back) into the spool and deliver it, without moving
     /// the live cursor. Interrupted and run again, it resumes where it stopped. While the service
@@ -239,8 +240,10 @@ pub async fn execute(cli: Cli) -> anyhow::Result<u8> {
             })
         }
         Command::Config => {
-            let config = load_config(&cli.config)?;
-            print!("{}", config.to_redacted_toml());
+            print!(
+                "{}",
+                Config::load_annotated(&cli.config, &LoadEnv::from_process())?
+            );
             Ok(exit::OK)
         }
         Command::Run => {

@@ -343,6 +343,20 @@ impl Config {
         .config(raw)
     }
 
+    /// [`Config::load`], rendered for the `config` command: the effective configuration as TOML
+    /// (secrets `[REDACTED]`), each value followed by where it came from: the file, the exact
+    /// environment variable, or the default; for a secret read from a file, which file.
+    pub fn load_annotated(path: &Path, env: &LoadEnv) -> Result<String, ConfigError> {
+        if !path.exists() {
+            return Err(ConfigError::MissingFile(path.to_path_buf()));
+        }
+        let figment = Figment::new()
+            .merge(Toml::file_exact(path))
+            .merge(RawEnv::from_process());
+        let config = Config::from_figment(&figment, env)?;
+        Ok(annotate(&config.to_redacted_toml(), &figment, env))
+    }
+
     /// The effective configuration as TOML, secrets shown as `[REDACTED]`.
     pub fn to_redacted_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
@@ -450,6 +464,92 @@ fn describe_figment_error(e: &figment::Error) -> String {
         (true, Some(origin)) => format!("{origin}: {kind}"),
         (true, None) => format!("{kind}"),
     }
+}
+
+/// The value at a dotted key, with numeric segments indexing arrays (`accounts.0.name`).
+fn find_value(figment: &Figment, key: &str) -> Option<figment::value::Value> {
+    let mut parts = key.split('.');
+    let mut value = figment.find_value(parts.next()?).ok()?;
+    for part in parts {
+        value = match (value, part.parse::<usize>()) {
+            (figment::value::Value::Array(_, items), Ok(i)) => items.into_iter().nth(i)?,
+            (figment::value::Value::Dict(_, mut dict), _) => dict.remove(part)?,
+            _ => return None,
+        };
+    }
+    Some(value)
+}
+
+/// Where the value at `key` came from, for people: `file /etc/...`, `environment variable X`,
+/// or `None` (not given: a default).
+fn origin_of(figment: &Figment, key: &str) -> Option<String> {
+    let value = find_value(figment, key)?;
+    let meta = figment.get_metadata(value.tag())?;
+    Some(if meta.name.contains("environment") {
+        format!("environment variable {}", env_var_name(key))
+    } else {
+        match &meta.source {
+            Some(src) => format!("file {src}"),
+            None => meta.name.to_string(),
+        }
+    })
+}
+
+/// Appends `# from ...` to every `key = value` line of the rendered config (see
+/// [`Config::load_annotated`]).
+fn annotate(rendered: &str, figment: &Figment, env: &LoadEnv) -> String {
+    let mut out = String::new();
+    let mut table = String::new();
+    let mut counters: std::collections::HashMap<String, usize> = Default::default();
+    for line in rendered.lines() {
+        let trimmed = line.trim();
+        if let Some(name) = trimmed
+            .strip_prefix("[[")
+            .and_then(|t| t.strip_suffix("]]"))
+        {
+            let n = counters.entry(name.to_string()).or_default();
+            table = format!("{name}.{n}");
+            *n += 1;
+        } else if let Some(name) = trimmed.strip_prefix('[').and_then(|t| t.strip_suffix(']')) {
+            table = name.to_string();
+        }
+        let Some((k, _)) = trimmed
+            .split_once(" = ")
+            .filter(|_| !trimmed.starts_with('#'))
+        else {
+            out.push_str(line);
+            out.push('\n');
+            continue;
+        };
+        let key = if table.is_empty() {
+            k.to_string()
+        } else {
+            format!("{table}.{k}")
+        };
+        let file_key = format!("{key}_file");
+        let origin = if let Some(file) = find_value(figment, &file_key) {
+            let path = PathBuf::from(file.as_str().unwrap_or_default());
+            let read = match &env.credentials_directory {
+                Some(dir) if path.is_relative() => dir.join(&path),
+                _ => std::path::absolute(&path).unwrap_or(path),
+            };
+            let set_in = origin_of(figment, &file_key).unwrap_or_else(|| "?".into());
+            format!("read from {} ({file_key} from {set_in})", read.display())
+        } else {
+            match origin_of(figment, &key) {
+                Some(o) => format!("from {o}"),
+                None if key == "spool.dir" => {
+                    "default ($STATE_DIRECTORY, else /var/lib/rc-audit-hec if it exists, else ./state)".into()
+                }
+                None if key == "hec.host" => "default (this machine's hostname)".into(),
+                None if key == "hec.urls" => origin_of(figment, "hec.url")
+                    .map_or_else(|| "default".into(), |o| format!("from {o} (as hec.url)")),
+                None => "default".into(),
+            }
+        };
+        out.push_str(&format!("{line}  # {origin}\n"));
+    }
+    out
 }
 
 /// `hec.batch_max_bytes` -> `RC_AUDIT_HEC_HEC__BATCH_MAX_BYTES`.

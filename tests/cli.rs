@@ -685,3 +685,46 @@ async fn demo_serve_gives_a_config_for_every_command_and_switchable_faults() {
         .unwrap();
     assert_eq!(status.code(), Some(0));
 }
+
+/// `config` says where each value came from: the file, the exact environment variable, the
+/// default, and for a secret the file it was read from (never the secret itself).
+#[tokio::test]
+async fn config_shows_where_each_value_came_from() {
+    let w = World::new(1).await;
+    let token = w.dir.path().join("hec-token");
+    std::fs::write(&token, common::HEC_TOKEN).unwrap();
+    let toml = w.toml("", "").replace(
+        &format!("token = \"{}\"", common::HEC_TOKEN),
+        &format!("token_file = {token:?}"),
+    );
+    let cfg = write_config(w.dir.path(), &toml);
+    let mut cmd = bin();
+    cmd.arg("--config")
+        .arg(&cfg)
+        .arg("config")
+        .env("RC_AUDIT_HEC_HEC__BATCH_MAX_EVENTS", "77");
+    let out = run(cmd).await;
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{t}");
+    let line = |key: &str| {
+        t.lines()
+            .find(|l| l.starts_with(&format!("{key} = ")))
+            .unwrap_or_default()
+    };
+    assert!(
+        line("batch_max_events")
+            .ends_with("# from environment variable RC_AUDIT_HEC_HEC__BATCH_MAX_EVENTS"),
+        "{t}"
+    );
+    assert!(line("page_size").ends_with("# default"), "{t}");
+    assert!(
+        line("interval").contains(&format!("# from file {}", cfg.display())),
+        "{t}"
+    );
+    assert!(
+        line("token").contains(&format!("read from {}", token.display()))
+            && line("token").contains("[REDACTED]"),
+        "{t}"
+    );
+    assert!(!t.contains(common::HEC_TOKEN), "{t}");
+}
