@@ -289,23 +289,23 @@ pub enum Secrets {
 impl Config {
     /// Loads `path` (which must exist) merged with `RC_AUDIT_HEC_*` environment variables.
     pub fn load(path: &Path, env: &LoadEnv) -> Result<Config, ConfigError> {
+        let figment = Config::sources(path)?;
+        Config::from_figment(&figment, env)
+    }
+
+    /// The file (which must exist) merged with the `RC_AUDIT_HEC_*` environment variables.
+    fn sources(path: &Path) -> Result<Figment, ConfigError> {
         if !path.exists() {
             return Err(ConfigError::MissingFile(path.to_path_buf()));
         }
-        let figment = Figment::new()
+        Ok(Figment::new()
             .merge(Toml::file_exact(path))
-            .merge(RawEnv::from_process());
-        Config::from_figment(&figment, env)
+            .merge(RawEnv::from_process()))
     }
 
     /// Like [`Config::load`], but without reading any secret (see [`Secrets::Skip`]).
     pub fn load_without_secrets(path: &Path, env: &LoadEnv) -> Result<Config, ConfigError> {
-        if !path.exists() {
-            return Err(ConfigError::MissingFile(path.to_path_buf()));
-        }
-        let figment = Figment::new()
-            .merge(Toml::file_exact(path))
-            .merge(RawEnv::from_process());
+        let figment = Config::sources(path)?;
         Config::from_figment_with(&figment, env, Secrets::Skip)
     }
 
@@ -347,12 +347,7 @@ impl Config {
     /// (secrets `[REDACTED]`), each value followed by where it came from: the file, the exact
     /// environment variable, or the default; for a secret read from a file, which file.
     pub fn load_annotated(path: &Path, env: &LoadEnv) -> Result<String, ConfigError> {
-        if !path.exists() {
-            return Err(ConfigError::MissingFile(path.to_path_buf()));
-        }
-        let figment = Figment::new()
-            .merge(Toml::file_exact(path))
-            .merge(RawEnv::from_process());
+        let figment = Config::sources(path)?;
         let config = Config::from_figment(&figment, env)?;
         Ok(annotate(&config.to_redacted_toml(), &figment, env))
     }
