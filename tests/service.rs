@@ -164,6 +164,9 @@ async fn run_speaks_the_systemd_notify_protocol() {
             .any(|m| m.starts_with("STATUS=spooled 0, delivered 25 (last at ")),
         "{msgs:?}"
     );
+    // Log fields are values, not Rust debug (`watchdog=Some(400ms)`, `watchdog=None`).
+    assert!(err.contains("watchdog=400ms"), "{err}");
+    assert!(!err.contains("Some(") && !err.contains("=None"), "{err}");
     assert_each_once(&w, &[0]);
 }
 
