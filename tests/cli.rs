@@ -301,6 +301,19 @@ async fn run_serves_admin_refuses_a_second_instance_and_stops_on_sigterm() {
         .await
         .unwrap();
     assert_eq!(health["status"], "ok", "{health}");
+    // Liveness, apart from readiness: names the state directory for shell commands.
+    let live: serde_json::Value = reqwest::get(format!("http://127.0.0.1:{port}/livez"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(live["status"], "alive", "{live}");
+    assert_eq!(
+        live["state_dir"].as_str().map(PathBuf::from),
+        Some(w.dir.path().join("state")),
+        "{live}"
+    );
 
     let mut second = bin();
     second.arg("--config").arg(&cfg).arg("once");

@@ -378,6 +378,10 @@ async fn metrics_and_healthz_scraped_during_a_run_cover_accounts_hec_and_the_spo
         "rc_audit_hec_last_poll_timestamp_seconds{account=\"acct0\"} ",
         "rc_audit_hec_last_delivery_timestamp_seconds ",
         "rc_audit_hec_component_up{component=\"account:acct1\"} 0",
+        "rc_audit_hec_hec_request_duration_seconds_bucket{le=\"+Inf\"} ",
+        "rc_audit_hec_rc_request_duration_seconds_count ",
+        "rc_audit_hec_build_info{version=",
+        "rc_audit_hec_process_resident_memory_bytes ",
     ] {
         assert!(
             metrics.contains(expected),
