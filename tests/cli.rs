@@ -181,6 +181,30 @@ async fn config_errors_exit_78_and_name_the_key_and_its_source() {
     let w = World::new(1).await;
     let good = w.toml("", "");
 
+    // Every problem at once, not one per attempt.
+    let cfg = write_config(
+        dir.path(),
+        &good.replace(
+            "[poll]",
+            "[poll]\npage_size = 5000\ninitial_lookback = \"200d\"",
+        ),
+    );
+    let mut cmd = bin();
+    cmd.arg("--config")
+        .arg(&cfg)
+        .args(["check", "--offline"])
+        .env("RC_AUDIT_HEC_HEC__BATCH_MAX_EVENTS", "0");
+    let out = run(cmd).await;
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(78), "{t}");
+    assert!(
+        t.contains("3 problems")
+            && t.contains("poll.page_size")
+            && t.contains("poll.initial_lookback")
+            && t.contains("RC_AUDIT_HEC_HEC__BATCH_MAX_EVENTS"),
+        "{t}"
+    );
+
     let cfg = write_config(
         dir.path(),
         &good.replace("[poll]", "[poll]\npage_sise = 10"),
