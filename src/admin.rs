@@ -6,14 +6,17 @@
 //!   loop, with the reason; answers 503 when anything is failing (a refused credential, a
 //!   missing permission, a rejected HEC token, a stalled loop), so a load balancer or monitor
 //!   can act on the status code alone.
+//! - `GET /livez`: liveness (200 while the process serves), apart from `/healthz` readiness;
+//!   names the state directory, which is how shell commands find the service's spool.
 //! - `GET /backfill`: the backfills the service still has to do, with what is left of each.
 //! - `POST /backfill` (`{"from": RFC 3339, "to": RFC 3339, "accounts": [names]}`, no accounts =
 //!   all): hands a backfill to the running service, which polls it between live windows through
 //!   each account's own client, so within the same rate limits (this is what
 //!   `rc-audit-hec backfill` does while the service runs). The only request that changes
 //!   anything, and it is accepted **from this machine only** (the peer must be a loopback
-//!   address), whatever `admin.listen` binds to, and only as `application/json` (so a web page
-//!   in a local browser cannot send it). Its worst effect is extra polling of
+//!   address, and the `Host` header must name this machine, against DNS rebinding), whatever
+//!   `admin.listen` binds to, and only as `application/json` (so a web page in a local browser
+//!   cannot send it). Its worst effect is extra polling of
 //!   RingCentral within the rate limits; the spool's dedup keeps it from duplicating anything.
 //!
 //! Bounded ([`Limits`]): 64 connections at once (more wait in the kernel's queue), closed after
@@ -55,6 +58,8 @@ pub struct AdminState {
     pub health: Arc<Health>,
     /// The configured account names (kept current across reloads), to check backfill requests.
     pub accounts: Arc<RwLock<Vec<String>>>,
+    /// The address the endpoint is bound to (a `Host` header may name it).
+    pub bound: Option<SocketAddr>,
 }
 
 /// Binds the admin address; separate from [`serve`] so the service can fail (or warn) before
@@ -110,6 +115,7 @@ pub async fn serve_with(
     let router = axum::Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
+        .route("/livez", get(livez))
         .route("/backfill", get(list_backfill).post(request_backfill))
         .layer(axum::middleware::from_fn(
             move |req: axum::extract::Request, next: axum::middleware::Next| async move {
@@ -126,7 +132,7 @@ pub async fn serve_with(
         .with_state(state);
     if let Ok(addr) = listener.local_addr() {
         info!(%addr, max_connections = limits.max_connections,
-            "admin endpoint serving /metrics, /healthz and /backfill");
+            "admin endpoint serving /metrics, /healthz, /livez and /backfill");
     }
     let listener = Bounded {
         listener,
@@ -288,6 +294,36 @@ async fn healthz(AxumState(s): AxumState<AdminState>) -> impl axum::response::In
     (code, axum::Json(doc))
 }
 
+/// Liveness, apart from `/healthz` (readiness): 200 whenever the process serves HTTP, even while
+/// RingCentral or HEC fail (restarting would not fix those). It names the state directory, so
+/// `spool` commands run from a shell without `$STATE_DIRECTORY` find the service's spool.
+async fn livez(AxumState(s): AxumState<AdminState>) -> axum::Json<serde_json::Value> {
+    let dir = s.spool.path().parent().map(std::path::Path::to_path_buf);
+    axum::Json(serde_json::json!({
+        "status": "alive",
+        "version": env!("CARGO_PKG_VERSION"),
+        "state_dir": dir,
+    }))
+}
+
+/// Whether a `Host` header names this machine (`localhost`, a loopback address, or the address
+/// the endpoint is bound to). A page in a local browser on a DNS-rebound name (evil.example
+/// resolving to 127.0.0.1) sends its own name, so it is refused.
+fn local_host_header(headers: &axum::http::HeaderMap, bound: Option<SocketAddr>) -> bool {
+    let Some(host) = headers.get(header::HOST).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or_default(),
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    };
+    if name.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    name.parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.is_loopback() || bound.is_some_and(|b| b.ip() == ip))
+}
+
 /// The `/backfill` document.
 fn jobs_doc(jobs: &[Job]) -> serde_json::Value {
     let list: Vec<serde_json::Value> = jobs
@@ -344,6 +380,12 @@ async fn request_backfill(
         return error_doc(
             StatusCode::FORBIDDEN,
             "backfill requests are accepted from this machine only".into(),
+        );
+    }
+    if !local_host_header(&headers, s.bound) {
+        return error_doc(
+            StatusCode::FORBIDDEN,
+            "the Host header must be localhost or a loopback address (send the request to http://127.0.0.1:<port>/backfill)".into(),
         );
     }
     // A web page in a local browser cannot send this content type to another origin without a
@@ -425,6 +467,7 @@ mod tests {
             stats: Arc::default(),
             health: Arc::default(),
             accounts: Arc::new(RwLock::new(vec!["acme".into(), "beta".into()])),
+            bound: None,
         }
     }
 
@@ -434,11 +477,22 @@ mod tests {
         content_type: &'static str,
         body: &str,
     ) -> (StatusCode, serde_json::Value) {
+        post_with_host(s, peer, "127.0.0.1:9464", content_type, body).await
+    }
+
+    async fn post_with_host(
+        s: &AdminState,
+        peer: &str,
+        host: &'static str,
+        content_type: &'static str,
+        body: &str,
+    ) -> (StatusCode, serde_json::Value) {
         let mut headers = axum::http::HeaderMap::new();
         headers.insert(
             header::CONTENT_TYPE,
             axum::http::HeaderValue::from_static(content_type),
         );
+        headers.insert(header::HOST, axum::http::HeaderValue::from_static(host));
         let (code, axum::Json(doc)) = request_backfill(
             AxumState(s.clone()),
             ConnectInfo(peer.parse().unwrap()),
@@ -522,6 +576,27 @@ mod tests {
         };
         let (code, doc) = post(&s, "10.1.2.3:5000", &body("[]")).await;
         assert_eq!(code, StatusCode::FORBIDDEN, "{doc}");
+        // DNS rebinding: a local browser on a name resolving to 127.0.0.1 sends that name.
+        for host in ["evil.example:9464", "evil.example", "10.0.0.1:9464"] {
+            let (code, doc) =
+                post_with_host(&s, "127.0.0.1:5000", host, "application/json", &body("[]")).await;
+            assert_eq!(code, StatusCode::FORBIDDEN, "{host}: {doc}");
+        }
+        for host in ["localhost:9464", "[::1]:9464", "127.0.0.1"] {
+            let (code, doc) = post_with_host(
+                &s,
+                "127.0.0.1:5000",
+                host,
+                "application/json",
+                r#"{"from":"x","to":"y"}"#,
+            )
+            .await;
+            assert_eq!(
+                code,
+                StatusCode::BAD_REQUEST,
+                "{host} passes the Host check: {doc}"
+            );
+        }
         let (code, doc) = post_as(&s, "127.0.0.1:5000", "text/plain", &body("[]")).await;
         assert_eq!(code, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{doc}");
         let (code, doc) = post(&s, "127.0.0.1:5000", "{not json").await;

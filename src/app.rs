@@ -110,12 +110,24 @@ pub struct OnceReport {
     pub remaining: u64,
     /// Events HEC refused for good during this run (now in the dead-letter table).
     pub dead_lettered: u64,
+    /// Why HEC refused the setup itself (a rejected token, a wrong URL) when that is what left
+    /// records spooled: a configuration error (exit 78), which trying later will not fix.
+    pub hec_config_error: Option<String>,
 }
 
 impl Pipeline {
     /// Opens the spool in `config.spool.dir` and prepares the clients.
     pub fn open(config: Config, options: Options) -> Result<Pipeline, AppError> {
-        let spool = Spool::open(&config.spool.dir)?;
+        let dir = &config.spool.dir;
+        if !dir.join("spool.db").exists() {
+            // Never silently: a spool in the wrong place means a second cursor and duplicates.
+            let shown = std::path::absolute(dir).unwrap_or_else(|_| dir.clone());
+            warn!(
+                state_dir = %shown.display(),
+                "no spool in the state directory: creating a new one there (each account starts at poll.initial_lookback); if the service keeps its spool elsewhere, stop and set spool.dir"
+            );
+        }
+        let spool = Spool::open(dir)?;
         if let Err(e) = adopt_renamed_accounts(&spool, &config) {
             warn!(
                 "cannot check the spool for renamed accounts ({e}); a renamed account starts from its initial_lookback (check free disk space)"
@@ -261,6 +273,20 @@ impl Pipeline {
         report.dead_lettered = Stats::get(&self.stats.events_dead_lettered);
         report.remaining = self.spool.run(|s| s.depth()).await?;
         if report.remaining > 0 {
+            // Every URL answered, and refused the setup (Pause): none worked, at least one
+            // paused. A URL that is merely down would be degraded, which trying later fixes.
+            let snapshot = self.health.snapshot();
+            let urls: Vec<_> = snapshot
+                .iter()
+                .filter(|(k, _)| k.starts_with(&format!("{}:", hec::COMPONENT)))
+                .map(|(_, h)| h)
+                .collect();
+            if !urls.iter().any(|h| h.state == crate::telemetry::State::Ok) {
+                report.hec_config_error = urls
+                    .iter()
+                    .find(|h| h.state == crate::telemetry::State::Failing)
+                    .and_then(|h| h.reason.clone());
+            }
             let reason = self
                 .health
                 .snapshot()

@@ -235,12 +235,15 @@ impl Progress {
         Self::new(total_ms, accounts, std::io::stderr().is_terminal())
     }
 
-    /// The summary text: `12.0 of 30.0 days, 4711 new records, 1/3 accounts done`.
+    /// The summary text: `12.0 of 30.0 days, 4711 new records, 1/3 accounts done`. Days of the
+    /// range, not account-days: the history polled is spread over the accounts (30 days of 3
+    /// accounts show as 30 days, and 10.0 once one account is through).
     pub fn text(&self) -> String {
+        let per_account = DAY_MS * self.accounts.max(1) as f64;
         let days = format!(
             "{:.1} of {:.1} days",
-            self.done_ms.load(Ordering::Relaxed) as f64 / DAY_MS,
-            self.total_ms as f64 / DAY_MS
+            self.done_ms.load(Ordering::Relaxed) as f64 / per_account,
+            self.total_ms as f64 / per_account
         );
         if !self.count_records {
             return days;
@@ -330,6 +333,50 @@ pub enum HandOverError {
     /// The service answered with an error.
     #[error("the running service refused the backfill: {0}")]
     Refused(String),
+    /// No service answers and there is no spool: a backfill would start a second spool (with
+    /// its own cursors) beside the service's, and send duplicates.
+    #[error(
+        "no rc-audit-hec service answers at {admin} and there is no spool in {dir}: backfill adds to an existing spool and never starts a new one. If the service runs, check admin.listen (it finds the service) and spool.dir; otherwise run `rc-audit-hec once` (or start the service) first"
+    )]
+    NoSpool {
+        /// The state directory looked at.
+        dir: std::path::PathBuf,
+        /// The admin address tried, or "admin.listen (off)".
+        admin: String,
+    },
+}
+
+/// The address to reach the admin endpoint bound to `listen` from this machine (a wildcard
+/// bind is reached on loopback).
+pub fn admin_addr(listen: std::net::SocketAddr) -> std::net::SocketAddr {
+    let ip = match listen.ip() {
+        std::net::IpAddr::V4(v4) if v4.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
+        std::net::IpAddr::V6(v6) if v6.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
+        ip => ip,
+    };
+    std::net::SocketAddr::new(ip, listen.port())
+}
+
+/// Whether a running service answers on its admin endpoint (`GET /livez`): how `backfill` and
+/// the `spool` commands find the service without its credentials or its `$STATE_DIRECTORY`.
+pub async fn service_answers(listen: Option<std::net::SocketAddr>) -> bool {
+    service_livez(listen).await.is_some()
+}
+
+/// The running service's `/livez` document (its version and state directory), or `None` when
+/// nothing answers.
+pub async fn service_livez(listen: Option<std::net::SocketAddr>) -> Option<serde_json::Value> {
+    let url = format!("http://{}/livez", admin_addr(listen?));
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(3))
+        .build()
+        .ok()?;
+    let resp = http.get(url).send().await.ok()?;
+    if !resp.status().is_success() {
+        return None;
+    }
+    let doc: serde_json::Value = resp.json().await.ok()?;
+    (doc["status"] == "alive").then_some(doc)
 }
 
 /// While the service runs (it holds the spool), `backfill` hands the range to it through
@@ -346,15 +393,7 @@ pub async fn hand_to_service(
     shutdown: CancellationToken,
 ) -> Result<bool, HandOverError> {
     let addr = listen.ok_or(HandOverError::NoAdmin)?;
-    let ip = match addr.ip() {
-        std::net::IpAddr::V4(v4) if v4.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
-        std::net::IpAddr::V6(v6) if v6.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
-        ip => ip,
-    };
-    let url = format!(
-        "http://{}/backfill",
-        std::net::SocketAddr::new(ip, addr.port())
-    );
+    let url = format!("http://{}/backfill", admin_addr(addr));
     let unreachable = |e: reqwest::Error| HandOverError::Unreachable {
         url: url.clone(),
         detail: crate::telemetry::logging::error_chain(&e.without_url()),
@@ -467,14 +506,15 @@ pub async fn run(
         let todo_ms: i64 = todo.iter().map(|(a, b)| b - a).sum();
         plans.push((name.clone(), todo, (to_ms - from_ms) - todo_ms));
     }
-    let total: i64 = plans
-        .iter()
-        .map(|(_, todo, _)| todo.iter().map(|(a, b)| b - a).sum::<i64>())
-        .sum();
+    // The whole range for every account, with what earlier runs did counted as done: the
+    // progress shows days of the range (see [`Progress::text`]), not just what is left.
+    let total = (to_ms - from_ms) * plans.len() as i64;
+    let already: i64 = plans.iter().map(|(_, _, done)| done).sum();
     let progress = Arc::new(make_progress(
         u64::try_from(total).unwrap_or(0),
         plans.len(),
     ));
+    progress.set_done(u64::try_from(already).unwrap_or(0));
     info!(from = %crate::transform::rfc3339_millis(range.from), to = %crate::transform::rfc3339_millis(range.to),
         accounts = plans.len(), "backfill starting");
 
@@ -701,8 +741,9 @@ mod tests {
 
     #[test]
     fn plain_progress_text_counts_days_records_and_accounts() {
-        let p = Progress::new(3 * 86_400_000, 2, false);
-        p.advance(86_400_000, 10);
+        // Two accounts, three days each: days of the range, not account-days.
+        let p = Progress::new(2 * 3 * 86_400_000, 2, false);
+        p.advance(2 * 86_400_000, 10);
         assert_eq!(
             p.text(),
             "1.0 of 3.0 days, 10 new records, 0/2 accounts done"

@@ -8,6 +8,7 @@
 //! URL, a certificate this machine does not trust.
 
 use std::fmt::Write;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -69,6 +70,7 @@ pub async fn run(config: &Config) -> Result<Vec<Row>, AppError> {
         diagnosis: None,
         config: false,
     }];
+    rows.extend(local_rows(config));
     for account in &config.accounts {
         let mut client = RcClient::new(http.clone(), account, Default::default(), stats.clone())
             .with_max_attempts(Some(2));
@@ -146,6 +148,83 @@ pub async fn run(config: &Config) -> Result<Vec<Row>, AppError> {
         }
     }
     Ok(rows)
+}
+
+/// The checks that need no network, also run by `check --offline` (systemd's `ExecStartPre=`):
+/// the state directory is writable by this user, and a warning for `hec.tls_verify = false`.
+pub fn local_rows(config: &Config) -> Vec<Row> {
+    let mut rows = vec![state_dir_row(&config.spool.dir)];
+    if !config.hec.tls_verify {
+        rows.push(Row {
+            what: "hec: tls_verify".into(),
+            ok: true,
+            detail: "false: the HEC server's certificate is NOT checked".into(),
+            diagnosis: diag(
+                "hec.tls_verify = false: anyone on the network path can read and alter the audit data",
+                "for a private CA or a self-signed Splunk certificate, set hec.tls_ca_file to that certificate (PEM) and remove tls_verify",
+            ),
+            config: false,
+        });
+    }
+    rows
+}
+
+/// Whether the service could create and write its spool in `dir`: a file is created (and
+/// removed) in `dir`, or, when `dir` does not exist yet, in the nearest existing parent.
+pub fn state_dir_row(dir: &Path) -> Row {
+    let what = "state directory".to_string();
+    let shown = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let mut existing = shown.as_path();
+    while !existing.exists() {
+        match existing.parent() {
+            Some(p) => existing = p,
+            None => break,
+        }
+    }
+    let probe = existing.join(format!(".rc-audit-hec-check-{}", std::process::id()));
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+        .map(|_| {
+            let _ = std::fs::remove_file(&probe);
+        });
+    let db = shown.join("spool.db");
+    let db_written = if db.exists() {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&db)
+            .map(|_| ())
+    } else {
+        Ok(())
+    };
+    match written.and(db_written) {
+        Ok(()) => Row {
+            what,
+            ok: true,
+            detail: if existing == shown {
+                format!("{} is writable", shown.display())
+            } else {
+                format!(
+                    "{} will be created ({} is writable)",
+                    shown.display(),
+                    existing.display()
+                )
+            },
+            diagnosis: None,
+            config: false,
+        },
+        Err(e) => Row {
+            what,
+            ok: false,
+            detail: format!("{}: {e}", shown.display()),
+            diagnosis: diag(
+                "this user cannot write the state directory (the spool lives there)",
+                "run the command as the service's user (see README, `systemd-run` recipes), or give this user the directory (chown/chmod), or set spool.dir to a writable place",
+            ),
+            config: true,
+        },
+    }
 }
 
 /// A RingCentral failure with its likely cause.
@@ -261,7 +340,7 @@ fn transport_diagnosis(detail: &str, key: &str) -> Option<Diagnosis> {
         || d.contains("handshake")
     {
         let fix = if key == "hec.urls" {
-            "if Splunk uses a private CA, set hec.tls_ca_file to that CA's PEM certificate; make sure the certificate's names include the host in hec.urls. (hec.tls_verify = false only for a test)"
+            "if Splunk uses a private CA, set hec.tls_ca_file to that CA's PEM certificate (for a self-signed certificate, such as Splunk's default, to the certificate itself); make sure the certificate's names include the host in hec.urls. (hec.tls_verify = false only for a test)"
         } else {
             "if a TLS-inspecting proxy sits in between, add its CA to the system trust store (update-ca-certificates); check the system clock"
         };
@@ -304,7 +383,11 @@ pub fn render(rows: &[Row]) -> String {
             out,
             "{:<width$}  {:<6}  {}",
             r.what,
-            if r.ok { "ok" } else { "FAILED" },
+            match (r.ok, &r.diagnosis) {
+                (false, _) => "FAILED",
+                (true, Some(_)) => "WARN",
+                (true, None) => "ok",
+            },
             r.detail
         );
     }

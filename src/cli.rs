@@ -54,14 +54,20 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the whole pipeline against built-in RingCentral and HEC simulators on loopback, with a
-    /// scripted HEC outage. Needs no config and no account.
+    /// scripted HEC outage. Needs no config and no account. With --serve: only start the
+    /// simulators and write a ready config, to try every command by hand.
     Demo {
-        /// Keep the spool and received events here (default: a new temporary directory).
+        /// Keep the spool, received events (and with --serve the config) here; an earlier
+        /// demo's spool in it is removed (default: a temporary directory, removed at the end).
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
-        /// Audit records the simulated account holds.
+        /// Audit records the simulated accounts hold (RingCentral keeps at most 10,000 each).
         #[arg(long, default_value_t = 3000)]
         records: usize,
+        /// Start the simulators, write DIR/config.toml (secrets as files), print the commands to
+        /// try and how to switch faults (HEC down, 503s, 429s), and run until Ctrl-C.
+        #[arg(long)]
+        serve: bool,
         /// Length of the scripted HEC outage.
         #[arg(long, default_value = "6s", value_parser = parse_duration)]
         outage: Duration,
@@ -86,7 +92,8 @@ pub enum Command {
         #[arg(long)]
         offline: bool,
     },
-    /// Print the effective configuration (file + environment + defaults), secrets redacted.
+    /// Print the effective configuration (file + environment + defaults), secrets redacted, each
+    /// value with where it came from.
     Config,
     /// Poll a past range (at most 180 days back) into the spool and deliver it, without moving
     /// the live cursor. Interrupted and run again, it resumes where it stopped. While the service
@@ -115,9 +122,10 @@ pub enum Command {
     /// and the Splunk app's category for each (flagging ids it files as unknown). Read-only.
     Actions(crate::actions::ActionsArgs),
     /// Inspect the spool: depth, cursors, dead letters; requeue dead letters. Works while the
-    /// service runs, and needs only spool.dir from the config (no credentials).
+    /// service runs, and needs no credentials.
     Spool {
-        /// The state directory (default: spool.dir from the config, else $STATE_DIRECTORY, else ./state).
+        /// The state directory (default: spool.dir from the config, else the running service's,
+        /// else $STATE_DIRECTORY, else /var/lib/rc-audit-hec if it exists, else ./state).
         #[arg(long, global = true, value_name = "DIR")]
         dir: Option<PathBuf>,
         /// What to show or do.
@@ -163,9 +171,35 @@ fn load_config(path: &std::path::Path) -> anyhow::Result<Config> {
     Ok(config)
 }
 
+/// Whether an error is a state directory this user cannot write (permissions, a read-only
+/// file system): a setup problem (78, so systemd's `RestartPreventExitStatus=78` stops
+/// retrying), not a passing failure.
+fn state_dir_unusable(e: &(dyn std::error::Error + 'static)) -> bool {
+    use crate::spool::SpoolError;
+    let spool = e.downcast_ref::<SpoolError>().or(match e.downcast_ref() {
+        Some(crate::app::AppError::Spool(s)) => Some(s),
+        _ => None,
+    });
+    match spool {
+        Some(SpoolError::Dir { source, .. }) => matches!(
+            source.kind(),
+            std::io::ErrorKind::PermissionDenied
+                | std::io::ErrorKind::ReadOnlyFilesystem
+                | std::io::ErrorKind::NotADirectory
+        ),
+        Some(SpoolError::Sqlite(rusqlite::Error::SqliteFailure(f, _))) => matches!(
+            f.code,
+            rusqlite::ErrorCode::ReadOnly | rusqlite::ErrorCode::CannotOpen
+        ),
+        _ => false,
+    }
+}
+
 /// The exit code for an error that ended a command.
 pub fn exit_code_for(err: &anyhow::Error) -> u8 {
-    if err
+    if err.chain().any(state_dir_unusable) {
+        exit::CONFIG
+    } else if err
         .chain()
         .any(|e| e.downcast_ref::<crate::backfill::BackfillError>().is_some())
     {
@@ -186,7 +220,19 @@ pub async fn execute(cli: Cli) -> anyhow::Result<u8> {
         Command::Demo {
             dir,
             records,
+            serve: true,
+            ..
+        } => {
+            let shutdown = CancellationToken::new();
+            cancel_on_signals(shutdown.clone());
+            crate::demo::serve(dir, records, shutdown).await?;
+            Ok(exit::OK)
+        }
+        Command::Demo {
+            dir,
+            records,
             outage,
+            serve: false,
         } => {
             let summary = crate::demo::run(crate::demo::DemoOptions {
                 dir,
@@ -201,8 +247,10 @@ pub async fn execute(cli: Cli) -> anyhow::Result<u8> {
             })
         }
         Command::Config => {
-            let config = load_config(&cli.config)?;
-            print!("{}", config.to_redacted_toml());
+            print!(
+                "{}",
+                Config::load_annotated(&cli.config, &LoadEnv::from_process())?
+            );
             Ok(exit::OK)
         }
         Command::Run => {
@@ -233,9 +281,21 @@ pub async fn execute(cli: Cli) -> anyhow::Result<u8> {
             max_wait,
             again,
         } => {
-            let config = load_config(&cli.config)?;
+            // Without secrets first: from an admin shell the service's credentials are out of
+            // reach, and handing the range to the running service does not need them.
+            let config = Config::load_without_secrets(&cli.config, &LoadEnv::from_process())?;
+            init_logging(config.log.format, &config.log.level);
             crate::service::ignore_sighup("backfill");
-            backfill(config, &from, to.as_deref(), &account, max_wait, again).await
+            backfill(
+                &cli.config,
+                config,
+                &from,
+                to.as_deref(),
+                &account,
+                max_wait,
+                again,
+            )
+            .await
         }
         Command::Once {
             max_wait,
@@ -260,8 +320,13 @@ pub async fn execute(cli: Cli) -> anyhow::Result<u8> {
                     report.dead_lettered
                 );
             }
+            if let Some(why) = &report.hec_config_error {
+                eprintln!("once: HEC refused the configuration, not just this attempt: {why}");
+            }
             Ok(
-                if report.account_errors.iter().any(|(_, _, config)| *config) {
+                if report.account_errors.iter().any(|(_, _, config)| *config)
+                    || report.hec_config_error.is_some()
+                {
                     exit::CONFIG
                 } else if !report.account_errors.is_empty() || report.dead_lettered > 0 {
                     exit::FAILURE
@@ -274,8 +339,10 @@ pub async fn execute(cli: Cli) -> anyhow::Result<u8> {
         }
         Command::Actions(args) => crate::actions::command(&load_config(&cli.config)?, &args).await,
         Command::Spool { dir, command } => {
-            let settings = Settings::load(&cli.config, dir, &LoadEnv::from_process());
-            spool_command(&settings, command).await
+            let settings = Settings::load(&cli.config, dir, &LoadEnv::from_process())
+                .locate_service_spool()
+                .await;
+            spool_command(&cli.config, &settings, command).await
         }
         Command::Check { offline } => {
             let config = load_config(&cli.config)?;
@@ -285,7 +352,9 @@ pub async fn execute(cli: Cli) -> anyhow::Result<u8> {
                     config.accounts.len(),
                     config.hec.urls.join(", ")
                 );
-                return Ok(exit::OK);
+                let rows = crate::check::local_rows(&config);
+                print!("{}", crate::check::render(&rows));
+                return Ok(crate::check::exit_code(&rows));
             }
             let rows = crate::check::run(&config).await?;
             print!("{}", crate::check::render(&rows));
@@ -294,7 +363,11 @@ pub async fn execute(cli: Cli) -> anyhow::Result<u8> {
     }
 }
 
-async fn spool_command(settings: &Settings, command: SpoolCommand) -> anyhow::Result<u8> {
+async fn spool_command(
+    config: &std::path::Path,
+    settings: &Settings,
+    command: SpoolCommand,
+) -> anyhow::Result<u8> {
     let open = |dir: PathBuf| async move {
         tokio::task::spawn_blocking(move || Spool::open_for_inspection(&dir))
             .await
@@ -320,10 +393,29 @@ async fn spool_command(settings: &Settings, command: SpoolCommand) -> anyhow::Re
             }
         }
         SpoolCommand::Requeue { all, id } => {
+            // The current routes, index, sourcetype and host re-render each event; no secret
+            // is needed for that.
+            let renderer = inspect::Renderer::new(&Config::load_without_secrets(
+                config,
+                &LoadEnv::from_process(),
+            )?);
             let spool = open(settings.dir.clone()).await?;
             let ids = (!all).then_some(id);
-            let moved = spool.run(move |s| s.requeue(ids.as_deref())).await?;
-            println!("requeued {moved} dead letter(s); the service delivers them on its next pass");
+            let done = spool
+                .run(move |s| s.requeue(ids.as_deref(), &|a, e| renderer.render(a, e)))
+                .await?;
+            if !done.missing.is_empty() {
+                let list: Vec<String> = done.missing.iter().map(i64::to_string).collect();
+                eprintln!(
+                    "error: no dead letter with id {}: nothing was requeued (ids come from `rc-audit-hec spool dead-letters`)",
+                    list.join(", ")
+                );
+                return Ok(exit::FAILURE);
+            }
+            println!(
+                "requeued {} dead letter(s), rendered again with the current routes, index, sourcetype and host; the service delivers them on its next pass",
+                done.moved
+            );
         }
     }
     Ok(exit::OK)
@@ -354,9 +446,12 @@ async fn dry_run(config: &Config) -> anyhow::Result<u8> {
     )
 }
 
-/// `backfill`: plan, run with progress, report; exit 0, 1 (interrupted or failed), 75 (records
-/// left spooled) or 78 (an account's credentials or permission).
+/// `backfill`: plan; hand the range to the running service when one answers on the admin
+/// endpoint; otherwise run it here (only on an existing spool) with progress, and report. Exit
+/// 0, 1 (interrupted or failed), 75 (records left spooled) or 78 (an account's credentials or
+/// permission).
 async fn backfill(
+    path: &std::path::Path,
     config: Config,
     from: &str,
     to: Option<&str>,
@@ -378,6 +473,32 @@ async fn backfill(
     let listen = config.admin.listen;
     let known: Vec<String> = config.accounts.iter().map(|a| a.name.clone()).collect();
     let shutdown = CancellationToken::new();
+    if crate::backfill::service_answers(listen).await {
+        let names = select_accounts(&known, accounts)?;
+        cancel_on_signals(shutdown.clone());
+        crate::backfill::hand_to_service(
+            listen,
+            range,
+            &names,
+            accounts.is_empty(),
+            again,
+            shutdown,
+        )
+        .await?;
+        return Ok(exit::OK);
+    }
+    if !config.spool.dir.join("spool.db").exists() {
+        return Err(crate::backfill::HandOverError::NoSpool {
+            dir: std::path::absolute(&config.spool.dir).unwrap_or(config.spool.dir),
+            admin: listen.map_or_else(
+                || "admin.listen (off)".to_string(),
+                |a| crate::backfill::admin_addr(a).to_string(),
+            ),
+        }
+        .into());
+    }
+    // Running it here: now the secrets are needed.
+    let config = load_config(path)?;
     let pipeline = match Pipeline::open(config, Options::default()) {
         Err(crate::app::AppError::Spool(crate::spool::SpoolError::Locked { .. })) => {
             let names = select_accounts(&known, accounts)?;

@@ -34,6 +34,10 @@ pub const MAX_PAGE_SIZE: u32 = 1000;
 pub const DEFAULT_SERVER_URL: &str = "https://platform.ringcentral.com";
 /// The sourcetype the Splunk app defines its knowledge for.
 pub const DEFAULT_SOURCETYPE: &str = "ringcentral:audit";
+/// The state directory of the documented systemd unit (`StateDirectory=rc-audit-hec`). A
+/// command run from an admin shell has no `$STATE_DIRECTORY`, so it looks here before falling
+/// back to `./state`: the service and the shell must agree on where the spool is.
+pub const SYSTEM_STATE_DIR: &str = "/var/lib/rc-audit-hec";
 
 /// A configuration problem. Every variant names the key and where its value came from, and the
 /// message says how to fix it. The process exits 78 (`EX_CONFIG`) on any of these.
@@ -47,6 +51,9 @@ pub enum ConfigError {
     /// The file or the environment does not parse into the schema (unknown key, wrong type...).
     #[error("{0}")]
     Parse(String),
+    /// Several problems, each on its own line.
+    #[error("{} problems in the configuration:\n{}", .0.len(), .0.iter().map(|e| format!("  - {e}")).collect::<Vec<_>>().join("\n"))]
+    Several(Vec<ConfigError>),
     /// A value parsed but is not acceptable.
     #[error("{key} (from {origin}): {problem}")]
     Invalid {
@@ -283,6 +290,8 @@ pub struct LoadEnv {
     pub credentials_directory: Option<PathBuf>,
     /// `$STATE_DIRECTORY` (systemd `StateDirectory=`).
     pub state_directory: Option<PathBuf>,
+    /// [`SYSTEM_STATE_DIR`] when it exists on this machine.
+    pub system_state_dir: Option<PathBuf>,
 }
 
 impl LoadEnv {
@@ -300,20 +309,52 @@ impl LoadEnv {
                 let s = p.to_string_lossy().into_owned();
                 PathBuf::from(s.split(':').next().unwrap_or_default())
             }),
+            system_state_dir: Some(PathBuf::from(SYSTEM_STATE_DIR)).filter(|d| d.exists()),
         }
     }
+
+    /// The state directory when `spool.dir` is not set: `$STATE_DIRECTORY`, else
+    /// [`SYSTEM_STATE_DIR`] if it exists, else `./state`. The one place this rule lives.
+    pub fn default_state_dir(&self) -> PathBuf {
+        self.state_directory
+            .clone()
+            .or_else(|| self.system_state_dir.clone())
+            .unwrap_or_else(|| PathBuf::from("./state"))
+    }
+}
+
+/// Whether [`Config`] loading reads the secrets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Secrets {
+    /// Read every secret (inline or `*_file`); a missing one is an error.
+    Resolve,
+    /// Leave them unread, as empty [`Secret`]s: for admin commands (`backfill` handing work to
+    /// the running service, `spool requeue`) run from a shell that cannot read the service's
+    /// credentials. Such a config must never build a RingCentral or HEC client.
+    Skip,
 }
 
 impl Config {
     /// Loads `path` (which must exist) merged with `RC_AUDIT_HEC_*` environment variables.
     pub fn load(path: &Path, env: &LoadEnv) -> Result<Config, ConfigError> {
+        let figment = Config::sources(path)?;
+        Config::from_figment(&figment, env)
+    }
+
+    /// The file (which must exist) merged with the `RC_AUDIT_HEC_*` environment variables.
+    fn sources(path: &Path) -> Result<Figment, ConfigError> {
         if !path.exists() {
             return Err(ConfigError::MissingFile(path.to_path_buf()));
         }
-        let figment = Figment::new()
+        Ok(Figment::new()
             .merge(Toml::file_exact(path))
-            .merge(RawEnv::from_process());
-        Config::from_figment(&figment, env)
+            .merge(RawEnv::from_process()))
+    }
+
+    /// Like [`Config::load`], but without reading any secret (see [`Secrets::Skip`]).
+    pub fn load_without_secrets(path: &Path, env: &LoadEnv) -> Result<Config, ConfigError> {
+        let figment = Config::sources(path)?;
+        Config::from_figment_with(&figment, env, Secrets::Skip)
     }
 
     /// Loads a TOML document given as a string (tests, the demo).
@@ -323,6 +364,15 @@ impl Config {
 
     /// Extracts and validates; see the module docs.
     pub fn from_figment(figment: &Figment, env: &LoadEnv) -> Result<Config, ConfigError> {
+        Config::from_figment_with(figment, env, Secrets::Resolve)
+    }
+
+    /// [`Config::from_figment`], reading the secrets or not.
+    pub fn from_figment_with(
+        figment: &Figment,
+        env: &LoadEnv,
+        secrets: Secrets,
+    ) -> Result<Config, ConfigError> {
         // Lossy: environment values are strings, and `"1000"` must still fill a number.
         let raw: RawConfig = figment.extract_lossy().map_err(|e| {
             ConfigError::Parse(
@@ -332,7 +382,22 @@ impl Config {
                     .join("\n"),
             )
         })?;
-        Validator { figment, env }.config(raw)
+        Validator {
+            figment,
+            env,
+            secrets,
+            problems: Default::default(),
+        }
+        .config(raw)
+    }
+
+    /// [`Config::load`], rendered for the `config` command: the effective configuration as TOML
+    /// (secrets `[REDACTED]`), each value followed by where it came from: the file, the exact
+    /// environment variable, or the default; for a secret read from a file, which file.
+    pub fn load_annotated(path: &Path, env: &LoadEnv) -> Result<String, ConfigError> {
+        let figment = Config::sources(path)?;
+        let config = Config::from_figment(&figment, env)?;
+        Ok(annotate(&config.to_redacted_toml(), &figment, env))
     }
 
     /// The effective configuration as TOML, secrets shown as `[REDACTED]`.
@@ -395,6 +460,17 @@ impl figment::Provider for RawEnv {
         }
         let mut dict = Dict::new();
         for (key, value) in &self.vars {
+            if key == "accounts" || key.starts_with("accounts.") {
+                // `accounts` is a list in the file: an override would have to name an entry by
+                // position, which silently changes meaning when the file is edited.
+                return Err(figment::Error::from(format!(
+                    "{}: accounts cannot be set or changed from the environment (they are a list, \
+                     matched by position). Put every account in the config file; keep its secrets \
+                     out of it with client_secret_file and jwt_file (systemd credentials, or \
+                     root-only files)",
+                    env_var_name(key)
+                )));
+            }
             let trimmed = value.trim_start();
             let parsed = if trimmed.starts_with('[') || trimmed.starts_with('{') {
                 value
@@ -433,6 +509,92 @@ fn describe_figment_error(e: &figment::Error) -> String {
     }
 }
 
+/// The value at a dotted key, with numeric segments indexing arrays (`accounts.0.name`).
+fn find_value(figment: &Figment, key: &str) -> Option<figment::value::Value> {
+    let mut parts = key.split('.');
+    let mut value = figment.find_value(parts.next()?).ok()?;
+    for part in parts {
+        value = match (value, part.parse::<usize>()) {
+            (figment::value::Value::Array(_, items), Ok(i)) => items.into_iter().nth(i)?,
+            (figment::value::Value::Dict(_, mut dict), _) => dict.remove(part)?,
+            _ => return None,
+        };
+    }
+    Some(value)
+}
+
+/// Where the value at `key` came from, for people: `file /etc/...`, `environment variable X`,
+/// or `None` (not given: a default).
+fn origin_of(figment: &Figment, key: &str) -> Option<String> {
+    let value = find_value(figment, key)?;
+    let meta = figment.get_metadata(value.tag())?;
+    Some(if meta.name.contains("environment") {
+        format!("environment variable {}", env_var_name(key))
+    } else {
+        match &meta.source {
+            Some(src) => format!("file {src}"),
+            None => meta.name.to_string(),
+        }
+    })
+}
+
+/// Appends `# from ...` to every `key = value` line of the rendered config (see
+/// [`Config::load_annotated`]).
+fn annotate(rendered: &str, figment: &Figment, env: &LoadEnv) -> String {
+    let mut out = String::new();
+    let mut table = String::new();
+    let mut counters: std::collections::HashMap<String, usize> = Default::default();
+    for line in rendered.lines() {
+        let trimmed = line.trim();
+        if let Some(name) = trimmed
+            .strip_prefix("[[")
+            .and_then(|t| t.strip_suffix("]]"))
+        {
+            let n = counters.entry(name.to_string()).or_default();
+            table = format!("{name}.{n}");
+            *n += 1;
+        } else if let Some(name) = trimmed.strip_prefix('[').and_then(|t| t.strip_suffix(']')) {
+            table = name.to_string();
+        }
+        let Some((k, _)) = trimmed
+            .split_once(" = ")
+            .filter(|_| !trimmed.starts_with('#'))
+        else {
+            out.push_str(line);
+            out.push('\n');
+            continue;
+        };
+        let key = if table.is_empty() {
+            k.to_string()
+        } else {
+            format!("{table}.{k}")
+        };
+        let file_key = format!("{key}_file");
+        let origin = if let Some(file) = find_value(figment, &file_key) {
+            let path = PathBuf::from(file.as_str().unwrap_or_default());
+            let read = match &env.credentials_directory {
+                Some(dir) if path.is_relative() => dir.join(&path),
+                _ => std::path::absolute(&path).unwrap_or(path),
+            };
+            let set_in = origin_of(figment, &file_key).unwrap_or_else(|| "?".into());
+            format!("read from {} ({file_key} from {set_in})", read.display())
+        } else {
+            match origin_of(figment, &key) {
+                Some(o) => format!("from {o}"),
+                None if key == "spool.dir" => {
+                    "default ($STATE_DIRECTORY, else /var/lib/rc-audit-hec if it exists, else ./state)".into()
+                }
+                None if key == "hec.host" => "default (this machine's hostname)".into(),
+                None if key == "hec.urls" => origin_of(figment, "hec.url")
+                    .map_or_else(|| "default".into(), |o| format!("from {o} (as hec.url)")),
+                None => "default".into(),
+            }
+        };
+        out.push_str(&format!("{line}  # {origin}\n"));
+    }
+    out
+}
+
 /// `hec.batch_max_bytes` -> `RC_AUDIT_HEC_HEC__BATCH_MAX_BYTES`.
 fn env_var_name(key: &str) -> String {
     format!("{ENV_PREFIX}{}", key.to_uppercase().replace('.', "__"))
@@ -441,6 +603,9 @@ fn env_var_name(key: &str) -> String {
 struct Validator<'a> {
     figment: &'a Figment,
     env: &'a LoadEnv,
+    secrets: Secrets,
+    /// Every problem found: all are reported at once, not only the first.
+    problems: std::cell::RefCell<Vec<ConfigError>>,
 }
 
 impl Validator<'_> {
@@ -455,6 +620,19 @@ impl Validator<'_> {
             },
             None => "default".to_string(),
         }
+    }
+
+    /// Notes a problem; validation goes on, so the operator sees every problem in one run.
+    fn flag(&self, e: ConfigError) {
+        self.problems.borrow_mut().push(e);
+    }
+
+    /// The value, or `fallback` after noting the problem.
+    fn keep<T>(&self, r: Result<T, ConfigError>, fallback: T) -> T {
+        r.unwrap_or_else(|e| {
+            self.flag(e);
+            fallback
+        })
     }
 
     fn invalid(&self, key: &str, problem: impl Into<String>) -> ConfigError {
@@ -475,7 +653,7 @@ impl Validator<'_> {
 
     fn config(&self, raw: RawConfig) -> Result<Config, ConfigError> {
         if raw.accounts.is_empty() {
-            return Err(self.invalid(
+            self.flag(self.invalid(
                 "accounts",
                 "at least one [[accounts]] entry is required (name, client_id, client_secret, jwt)",
             ));
@@ -484,15 +662,16 @@ impl Validator<'_> {
         let mut accounts = Vec::with_capacity(raw.accounts.len());
         for (i, a) in raw.accounts.into_iter().enumerate() {
             let key = |k: &str| format!("accounts.{i}.{k}");
-            let name = a
-                .name
-                .ok_or_else(|| self.invalid(&key("name"), "missing: give every account a name"))?;
+            let Some(name) = a.name else {
+                self.flag(self.invalid(&key("name"), "missing: give every account a name"));
+                continue;
+            };
             if name.is_empty()
                 || !name
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
             {
-                return Err(self.invalid(
+                self.flag(self.invalid(
                     &key("name"),
                     format!(
                         "{name:?} must be non-empty and use only letters, digits, '-', '_' and '.'"
@@ -500,7 +679,7 @@ impl Validator<'_> {
                 ));
             }
             if !names.insert(name.clone()) {
-                return Err(self.invalid(
+                self.flag(self.invalid(
                     &key("name"),
                     format!("{name:?} is used by two accounts; names must be unique"),
                 ));
@@ -508,26 +687,26 @@ impl Validator<'_> {
             let server_url = a
                 .server_url
                 .unwrap_or_else(|| DEFAULT_SERVER_URL.to_string());
-            self.check_url(&key("server_url"), &server_url)?;
-            let client_id = a.client_id.ok_or_else(|| {
-                self.invalid(
+            self.keep(self.check_url(&key("server_url"), &server_url), ());
+            let client_id = a.client_id.unwrap_or_else(|| {
+                self.flag(self.invalid(
                     &key("client_id"),
                     "missing: the app's client id from the RingCentral developer console",
-                )
-            })?;
+                ));
+                String::new()
+            });
             accounts.push(AccountConfig {
-                client_secret: self.secret(
-                    &key("client_secret"),
-                    a.client_secret,
-                    a.client_secret_file,
-                )?,
-                jwt: self.secret(&key("jwt"), a.jwt, a.jwt_file)?,
+                client_secret: self.keep(
+                    self.secret(&key("client_secret"), a.client_secret, a.client_secret_file),
+                    Secret::new(""),
+                ),
+                jwt: self.keep(self.secret(&key("jwt"), a.jwt, a.jwt_file), Secret::new("")),
                 name,
                 server_url: server_url.trim_end_matches('/').to_string(),
                 account_id: a.account_id.unwrap_or_else(|| "~".to_string()),
                 client_id,
-                index: self.opt_name(&key("index"), a.index)?,
-                sourcetype: self.opt_name(&key("sourcetype"), a.sourcetype)?,
+                index: self.keep(self.opt_name(&key("index"), a.index), None),
+                sourcetype: self.keep(self.opt_name(&key("sourcetype"), a.sourcetype), None),
             });
         }
 
@@ -548,28 +727,28 @@ impl Validator<'_> {
         let p = raw.poll;
         let day = Duration::from_secs(86_400);
         if p.interval.is_zero() || p.interval > day {
-            return Err(self.invalid(
+            self.flag(self.invalid(
                 "poll.interval",
                 "must be more than 0 and at most 24h, e.g. \"5m\"",
             ));
         }
         if p.overlap > MAX_LOOKBACK {
-            return Err(self.invalid(
+            self.flag(self.invalid(
                 "poll.overlap",
                 "must be at most 180d (RingCentral keeps no more)",
             ));
         }
         if p.settle_delay > day {
-            return Err(self.invalid("poll.settle_delay", "must be at most 24h, e.g. \"1m\""));
+            self.flag(self.invalid("poll.settle_delay", "must be at most 24h, e.g. \"1m\""));
         }
         if p.initial_lookback <= p.settle_delay {
-            return Err(self.invalid(
+            self.flag(self.invalid(
                 "poll.initial_lookback",
                 "must be longer than poll.settle_delay, or the first window is empty and the account is never polled",
             ));
         }
         if !(1..=MAX_PAGE_SIZE).contains(&p.page_size) {
-            return Err(self.invalid(
+            self.flag(self.invalid(
                 "poll.page_size",
                 format!(
                     "{} is out of range: the API pages 1 to {MAX_PAGE_SIZE} records",
@@ -578,7 +757,7 @@ impl Validator<'_> {
             ));
         }
         if p.initial_lookback > MAX_LOOKBACK {
-            return Err(self.invalid(
+            self.flag(self.invalid(
                 "poll.initial_lookback",
                 "RingCentral keeps 180 days of audit trail: use \"180d\" or less",
             ));
@@ -596,44 +775,48 @@ impl Validator<'_> {
         let h = raw.hec;
         let urls = match (h.url, h.urls) {
             (Some(_), Some(_)) => {
-                return Err(self.invalid("hec.url", "set either hec.url or hec.urls, not both"));
+                self.flag(self.invalid("hec.url", "set either hec.url or hec.urls, not both"));
+                Vec::new()
             }
             (Some(u), None) => vec![u],
+            (None, Some(us)) if us.is_empty() => {
+                self.flag(self.invalid("hec.urls", "needs at least one URL"));
+                us
+            }
             (None, Some(us)) => us,
             (None, None) => {
-                return Err(self.invalid(
+                self.flag(self.invalid(
                     "hec.urls",
                     "missing: the Splunk HEC base URL(s), e.g. [\"https://splunk.example.com:8088\"]",
                 ));
+                Vec::new()
             }
         };
-        if urls.is_empty() {
-            return Err(self.invalid("hec.urls", "needs at least one URL"));
-        }
         let urls = urls
             .into_iter()
             .map(|u| {
-                self.check_url("hec.urls", &u)?;
-                Ok(u.trim_end_matches('/').to_string())
+                self.keep(self.check_url("hec.urls", &u), ());
+                u.trim_end_matches('/').to_string()
             })
-            .collect::<Result<Vec<_>, ConfigError>>()?;
+            .collect::<Vec<_>>();
         if h.batch_max_events == 0 {
-            return Err(self.invalid("hec.batch_max_events", "must be at least 1"));
+            self.flag(self.invalid("hec.batch_max_events", "must be at least 1"));
         }
-        if h.batch_max_bytes < 1024 {
-            return Err(self.invalid(
+        let batch_max_bytes = usize::try_from(h.batch_max_bytes.0).unwrap_or(usize::MAX);
+        if batch_max_bytes < 1024 {
+            self.flag(self.invalid(
                 "hec.batch_max_bytes",
                 "must be at least 1024; Splunk's default request limit is about 1 MB (1000000)",
             ));
         }
         if h.timeout.is_zero() || h.timeout > Duration::from_secs(3600) {
-            return Err(self.invalid(
+            self.flag(self.invalid(
                 "hec.timeout",
                 "must be more than 0 and at most 1h, e.g. \"60s\"",
             ));
         }
         if h.ack_timeout < Duration::from_secs(1) || h.ack_timeout > Duration::from_secs(86_400) {
-            return Err(self.invalid(
+            self.flag(self.invalid(
                 "hec.ack_timeout",
                 "must be between 1s and 24h (Splunk's own default is 300s)",
             ));
@@ -642,27 +825,30 @@ impl Validator<'_> {
             .sourcetype
             .unwrap_or_else(|| DEFAULT_SOURCETYPE.to_string());
         if sourcetype.is_empty() {
-            return Err(self.invalid("hec.sourcetype", "must not be empty"));
+            self.flag(self.invalid("hec.sourcetype", "must not be empty"));
         }
         let mut routes = Vec::with_capacity(h.routes.len());
         for (i, r) in h.routes.into_iter().enumerate() {
             let key = format!("hec.routes.{i}");
             if r.action_id.is_empty() {
-                return Err(self.invalid(&format!("{key}.action_id"), "must not be empty"));
+                self.flag(self.invalid(&format!("{key}.action_id"), "must not be empty"));
             }
             if r.index.is_none() && r.sourcetype.is_none() {
-                return Err(self.invalid(&key, "a route needs an index or a sourcetype"));
+                self.flag(self.invalid(&key, "a route needs an index or a sourcetype"));
             }
             routes.push(Route {
                 action_id: r.action_id,
-                index: self.opt_name(&format!("{key}.index"), r.index)?,
-                sourcetype: self.opt_name(&format!("{key}.sourcetype"), r.sourcetype)?,
+                index: self.keep(self.opt_name(&format!("{key}.index"), r.index), None),
+                sourcetype: self.keep(
+                    self.opt_name(&format!("{key}.sourcetype"), r.sourcetype),
+                    None,
+                ),
             });
         }
         if let Some(ca) = &h.tls_ca_file
             && !ca.is_file()
         {
-            return Err(self.invalid(
+            self.flag(self.invalid(
                 "hec.tls_ca_file",
                 format!(
                     "{} is not a readable file (a PEM CA certificate)",
@@ -675,14 +861,17 @@ impl Validator<'_> {
             _ => gethostname::gethostname().to_string_lossy().into_owned(),
         };
         let hec = HecConfig {
-            token: self.secret("hec.token", h.token, h.token_file)?,
+            token: self.keep(
+                self.secret("hec.token", h.token, h.token_file),
+                Secret::new(""),
+            ),
             urls,
-            index: self.opt_name("hec.index", h.index)?,
+            index: self.keep(self.opt_name("hec.index", h.index), None),
             sourcetype,
             host,
             gzip: h.gzip,
             batch_max_events: h.batch_max_events,
-            batch_max_bytes: h.batch_max_bytes,
+            batch_max_bytes,
             timeout: h.timeout,
             use_ack: h.use_ack,
             ack_timeout: h.ack_timeout,
@@ -694,26 +883,28 @@ impl Validator<'_> {
         let dir = raw
             .spool
             .dir
-            .or_else(|| self.env.state_directory.clone())
-            .unwrap_or_else(|| PathBuf::from("./state"));
+            .unwrap_or_else(|| self.env.default_state_dir());
         let max_bytes = raw.spool.max_bytes.0;
         if max_bytes < 1 << 20 {
-            return Err(self.invalid("spool.max_bytes", "must be at least 1MiB"));
+            self.flag(self.invalid("spool.max_bytes", "must be at least 1MiB"));
         }
         let listen = match raw.admin.listen.as_deref() {
             None => Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
             Some("") => None,
-            Some(s) => Some(s.parse().map_err(|_| {
-                self.invalid(
-                    "admin.listen",
-                    format!(
-                        "{s:?} is not an address like \"127.0.0.1:9464\" (use \"\" to turn it off)"
-                    ),
-                )
-            })?),
+            Some(s) => s
+                .parse()
+                .map_err(|_| {
+                    self.flag(self.invalid(
+                        "admin.listen",
+                        format!(
+                            "{s:?} is not an address like \"127.0.0.1:9464\" (use \"\" to turn it off)"
+                        ),
+                    ))
+                })
+                .ok(),
         };
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&raw.log.level) {
-            return Err(self.invalid(
+            self.flag(self.invalid(
                 "log.level",
                 format!(
                     "{:?}: {e}; use error, warn, info, debug or trace",
@@ -722,6 +913,13 @@ impl Validator<'_> {
             ));
         }
 
+        let problems = self.problems.take();
+        if problems.len() > 1 {
+            return Err(ConfigError::Several(problems));
+        }
+        if let Some(one) = problems.into_iter().next() {
+            return Err(one);
+        }
         Ok(Config {
             accounts,
             poll,
@@ -742,21 +940,9 @@ impl Validator<'_> {
         })
     }
 
+    /// A base URL: `https://host[:port]` (plain http on loopback only), no credentials, no path.
     fn check_url(&self, key: &str, url: &str) -> Result<(), ConfigError> {
-        let parsed = reqwest::Url::parse(url)
-            .map_err(|e| self.invalid(key, format!("{url:?} is not a URL: {e}")))?;
-        let loopback = matches!(
-            parsed.host_str(),
-            Some("127.0.0.1") | Some("localhost") | Some("[::1]")
-        );
-        match parsed.scheme() {
-            "https" => Ok(()),
-            "http" if loopback => Ok(()),
-            _ => Err(self.invalid(
-                key,
-                format!("{url:?} must use https:// (plain http is accepted only on loopback)"),
-            )),
-        }
+        check_base_url(url).map_err(|problem| self.invalid(key, problem))
     }
 
     fn opt_name(&self, key: &str, v: Option<String>) -> Result<Option<String>, ConfigError> {
@@ -786,18 +972,24 @@ impl Validator<'_> {
             )),
             (Some(v), None) if v.is_empty() => Err(self.invalid(key, "must not be empty")),
             (Some(v), None) => Ok(Secret::new(v)),
+            (None, Some(_)) if self.secrets == Secrets::Skip => Ok(Secret::new("")),
             (None, Some(path)) => {
                 let path = match &self.env.credentials_directory {
                     Some(dir) if path.is_relative() => dir.join(path),
                     _ => path,
                 };
                 let text = std::fs::read_to_string(&path).map_err(|e| {
+                    // The full path tried: a relative one depends on where the command runs.
+                    let tried = std::path::absolute(&path).unwrap_or_else(|_| path.clone());
+                    let looked = match &self.env.credentials_directory {
+                        Some(_) => "relative paths are looked up in $CREDENTIALS_DIRECTORY",
+                        None => {
+                            "$CREDENTIALS_DIRECTORY is not set, so relative paths are read from the working directory; under systemd they are credential names"
+                        }
+                    };
                     self.invalid(
                         &file_key,
-                        format!(
-                            "cannot read {}: {e} (relative paths are looked up in $CREDENTIALS_DIRECTORY when it is set)",
-                            path.display()
-                        ),
+                        format!("cannot read {}: {e} ({looked})", tried.display()),
                     )
                 })?;
                 let value = text.trim();
@@ -807,6 +999,64 @@ impl Validator<'_> {
                 Ok(Secret::new(value))
             }
         }
+    }
+}
+
+/// Checks a base URL (a HEC URL or a RingCentral `server_url`); the error says what to write
+/// instead and never shows a password written into the URL.
+pub fn check_base_url(url: &str) -> Result<(), String> {
+    let shown = redact_userinfo(url);
+    let example = "e.g. \"https://splunk.example.com:8088\"";
+    let parsed = reqwest::Url::parse(url).map_err(|e| {
+        format!("{shown:?} is not a URL ({e}): write the scheme and host, {example}")
+    })?;
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err(format!(
+            "{shown:?} carries a user name or password: remove it from the URL and put the \
+             credential in the token setting (hec.token / hec.token_file for Splunk, \
+             client_secret and jwt for RingCentral)"
+        ));
+    }
+    let loopback = matches!(
+        parsed.host_str(),
+        Some("127.0.0.1") | Some("localhost") | Some("[::1]")
+    );
+    match parsed.scheme() {
+        "https" => {}
+        "http" if loopback => {}
+        _ => {
+            return Err(format!(
+                "{shown:?} must use https:// (plain http is accepted only on loopback)"
+            ));
+        }
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err(format!("{shown:?} has no host: {example}"));
+    }
+    if !matches!(parsed.path(), "" | "/") || parsed.query().is_some() || parsed.fragment().is_some()
+    {
+        let mut base = parsed.clone();
+        base.set_path("");
+        base.set_query(None);
+        base.set_fragment(None);
+        return Err(format!(
+            "{shown:?} has a path: give the base URL only, {:?} (the forwarder adds \
+             /services/collector/event and the API paths itself)",
+            base.as_str().trim_end_matches('/')
+        ));
+    }
+    Ok(())
+}
+
+/// `https://user:pw@host` -> `https://***@host`, also for strings that do not parse as URLs.
+pub fn redact_userinfo(url: &str) -> String {
+    let start = url.find("://").map_or(0, |i| i + 3);
+    let authority_end = url[start..]
+        .find(['/', '?', '#'])
+        .map_or(url.len(), |i| start + i);
+    match url[start..authority_end].rfind('@') {
+        Some(at) => format!("{}***{}", &url[..start], &url[start + at..]),
+        None => url.to_string(),
     }
 }
 
@@ -901,7 +1151,7 @@ struct RawHec {
     #[serde(default = "default_batch_events")]
     batch_max_events: usize,
     #[serde(default = "default_batch_bytes")]
-    batch_max_bytes: usize,
+    batch_max_bytes: ByteSize,
     #[serde(default = "default_timeout", deserialize_with = "de_duration")]
     timeout: Duration,
     #[serde(default)]
@@ -921,8 +1171,8 @@ fn yes() -> bool {
 fn default_batch_events() -> usize {
     1000
 }
-fn default_batch_bytes() -> usize {
-    1_000_000
+fn default_batch_bytes() -> ByteSize {
+    ByteSize(1_000_000)
 }
 fn default_ack_timeout() -> Duration {
     Duration::from_secs(300)
@@ -1230,6 +1480,28 @@ mod tests {
     }
 
     #[test]
+    fn every_problem_is_reported_at_once() {
+        let toml = MINIMAL
+            .replace(
+                "[hec]",
+                "[poll]\npage_size = 5000\ninterval = \"0s\"\n[hec]",
+            )
+            .replace("client_id = \"cid\"", "")
+            + "\nbatch_max_events = 0\n[admin]\nlisten = \"nowhere\"";
+        let e = err(&toml);
+        for key in [
+            "accounts.0.client_id",
+            "poll.page_size",
+            "poll.interval",
+            "hec.batch_max_events",
+            "admin.listen",
+        ] {
+            assert!(e.contains(key), "{key} missing from: {e}");
+        }
+        assert!(e.starts_with("5 problems in the configuration:"), "{e}");
+    }
+
+    #[test]
     fn duplicate_account_names_are_rejected() {
         let twice = format!("{MINIMAL}\n{}", &MINIMAL[..MINIMAL.find("[hec]").unwrap()]);
         assert!(err(&twice).contains("unique"));
@@ -1243,6 +1515,7 @@ mod tests {
         let env = LoadEnv {
             credentials_directory: Some(dir.path().to_path_buf()),
             state_directory: Some(PathBuf::from("/var/lib/x")),
+            system_state_dir: Some(PathBuf::from("/var/lib/rc-audit-hec")),
         };
         let c = Config::from_toml_str(&toml, &env).unwrap();
         assert_eq!(c.hec.token.expose(), "from-file-token");
@@ -1255,6 +1528,11 @@ mod tests {
         assert!(
             e.contains("hec.token_file") && e.contains("CREDENTIALS_DIRECTORY"),
             "{e}"
+        );
+        let tried = std::env::current_dir().unwrap().join("hec-token");
+        assert!(
+            e.contains(&tried.display().to_string()) && e.contains("working directory"),
+            "the full path tried: {e}"
         );
         // Both inline and file is ambiguous.
         let both = MINIMAL.replace(
@@ -1274,6 +1552,77 @@ mod tests {
         assert!(shown.contains("[REDACTED]"));
         // The rendered config is itself a readable TOML document.
         assert!(c.to_redacted_toml().contains("page_size = 1000"));
+    }
+
+    #[test]
+    fn urls_with_credentials_paths_or_no_scheme_are_refused_with_what_to_write() {
+        let hec = |url: &str| err(&MINIMAL.replace("https://splunk.example.com:8088", url));
+        let e = hec("https://admin:hunter2@splunk.example.com:8088");
+        assert!(e.contains("hec.urls") && e.contains("hec.token"), "{e}");
+        assert!(
+            !e.contains("hunter2") && !e.contains("admin:"),
+            "no secret echoed: {e}"
+        );
+        let e = hec("https://splunk.example.com:8088/services/collector/event");
+        assert!(
+            e.contains("has a path") && e.contains("\"https://splunk.example.com:8088\""),
+            "{e}"
+        );
+        let e = hec("splunk.example.com:8088");
+        assert!(e.contains("https://"), "says what to write: {e}");
+        let e = hec("user:pw@splunk.example.com");
+        assert!(!e.contains("pw@"), "no secret echoed even unparsed: {e}");
+        let rc = MINIMAL.replace(
+            "client_id = \"cid\"",
+            "client_id = \"cid\"\nserver_url = \"https://u:p@platform.ringcentral.com\"",
+        );
+        let e = err(&rc);
+        assert!(
+            e.contains("accounts.0.server_url") && !e.contains("u:p"),
+            "{e}"
+        );
+        // Still fine: a trailing slash, loopback http.
+        load(&MINIMAL.replace("8088\"", "8088/\"")).unwrap();
+        load(&MINIMAL.replace("https://splunk.example.com:8088", "http://127.0.0.1:8088")).unwrap();
+        assert_eq!(redact_userinfo("https://a:b@h/x@y"), "https://***@h/x@y");
+    }
+
+    #[test]
+    fn the_default_state_directory_is_the_services_wherever_the_command_runs() {
+        let env = |state: Option<&str>, system: Option<&str>| LoadEnv {
+            credentials_directory: None,
+            state_directory: state.map(PathBuf::from),
+            system_state_dir: system.map(PathBuf::from),
+        };
+        let dir = |e: LoadEnv| Config::from_toml_str(MINIMAL, &e).unwrap().spool.dir;
+        assert_eq!(
+            dir(env(Some("/run/x"), Some(SYSTEM_STATE_DIR))),
+            PathBuf::from("/run/x")
+        );
+        assert_eq!(
+            dir(env(None, Some(SYSTEM_STATE_DIR))),
+            PathBuf::from(SYSTEM_STATE_DIR)
+        );
+        assert_eq!(dir(env(None, None)), PathBuf::from("./state"));
+    }
+
+    #[test]
+    fn without_secrets_the_config_loads_from_a_shell_without_the_credentials() {
+        let toml = MINIMAL
+            .replace("token = \"hec-token-123\"", "token_file = \"hec-token\"")
+            .replace("jwt = \"eyJ.jwt.value\"", "jwt_file = \"acme-jwt\"");
+        assert!(
+            load(&toml).is_err(),
+            "normally a missing credential stops the load"
+        );
+        let c = Config::from_figment_with(
+            &Figment::from(Toml::string(&toml)),
+            &LoadEnv::default(),
+            Secrets::Skip,
+        )
+        .unwrap();
+        assert_eq!(c.accounts[0].name, "acme");
+        assert_eq!(c.hec.token.expose(), "", "never read");
     }
 
     #[test]
@@ -1321,6 +1670,24 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.hec.urls.len(), 2, "a list in the environment");
+    }
+
+    #[test]
+    fn batch_max_bytes_takes_units_and_accounts_in_the_environment_are_refused_with_how() {
+        let c = load(&format!("{MINIMAL}\nbatch_max_bytes = \"512KiB\"")).unwrap();
+        assert_eq!(c.hec.batch_max_bytes, 512 * 1024);
+        let c = with_env(MINIMAL, &[("RC_AUDIT_HEC_HEC__BATCH_MAX_BYTES", "1MB")]).unwrap();
+        assert_eq!(c.hec.batch_max_bytes, 1_000_000);
+        assert!(
+            err(&format!("{MINIMAL}\nbatch_max_bytes = \"lots\"")).contains("hec.batch_max_bytes")
+        );
+        for var in [
+            "RC_AUDIT_HEC_ACCOUNTS__ACME__JWT",
+            "RC_AUDIT_HEC_ACCOUNTS__0__JWT",
+        ] {
+            let e = with_env(MINIMAL, &[(var, "x")]).unwrap_err().to_string();
+            assert!(e.contains(var) && e.contains("jwt_file"), "{e}");
+        }
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //! against what HEC received: lost and duplicated must both be 0.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -20,7 +20,7 @@ use crate::config::{Config, LoadEnv, LogFormat};
 use crate::retry::RetryPolicy;
 use crate::sim::hec::{HecSim, HecSimConfig};
 use crate::sim::records::generate_records;
-use crate::sim::ringcentral::{RcSim, RcSimConfig, SimAccount};
+use crate::sim::ringcentral::{MAX_RECORDS_PER_ACCOUNT, RcSim, RcSimConfig, SimAccount};
 use crate::telemetry::{Stats, init_logging};
 
 /// Demo settings.
@@ -37,6 +37,13 @@ pub struct DemoOptions {
 /// What the demo observed.
 #[derive(Debug, Clone)]
 pub struct DemoSummary {
+    /// Records asked for with `--records` beyond what RingCentral keeps (the newest 10,000 per
+    /// account): dropped by the simulator as by the API, so not counted as lost.
+    pub beyond_cap: usize,
+    /// Whether the directory was temporary (removed when the demo ends).
+    pub temporary: bool,
+    /// Poll windows that came near RingCentral's 10,000-record cap.
+    pub near_limit: u64,
     /// Records the RingCentral simulator holds (all of them should reach HEC).
     pub generated: usize,
     /// Records the forwarder received from RingCentral (overlapping windows re-read some).
@@ -62,17 +69,25 @@ const HEC_TOKEN: &str = "00000000-demo-demo-demo-000000000000";
 pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
     init_logging(LogFormat::Text, "warn");
     let started = Instant::now();
-    let dir = match opts.dir {
-        Some(d) => d,
-        None => std::env::temp_dir().join(format!(
-            "rc-audit-hec-demo-{}-{}",
-            std::process::id(),
-            Utc::now().format("%Y%m%d%H%M%S")
-        )),
+    let (dir, _cleanup) = match opts.dir {
+        Some(d) => (d, None),
+        None => {
+            let d = std::env::temp_dir().join(format!(
+                "rc-audit-hec-demo-{}-{}",
+                std::process::id(),
+                Utc::now().format("%Y%m%d%H%M%S")
+            ));
+            (d.clone(), Some(RemoveOnDrop(d)))
+        }
     };
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let received_path = dir.join("hec-received.jsonl");
-    let _ = std::fs::remove_file(&received_path);
+    if remove_previous_run(&dir).with_context(|| format!("cleaning {}", dir.display()))? {
+        println!(
+            "(removed the previous demo's spool and received events from {}: every demo starts fresh)",
+            dir.display()
+        );
+    }
 
     let accounts = [
         SimAccount::new("400100001", "Acme Corp"),
@@ -113,14 +128,28 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
             42 + i as u64,
         );
     }
+    let held: usize = accounts
+        .iter()
+        .map(|a| rc.records(&a.account_id).len())
+        .sum();
     println!(
         "rc-audit-hec demo: the real forwarder against simulated RingCentral and Splunk HEC on loopback"
     );
     println!(
-        "  RingCentral simulator {} : 2 accounts, {} audit records over the last day",
+        "  RingCentral simulator {} : 2 accounts, {held} audit records over the last day",
         rc.url(),
-        opts.records
     );
+    if held < opts.records {
+        println!(
+            "  (asked for {}, but RingCentral keeps at most the newest {} records per account, and so \
+             does the simulator: the oldest {} are out of reach of any client. The forwarder cannot \
+             recover them; it warns and counts rc_audit_hec_windows_near_limit_total when a window \
+             reaches 9,000 records, so polling more often keeps a real account below the cap)",
+            opts.records,
+            MAX_RECORDS_PER_ACCOUNT,
+            opts.records - held
+        );
+    }
     println!(
         "  HEC simulator         {} : writes what it accepts to {}",
         hec.url(),
@@ -148,7 +177,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
     println!(
         "\n1. Backfilling the last 24 hours (pages of 1000, paced by the simulator's rate limits)..."
     );
-    let initial = opts.records;
+    let initial = held;
     wait_until(deadline, || hec.accepted() >= initial).await;
     println!(
         "   {} events delivered to HEC ({:.1}s)",
@@ -244,6 +273,9 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
     }
     let total_received: usize = received.values().sum();
     let summary = DemoSummary {
+        beyond_cap: opts.records.saturating_sub(held),
+        temporary: _cleanup.is_some(),
+        near_limit: Stats::get(&stats.windows_near_limit),
         generated,
         polled: Stats::get(&stats.records_polled),
         spooled_during_outage: max_depth,
@@ -255,6 +287,43 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
     };
     print_summary(&summary, started.elapsed());
     Ok(summary)
+}
+
+/// Removes what an earlier demo left in `dir` (its spool files and received events), so a demo
+/// run again in the same directory starts with a fresh simulator *and* a fresh spool: an old
+/// cursor against a new simulator would skip its records. Only the demo's own files are
+/// touched. Returns whether there was anything.
+fn remove_previous_run(dir: &Path) -> std::io::Result<bool> {
+    let state = dir.join("state");
+    let mut removed = false;
+    let files = [
+        "spool.db",
+        "spool.db-wal",
+        "spool.db-shm",
+        "spool.lock",
+        "spool.clean",
+    ];
+    for path in files
+        .iter()
+        .map(|f| state.join(f))
+        .chain([dir.join("hec-received.jsonl")])
+    {
+        match std::fs::remove_file(&path) {
+            Ok(()) => removed = true,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(removed)
+}
+
+/// The demo's temporary directory (no `--dir`): removed when the demo ends, however it ends.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 fn demo_config(
@@ -309,10 +378,22 @@ async fn wait_until(deadline: Instant, mut done: impl FnMut() -> bool) {
 
 fn print_summary(s: &DemoSummary, took: Duration) {
     println!("\nSummary ({:.1}s)", took.as_secs_f64());
+    if s.beyond_cap > 0 {
+        println!(
+            "  asked for, beyond RingCentral's cap     {:>7}  (never retrievable, by any client)",
+            s.beyond_cap
+        );
+    }
     println!(
-        "  records generated by RingCentral        {:>7}",
+        "  records held by RingCentral             {:>7}",
         s.generated
     );
+    if s.near_limit > 0 {
+        println!(
+            "  windows near the 10,000-record cap      {:>7}  (warned; poll more often)",
+            s.near_limit
+        );
+    }
     println!("  records polled (overlaps re-read some)  {:>7}", s.polled);
     println!(
         "  spooled during the HEC outage           {:>7}",
@@ -327,8 +408,14 @@ fn print_summary(s: &DemoSummary, took: Duration) {
         "  duplicated                              {:>7}",
         s.duplicated
     );
-    println!("  received events: {}", s.received_path.display());
-    println!("  spool:           {}", s.spool_path.display());
+    if s.temporary {
+        println!(
+            "  received events and spool were in a temporary directory, removed now (--dir DIR keeps them)"
+        );
+    } else {
+        println!("  received events: {}", s.received_path.display());
+        println!("  spool:           {}", s.spool_path.display());
+    }
     if s.lost == 0 {
         println!(
             "\nNothing lost. Next: cp examples/config.example.toml config.toml, fill in your accounts and HEC token, then `rc-audit-hec --config config.toml check`."
@@ -339,4 +426,237 @@ fn print_summary(s: &DemoSummary, took: Duration) {
             s.lost
         );
     }
+}
+
+/// A fault switched from the second shell.
+async fn control(
+    rc: &RcSim,
+    hec: &HecSim,
+    ids: Vec<String>,
+    fault: String,
+) -> (axum::http::StatusCode, String) {
+    match fault.as_str() {
+        "hec-down" => hec.set_down(true).await,
+        "hec-up" => hec.set_down(false).await,
+        "hec-503" => hec.update_faults(|f| f.busy = true),
+        "hec-429" => hec.update_faults(|f| f.queue_full_429 = true),
+        "hec-ok" => hec.update_faults(|f| {
+            f.busy = false;
+            f.queue_full_429 = false;
+        }),
+        "rc-429" => rc.update_faults(|f| f.throttled_accounts.extend(ids)),
+        "rc-ok" => rc.update_faults(|f| f.throttled_accounts.clear()),
+        _ => {
+            return (
+                axum::http::StatusCode::NOT_FOUND,
+                "faults: hec-down hec-up hec-503 hec-429 hec-ok rc-429 rc-ok\n".to_string(),
+            );
+        }
+    }
+    println!("fault control: {fault}");
+    (axum::http::StatusCode::OK, format!("{fault}: done\n"))
+}
+
+/// `demo --serve`: the simulators on loopback for trying every command by hand, until Ctrl-C.
+///
+/// Writes into `dir` a ready `config.toml` (its first line names the fault-control URL) with the
+/// secrets as files under `secrets/` (as systemd credentials would be), the spool under `state/`,
+/// and the events HEC accepts to `hec-received.jsonl`. New audit records keep arriving (a few
+/// every 5 seconds). Faults are switched from another shell with
+/// `curl -X POST <control>/<fault>`: `hec-down`, `hec-up`, `hec-503`, `hec-429`, `hec-ok`,
+/// `rc-429`, `rc-ok`.
+pub async fn serve(
+    dir: Option<PathBuf>,
+    records: usize,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    init_logging(LogFormat::Text, "warn");
+    let (dir, _cleanup) = match dir {
+        Some(d) => (d, None),
+        None => {
+            let d = std::env::temp_dir().join(format!("rc-audit-hec-demo-{}", std::process::id()));
+            (d.clone(), Some(RemoveOnDrop(d)))
+        }
+    };
+    std::fs::create_dir_all(dir.join("secrets"))
+        .with_context(|| format!("creating {}", dir.display()))?;
+    let dir = std::path::absolute(&dir).unwrap_or(dir);
+    if remove_previous_run(&dir).with_context(|| format!("cleaning {}", dir.display()))? {
+        println!(
+            "(removed the previous demo's spool and received events from {})",
+            dir.display()
+        );
+    }
+    let accounts = [
+        SimAccount::new("400100001", "Acme Corp"),
+        SimAccount::new("400100002", "Globex Inc"),
+    ];
+    let rc = std::sync::Arc::new(
+        RcSim::start(RcSimConfig {
+            accounts: accounts.to_vec(),
+            heavy_window: Duration::from_secs(10),
+            auth_window: Duration::from_secs(10),
+            penalty: Duration::from_secs(10),
+            ..RcSimConfig::default()
+        })
+        .await
+        .context("starting the RingCentral simulator")?,
+    );
+    let mut hec_cfg = HecSimConfig::new(HEC_TOKEN);
+    hec_cfg.output = Some(dir.join("hec-received.jsonl"));
+    let hec = std::sync::Arc::new(
+        HecSim::start(hec_cfg)
+            .await
+            .context("starting the HEC simulator")?,
+    );
+    let now = Utc::now();
+    for (i, a) in accounts.iter().enumerate() {
+        rc.generate(
+            &a.account_id,
+            records / accounts.len(),
+            now - TimeDelta::days(3),
+            now - TimeDelta::seconds(30),
+            42 + i as u64,
+        );
+    }
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("binding the fault-control port")?;
+    let control_url = format!("http://{}", listener.local_addr()?);
+    let admin_port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let secret = |name: &str, value: &str| -> anyhow::Result<PathBuf> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = dir.join("secrets").join(name);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)?
+            .write_all(value.as_bytes())?;
+        Ok(path)
+    };
+    let mut toml = format!(
+        "# rc-audit-hec demo --serve: simulators on loopback. Fault control: {control_url}\n\
+         # The secrets are files, as systemd credentials would be.\n\n"
+    );
+    for a in &accounts {
+        let name = a.account_name.to_lowercase().replace(' ', "-");
+        toml.push_str(&format!(
+            "[[accounts]]\nname = {name:?}\nserver_url = {:?}\nclient_id = {:?}\nclient_secret_file = {:?}\njwt_file = {:?}\n\n",
+            rc.url(),
+            a.client_id,
+            secret(&format!("{name}-client-secret"), &a.client_secret)?,
+            secret(&format!("{name}-jwt"), &a.jwt)?,
+        ));
+    }
+    toml.push_str(&format!(
+        "[poll]\ninterval = \"10s\"\nsettle_delay = \"2s\"\ninitial_lookback = \"24h\"\n\n\
+         [hec]\nurl = {:?}\ntoken_file = {:?}\nindex = \"ringcentral\"\n\n\
+         [spool]\ndir = {:?}\n\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n",
+        hec.url(),
+        secret("hec-token", HEC_TOKEN)?,
+        dir.join("state"),
+    ));
+    let config_path = dir.join("config.toml");
+    std::fs::write(&config_path, &toml)?;
+    Config::load(&config_path, &LoadEnv::default()).context("the demo's own config")?;
+
+    let c = format!("rc-audit-hec --config {}", config_path.display());
+    println!(
+        "rc-audit-hec demo --serve: simulated RingCentral and Splunk HEC on loopback, until Ctrl-C"
+    );
+    println!(
+        "  RingCentral {} : 2 accounts, {records} records over 3 days, a few new ones every 5s",
+        rc.url()
+    );
+    println!(
+        "  HEC         {} : accepted events go to {}",
+        hec.url(),
+        dir.join("hec-received.jsonl").display()
+    );
+    println!("  config      {}", config_path.display());
+    println!("\nTry, from another shell:");
+    for (cmd, what) in [
+        ("check", "every account and HEC, with causes and fixes"),
+        (
+            "once",
+            "one poll and delivery (exit 0, or 75 with HEC down)",
+        ),
+        (
+            "run",
+            "the service (Ctrl-C stops it); admin endpoint on 127.0.0.1:{admin_port}",
+        ),
+        (
+            "backfill --from 3d",
+            "the older history (hands over to `run` while it runs)",
+        ),
+        (
+            "spool status",
+            "depth, cursors, dead letters, the service's health",
+        ),
+        ("spool dead-letters", "events HEC refused"),
+        ("once --dry-run | head", "what would be sent"),
+        ("config", "the effective config"),
+    ] {
+        println!(
+            "  {c} {cmd:<22} # {}",
+            what.replace("{admin_port}", &admin_port.to_string())
+        );
+    }
+    println!("\nFaults (curl -X POST {control_url}/<fault>):");
+    println!("  hec-down, hec-up     HEC unreachable, and back");
+    println!(
+        "  hec-503, hec-429     HEC busy (503 code 9) or queue full (429); hec-ok clears both"
+    );
+    println!("  rc-429, rc-ok        RingCentral rate-limits every search, and stops");
+
+    let ids: Vec<String> = accounts.iter().map(|a| a.account_id.clone()).collect();
+    let router = axum::Router::new().route(
+        "/{fault}",
+        axum::routing::post({
+            let (rc, hec) = (rc.clone(), hec.clone());
+            move |axum::extract::Path(fault): axum::extract::Path<String>| {
+                let (rc, hec, ids) = (rc.clone(), hec.clone(), ids.clone());
+                async move { control(&rc, &hec, ids, fault).await }
+            }
+        }),
+    );
+    let stop = shutdown.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await
+    });
+    let mut seed = 5000;
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tick.tick() => {
+                let t = Utc::now();
+                for a in &accounts {
+                    seed += 1;
+                    let recs = generate_records(seed, &a.account_id, &a.account_name, 3,
+                        t - TimeDelta::seconds(3), t - TimeDelta::seconds(1));
+                    rc.add_records(&a.account_id, recs);
+                }
+            }
+        }
+    }
+    let _ = server.await;
+    println!(
+        "demo --serve: stopped{}",
+        if _cleanup.is_some() {
+            " (its temporary directory is removed; --dir DIR keeps it)"
+        } else {
+            ""
+        }
+    );
+    Ok(())
 }

@@ -6,6 +6,7 @@
 //! spool must not depend on them. The live health of a running service (why polling or delivery
 //! is paused) comes from its admin endpoint when one is configured.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -15,8 +16,9 @@ use figment::Figment;
 use figment::providers::{Format, Toml};
 use serde::Serialize;
 
-use crate::config::{LoadEnv, RawEnv, parse_byte_size};
+use crate::config::{Config, HecConfig, LoadEnv, RawEnv, parse_byte_size};
 use crate::spool::{Spool, SpoolError, Status, now_ms};
+use crate::transform::Transformer;
 
 /// What the inspection commands take from the configuration.
 #[derive(Debug, Clone)]
@@ -27,6 +29,8 @@ pub struct Settings {
     pub admin: Option<SocketAddr>,
     /// `spool.max_bytes`, when set.
     pub max_bytes: Option<u64>,
+    /// Whether the directory was named (`--dir` or `spool.dir`) rather than defaulted.
+    pub dir_given: bool,
 }
 
 impl Settings {
@@ -36,10 +40,9 @@ impl Settings {
         let figment = Figment::new()
             .merge(Toml::file(config))
             .merge(RawEnv::from_process());
-        let dir = dir_override
-            .or_else(|| figment.extract_inner::<PathBuf>("spool.dir").ok())
-            .or_else(|| env.state_directory.clone())
-            .unwrap_or_else(|| PathBuf::from("./state"));
+        let given = dir_override.or_else(|| figment.extract_inner::<PathBuf>("spool.dir").ok());
+        let dir_given = given.is_some();
+        let dir = given.unwrap_or_else(|| env.default_state_dir());
         let admin = match figment.extract_inner::<String>("admin.listen") {
             Ok(s) if s.is_empty() => None,
             Ok(s) => s.parse().ok(),
@@ -54,7 +57,56 @@ impl Settings {
             dir,
             admin,
             max_bytes,
+            dir_given,
         }
+    }
+
+    /// When the directory was only defaulted, asks the running service (its `/livez` names its
+    /// state directory): from an admin shell `$STATE_DIRECTORY` is unset, and guessing could
+    /// inspect, or requeue into, some other spool.
+    pub async fn locate_service_spool(mut self) -> Settings {
+        if !self.dir_given
+            && let Some(doc) = crate::backfill::service_livez(self.admin).await
+            && let Some(dir) = doc["state_dir"].as_str()
+        {
+            self.dir = PathBuf::from(dir);
+        }
+        self
+    }
+}
+
+/// Renders requeued dead letters again with the current config (routes, index, sourcetype,
+/// host): what made HEC refuse an event is usually its envelope, fixed in the config since.
+pub struct Renderer {
+    by_account: HashMap<String, Transformer>,
+    hec: HecConfig,
+}
+
+impl Renderer {
+    /// From a config loaded without secrets (they are not needed to render).
+    pub fn new(config: &Config) -> Renderer {
+        Renderer {
+            by_account: config
+                .accounts
+                .iter()
+                .map(|a| (a.name.clone(), Transformer::new(&config.hec, a)))
+                .collect(),
+            hec: config.hec.clone(),
+        }
+    }
+
+    /// The event to put back into the outbox for a stored one of `account` (an account no
+    /// longer configured gets the `hec.*` defaults; bytes that are no envelope stay as they are).
+    pub fn render(&self, account: &str, stored: &[u8]) -> Vec<u8> {
+        let fallback;
+        let t = match self.by_account.get(account) {
+            Some(t) => t,
+            None => {
+                fallback = Transformer::for_account(&self.hec, account, None, None);
+                &fallback
+            }
+        };
+        t.rerender(stored).unwrap_or_else(|| stored.to_vec())
     }
 }
 
@@ -136,7 +188,7 @@ async fn service_health(admin: Option<SocketAddr>) -> serde_json::Value {
     let Some(addr) = admin else {
         return serde_json::json!({"reachable": false, "why": "admin.listen is off"});
     };
-    let url = format!("http://{addr}/healthz");
+    let url = format!("http://{}/healthz", crate::backfill::admin_addr(addr));
     let client = match reqwest::Client::builder()
         .timeout(Duration::from_secs(2))
         .build()

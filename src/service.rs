@@ -205,6 +205,7 @@ impl Service {
                     stats: self.pipeline.stats.clone(),
                     health: self.pipeline.health.clone(),
                     accounts: self.accounts.clone(),
+                    bound: listener.local_addr().ok(),
                 };
                 let serve = crate::admin::serve(listener, state, loops.stop.clone());
                 loops.tracker.spawn(async move {
@@ -222,7 +223,6 @@ impl Service {
     /// Applies a reloaded config (see the module docs).
     async fn reload(&mut self, mut new: Config) {
         let notifier = self.pipeline.options().notifier.clone();
-        notifier.notify(&[sd_notify::NotifyState::Reloading]);
         let old = &self.pipeline.config;
         if new.spool.dir != old.spool.dir {
             warn!(old = %old.spool.dir.display(), new = %new.spool.dir.display(),
@@ -344,7 +344,9 @@ pub async fn run(
     let depth = service.pipeline.spool.run(|s| s.depth()).await.unwrap_or(0);
     info!(accounts = service.pipeline.config.accounts.len(), spooled = depth,
         spool = %service.pipeline.spool.path().display(),
-        watchdog = ?watchdog_interval, "rc-audit-hec running");
+        watchdog = %watchdog_interval.map_or_else(|| "off".to_string(),
+            |d| humantime::format_duration(d).to_string()),
+        "rc-audit-hec running");
     options.notifier.notify(&[sd_notify::NotifyState::Ready]);
     let helpers = TaskTracker::new();
     helpers.spawn(report_status(
@@ -380,12 +382,27 @@ pub async fn run(
             _ = shutdown.cancelled() => break,
             got = request => match got {
                 Some(()) => {
+                    // systemd 253+ (`Type=notify-reload`) matches RELOADING=1 to its reload
+                    // request by the timestamp, and waits for READY=1: sent either way.
+                    let mut reloading = vec![sd_notify::NotifyState::Reloading];
+                    reloading.extend(sd_notify::NotifyState::monotonic_usec_now().ok());
+                    options.notifier.notify(&reloading);
                     let loaded = reload.as_ref().map(|r| (r.load)());
                     match loaded {
                         Some(Ok(config)) => service.reload(config).await,
-                        Some(Err(e)) => error!(
-                            "configuration reload failed, still running the previous configuration: {e}. Fix the file and reload again (systemctl reload rc-audit-hec)"
-                        ),
+                        Some(Err(e)) => {
+                            error!(
+                                "configuration reload failed, still running the previous configuration; fix the file and reload again (systemctl reload rc-audit-hec): {e}"
+                            );
+                            let status = format!(
+                                "reload refused, still running the previous configuration: {}",
+                                e.to_string().lines().next().unwrap_or_default()
+                            );
+                            options.notifier.notify(&[
+                                sd_notify::NotifyState::Status(&status),
+                                sd_notify::NotifyState::Ready,
+                            ]);
+                        }
                         None => {}
                     }
                 }

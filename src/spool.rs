@@ -55,6 +55,7 @@
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Seek, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -777,6 +778,47 @@ fn flock_holder(dir: &Path) -> Option<String> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NoRoom(pub String);
 
+/// Audit records carry names and IP addresses: the state directory is created 0700 and its
+/// files (`spool.db` with its `-wal`/`-shm`, the lock, the clean marker) are 0600, whatever the
+/// umask. A missing `spool.db` is created empty (SQLite treats that as a new database) with
+/// 0600 so it is never readable by others, not even for an instant; SQLite gives the `-wal` and
+/// `-shm` files it creates later the database file's permissions. Existing files are tightened
+/// (a spool from an older version); an existing directory is left as it is (it may be `.`).
+fn protect_state(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(dir.join("spool.db"))?;
+    for name in [
+        "spool.db",
+        "spool.db-wal",
+        "spool.db-shm",
+        "spool.lock",
+        CLEAN_MARKER,
+    ] {
+        let path = dir.join(name);
+        match std::fs::metadata(&path) {
+            Ok(m) if m.permissions().mode() & 0o077 != 0 => {
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 impl Spool {
     /// Opens (creating if needed) `<dir>/spool.db`, taking the directory's lock.
     ///
@@ -788,12 +830,13 @@ impl Spool {
             dir: dir.to_path_buf(),
             source,
         };
-        std::fs::create_dir_all(dir).map_err(dir_err)?;
+        protect_state(dir).map_err(dir_err)?;
         let mut lock = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
+            .mode(0o600)
             .open(dir.join(LOCK_FILE))
             .map_err(dir_err)?;
         let dir_lock = File::open(dir).map_err(dir_err)?;
@@ -855,6 +898,8 @@ impl Spool {
                 (conn, Some(recovery))
             }
         };
+        // A salvage made a new spool.db: it gets the same protection.
+        protect_state(dir).map_err(dir_err)?;
         let spool = Spool {
             inner: Arc::new(Inner {
                 conn: Mutex::new(conn),
@@ -1401,56 +1446,81 @@ impl Spool {
     }
 
     /// Moves dead letters back to the end of the outbox (all of them, or those with the given
-    /// ids), in one transaction; returns how many moved. The sink picks them up on its next read.
-    pub fn requeue(&self, ids: Option<&[i64]>) -> Result<usize, SpoolError> {
+    /// ids), in one transaction, each event passed through `render(account, stored_event)` on
+    /// the way: the cause of a dead letter is usually the envelope (an index HEC refuses), so the
+    /// requeued event is rendered again with the current routes rather than resent as stored.
+    /// An id that is not a dead letter moves nothing at all (the operator mistyped, or another
+    /// requeue came first), and is reported in [`Requeued::missing`].
+    pub fn requeue(
+        &self,
+        ids: Option<&[i64]>,
+        render: &dyn Fn(&str, &[u8]) -> Vec<u8>,
+    ) -> Result<Requeued, SpoolError> {
         let now = now_ms();
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        // What moves, per account, for the running counts.
-        let mut by_account: std::collections::HashMap<String, i64> = Default::default();
-        {
+        let rows: Vec<(i64, String, String, Vec<u8>)> = {
             let mut stmt = tx.prepare(
-                "SELECT account, count(*) FROM dead_letters
-                 WHERE ?1 IS NULL OR id IN (SELECT value FROM json_each(?1)) GROUP BY account",
+                "SELECT id, account, record_id, event FROM dead_letters
+                 WHERE ?1 IS NULL OR id = ?1 ORDER BY id",
             )?;
-            let wanted = ids.map(|ids| serde_json::json!(ids).to_string());
-            let mut rows = stmt.query([wanted])?;
-            while let Some(row) = rows.next()? {
-                by_account.insert(row.get(0)?, row.get(1)?);
-            }
-        }
-        let moved = match ids {
-            None => {
-                let n = tx.execute(
-                    "INSERT INTO outbox(account, record_id, event, spooled_at_ms)
-                     SELECT account, record_id, event, ?1 FROM dead_letters ORDER BY id",
-                    [now],
-                )?;
-                tx.execute("DELETE FROM dead_letters", [])?;
-                n
-            }
-            Some(ids) => {
-                let mut n = 0;
-                for id in ids {
-                    n += tx.execute(
-                        "INSERT INTO outbox(account, record_id, event, spooled_at_ms)
-                         SELECT account, record_id, event, ?2 FROM dead_letters WHERE id = ?1",
-                        params![id, now],
-                    )?;
-                    tx.execute("DELETE FROM dead_letters WHERE id = ?1", [id])?;
+            let mut read = |id: Option<i64>| {
+                stmt.query_map([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+                    .collect::<Result<Vec<_>, _>>()
+            };
+            match ids {
+                None => read(None)?,
+                Some(ids) => {
+                    // An id named twice moves once.
+                    let ids: std::collections::BTreeSet<i64> = ids.iter().copied().collect();
+                    let mut rows = Vec::with_capacity(ids.len());
+                    for id in ids {
+                        rows.extend(read(Some(id))?);
+                    }
+                    rows
                 }
-                n
             }
         };
+        let missing: Vec<i64> = ids
+            .unwrap_or_default()
+            .iter()
+            .copied()
+            .filter(|id| !rows.iter().any(|r| r.0 == *id))
+            .collect();
+        if !missing.is_empty() {
+            return Ok(Requeued { moved: 0, missing });
+        }
+        // What moves, per account, for the running counts.
+        let mut by_account: std::collections::HashMap<String, i64> = Default::default();
+        for (id, account, record_id, event) in &rows {
+            tx.execute(
+                "INSERT INTO outbox(account, record_id, event, spooled_at_ms) VALUES (?1, ?2, ?3, ?4)",
+                params![account, record_id, render(account, event), now],
+            )?;
+            tx.execute("DELETE FROM dead_letters WHERE id = ?1", [id])?;
+            *by_account.entry(account.clone()).or_default() += 1;
+        }
         let moving: i64 = by_account.values().sum();
         add_tallies(&tx, &by_account, -moving)?;
         tx.commit()?;
         drop(conn);
-        if moved > 0 {
+        if !rows.is_empty() {
             self.inner.new_data.notify_one();
         }
-        Ok(moved)
+        Ok(Requeued {
+            moved: rows.len(),
+            missing,
+        })
     }
+}
+
+/// What [`Spool::requeue`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Requeued {
+    /// Dead letters moved back to the outbox.
+    pub moved: usize,
+    /// Requested ids that are not dead letters (then nothing moved).
+    pub missing: Vec<i64>,
 }
 
 /// Milliseconds since the epoch, now.
@@ -1858,7 +1928,7 @@ mod tests {
         };
         s.enqueue_page("beta", &[invalid], None).unwrap();
         check(&s, "a locally invalid record");
-        assert_eq!(s.requeue(None).unwrap(), 2);
+        assert_eq!(s.requeue(None, &|_, e| e.to_vec()).unwrap().moved, 2);
         check(&s, "requeue");
         // Another process (`spool requeue` beside the service) writes through its own
         // connection: the counts follow, as they live in the database.
@@ -1875,7 +1945,13 @@ mod tests {
         check(&s, "another dead letter");
         let other = Spool::open_for_inspection(dir.path()).unwrap();
         let id = other.dead_letters().unwrap()[0].id;
-        assert_eq!(other.requeue(Some(&[id, id])).unwrap(), 1);
+        assert_eq!(
+            other
+                .requeue(Some(&[id, id]), &|_, e| e.to_vec())
+                .unwrap()
+                .moved,
+            1
+        );
         check(&s, "a write by another connection");
         drop(s);
         let s = Spool::open(dir.path()).unwrap();
@@ -2123,7 +2199,19 @@ mod tests {
         assert_eq!(inspect.status().unwrap().depth, 1);
         let dead = inspect.dead_letters().unwrap();
         assert_eq!(dead[0].record_id, "a");
-        assert_eq!(inspect.requeue(Some(&[dead[0].id])).unwrap(), 1);
+        let keep = |_: &str, e: &[u8]| e.to_vec();
+        assert_eq!(
+            inspect.requeue(Some(&[dead[0].id + 1]), &keep).unwrap(),
+            Requeued {
+                moved: 0,
+                missing: vec![dead[0].id + 1]
+            },
+            "an unknown id moves nothing"
+        );
+        assert_eq!(
+            inspect.requeue(Some(&[dead[0].id]), &keep).unwrap().moved,
+            1
+        );
         assert_eq!(
             ids(&running),
             ["b", "a"],

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use serde::Serialize;
 
 pub use self::logging::init_logging;
-pub use self::metrics::{AccountStats, MetricsInput, render_metrics};
+pub use self::metrics::{AccountStats, Histogram, MetricsInput, render_metrics};
 
 /// A HEC answer as counted: (URL, HTTP status, HEC code).
 pub type HecAnswer = (String, u16, Option<i64>);
@@ -60,6 +60,10 @@ pub struct Stats {
     pub hec_responses: Mutex<BTreeMap<HecAnswer, u64>>,
     /// Per-account counters, created on first use.
     pub accounts: Mutex<BTreeMap<String, Arc<AccountStats>>>,
+    /// How long HEC requests took, until the answer was read (timeouts included).
+    pub hec_request_seconds: Histogram,
+    /// How long RingCentral requests (token and search) took until the status arrived.
+    pub rc_request_seconds: Histogram,
 }
 
 impl Stats {

@@ -100,6 +100,20 @@ pub fn hec_time(ms: i64) -> String {
     format!("{sign}{}.{:03}", abs / 1000, abs % 1000)
 }
 
+/// The inverse of [`hec_time`]: `"1722941419.442"` -> ms (integer arithmetic, no float rounding).
+pub fn parse_hec_time(text: &str) -> Option<i64> {
+    let (neg, text) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text),
+    };
+    let (secs, frac) = text.split_once('.').unwrap_or((text, ""));
+    let secs: i64 = secs.parse().ok()?;
+    let frac = format!("{frac:0<3}");
+    let millis: i64 = frac.get(..3)?.parse().ok()?;
+    let ms = secs.checked_mul(1000)?.checked_add(millis)?;
+    Some(if neg { -ms } else { ms })
+}
+
 /// A time as RingCentral wants it in a search: RFC 3339 UTC with milliseconds.
 pub fn rfc3339_millis(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
@@ -163,17 +177,51 @@ struct Fields<'a> {
 impl Transformer {
     /// The transformer for `account`'s records under the HEC settings `hec`.
     pub fn new(hec: &HecConfig, account: &AccountConfig) -> Self {
+        Transformer::for_account(
+            hec,
+            &account.name,
+            account.index.as_deref(),
+            account.sourcetype.as_deref(),
+        )
+    }
+
+    /// The transformer for an account by name and overrides (also for one no longer in the
+    /// config, whose dead letters are requeued with the `hec.*` defaults).
+    pub fn for_account(
+        hec: &HecConfig,
+        name: &str,
+        index: Option<&str>,
+        sourcetype: Option<&str>,
+    ) -> Self {
         Transformer {
-            account: account.name.clone(),
-            source: format!("ringcentral:audit-trail:{}", account.name),
+            account: name.to_string(),
+            source: format!("ringcentral:audit-trail:{name}"),
             host: hec.host.clone(),
-            index: account.index.clone().or_else(|| hec.index.clone()),
-            sourcetype: account
-                .sourcetype
-                .clone()
-                .unwrap_or_else(|| hec.sourcetype.clone()),
+            index: index.map(str::to_string).or_else(|| hec.index.clone()),
+            sourcetype: sourcetype.unwrap_or(&hec.sourcetype).to_string(),
             routes: hec.routes.clone(),
         }
+    }
+
+    /// Renders a stored envelope again under the current settings (routes, index, sourcetype,
+    /// host), through [`Transformer::event`]: the record is the envelope's `event`, verbatim,
+    /// and a record without a usable `eventTime` keeps the time it was first given. `None` when
+    /// the bytes are not an envelope with an `event` (then the caller keeps them as they are).
+    pub fn rerender(&self, envelope: &[u8]) -> Option<Vec<u8>> {
+        #[derive(Deserialize)]
+        struct Stored<'a> {
+            #[serde(borrow)]
+            event: &'a RawValue,
+            #[serde(borrow, default)]
+            time: Option<&'a RawValue>,
+        }
+        let stored: Stored = serde_json::from_slice(envelope).ok()?;
+        let meta = inspect_record(stored.event);
+        let fallback_ms = stored
+            .time
+            .and_then(|t| parse_hec_time(t.get()))
+            .unwrap_or_else(|| Utc::now().timestamp_millis());
+        Some(self.event(stored.event, &meta, fallback_ms))
     }
 
     /// `(index, sourcetype)` for an action id: the first matching route, else the defaults.
@@ -336,6 +384,38 @@ mod tests {
         );
         // Not even an object: still gets an identity.
         assert!(inspect_record(&raw("[1,2]")).id.starts_with("sha256:"));
+    }
+
+    #[test]
+    fn a_rerendered_envelope_takes_the_current_routes_and_keeps_record_and_time() {
+        let old = Transformer::new(&config("index = \"old\"").hec, &config("").accounts[0]);
+        let with_time =
+            r#"{"id":"r1","actionId":"LOGIN","eventTime":"2024-08-06T10:50:19.442Z","x":[1, 2]}"#;
+        let no_time = r#"{"id":"r2","actionId":"LOGIN"}"#;
+        let current = config(
+            "index = \"main\"\n[[hec.routes]]\naction_id = \"LOG*\"\nindex = \"security\"\nsourcetype = \"rc:login\"",
+        );
+        let new = Transformer::new(&current.hec, &current.accounts[0]);
+        for record in [with_time, no_time] {
+            let r = raw(record);
+            let stored = old.event(&r, &inspect_record(&r), 1_700_000_000_123);
+            let again = new.rerender(&stored).expect("an envelope");
+            let text = String::from_utf8(again.clone()).unwrap();
+            assert!(text.contains(record), "the record stays verbatim: {text}");
+            let doc: serde_json::Value = serde_json::from_slice(&again).unwrap();
+            assert_eq!(doc["index"], "security");
+            assert_eq!(doc["sourcetype"], "rc:login");
+            let want = if record == with_time {
+                1_722_941_419_442
+            } else {
+                1_700_000_000_123
+            };
+            assert_eq!(doc["time"].to_string(), hec_time(want));
+        }
+        assert_eq!(new.rerender(b"not json"), None);
+        assert_eq!(parse_hec_time("1722941419.442"), Some(1_722_941_419_442));
+        assert_eq!(parse_hec_time("-0.001"), Some(-1));
+        assert_eq!(parse_hec_time("17"), Some(17_000));
     }
 
     #[test]

@@ -219,17 +219,34 @@ async fn the_backfill_command_prints_plain_progress_and_refuses_bad_arguments() 
     w.rc.generate(&w.accounts[1].account_id, 15, days_ago(4), days_ago(2), 104);
     let cfg = write_config(w.dir.path(), &w.toml("", ""));
 
+    // backfill never starts a spool (a second one beside the service's would send everything
+    // again): it says to run `once` (or the service) first, and creates nothing.
+    let backfill_acct0 = || {
+        let mut cmd = bin();
+        cmd.arg("--config").arg(&cfg).args([
+            "backfill",
+            "--from",
+            "5d",
+            "--to",
+            "1d",
+            "--account",
+            "acct0",
+        ]);
+        cmd
+    };
+    let out = output(backfill_acct0()).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("run `rc-audit-hec once`"),
+        "{}",
+        text(&out)
+    );
+    assert!(!w.dir.path().join("state").exists());
     let mut cmd = bin();
-    cmd.arg("--config").arg(&cfg).args([
-        "backfill",
-        "--from",
-        "5d",
-        "--to",
-        "1d",
-        "--account",
-        "acct0",
-    ]);
-    let out = output(cmd).await;
+    cmd.arg("--config").arg(&cfg).arg("once");
+    assert_eq!(output(cmd).await.status.code(), Some(0));
+
+    let out = output(backfill_acct0()).await;
     let t = text(&out);
     assert_eq!(out.status.code(), Some(0), "{t}");
     assert!(
@@ -288,6 +305,11 @@ async fn the_backfill_command_prints_plain_progress_and_refuses_bad_arguments() 
     assert!(
         text(&out).contains("backfill: 2 account(s), 15 new record(s) spooled, 0 still spooled"),
         "{}",
+        text(&out)
+    );
+    assert!(
+        text(&out).contains("(4.0 of 4.0 days,"),
+        "days of the range, not account-days: {}",
         text(&out)
     );
     assert_each_once(&w, &[0, 1]);
@@ -414,4 +436,104 @@ async fn a_running_service_takes_over_the_backfill_between_live_windows() {
         assert_eq!(got.get(&id), Some(&1), "{id}");
     }
     assert_eq!(got.len(), 17 + 6);
+}
+
+/// The README's production layout: secrets as systemd credentials, `spool.dir` unset (the unit's
+/// `StateDirectory=` applies). From an admin shell (no `$CREDENTIALS_DIRECTORY`, no
+/// `$STATE_DIRECTORY`, another working directory), `backfill` must reach the running service
+/// and hand the range over, and `spool status` must show the service's spool; neither may start
+/// a second spool (which once sent the whole range to Splunk a second time).
+#[tokio::test]
+async fn from_an_admin_shell_without_credentials_backfill_and_spool_status_find_the_service() {
+    let w = World::new(1).await;
+    w.rc.generate(&w.accounts[0].account_id, 12, days_ago(4), days_ago(2), 121);
+    w.seed(0, 5, 122);
+    let root = w.dir.path();
+    let (creds, state, service_cwd, shell) = (
+        root.join("creds"),
+        root.join("state-dir"),
+        root.join("service-cwd"),
+        root.join("shell"),
+    );
+    for d in [&creds, &state, &service_cwd, &shell] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let a = &w.accounts[0];
+    std::fs::write(creds.join("acct0-client-secret"), &a.client_secret).unwrap();
+    std::fs::write(creds.join("acct0-jwt"), &a.jwt).unwrap();
+    std::fs::write(creds.join("hec-token"), common::HEC_TOKEN).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let toml = format!(
+        "[[accounts]]\nname = \"acct0\"\nserver_url = \"{}\"\nclient_id = \"{}\"\n\
+         client_secret_file = \"acct0-client-secret\"\njwt_file = \"acct0-jwt\"\n\n\
+         [poll]\ninterval = \"200ms\"\nsettle_delay = \"0s\"\n\n\
+         [hec]\nurl = \"{}\"\ntoken_file = \"hec-token\"\nhost = \"test\"\n\n\
+         [admin]\nlisten = \"127.0.0.1:{port}\"\n",
+        w.rc.url(),
+        a.client_id,
+        w.hec.url(),
+    );
+    let cfg = write_config(root, &toml);
+    let mut service = bin()
+        .arg("--config")
+        .arg(&cfg)
+        .arg("run")
+        .env("CREDENTIALS_DIRECTORY", &creds)
+        .env("STATE_DIRECTORY", &state)
+        .current_dir(&service_cwd)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(eventually(Duration::from_secs(10), || w.hec.accepted() >= 5).await);
+
+    let shell_cmd = |args: &[&str]| {
+        let mut c = bin();
+        c.arg("--config").arg(&cfg).args(args).current_dir(&shell);
+        c
+    };
+    let out = output(shell_cmd(&["spool", "status"])).await;
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{t}");
+    assert!(
+        t.contains(&state.join("spool.db").display().to_string()),
+        "the service's spool: {t}"
+    );
+
+    let out = output(shell_cmd(&["backfill", "--from", "5d", "--to", "1d"])).await;
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{t}");
+    assert!(
+        t.contains("the service is running, so it does the backfill itself"),
+        "{t}"
+    );
+    // The original report: with the credentials readable, the shell's backfill started its own
+    // spool. It must hand over just the same.
+    let mut cmd = shell_cmd(&["backfill", "--from", "5d", "--to", "1d"]);
+    cmd.env("CREDENTIALS_DIRECTORY", &creds);
+    let out = output(cmd).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(eventually(Duration::from_secs(10), || w.hec.accepted() >= 17).await);
+    let _ = service.kill();
+    let _ = service.wait();
+
+    // With the service stopped, a backfill from the shell finds no spool where it looks and
+    // refuses to start one.
+    let mut cmd = shell_cmd(&["backfill", "--from", "5d", "--to", "1d"]);
+    cmd.env("CREDENTIALS_DIRECTORY", &creds);
+    let out = output(cmd).await;
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(t.contains("never starts a new one"), "{t}");
+
+    let left: Vec<_> = std::fs::read_dir(&shell).unwrap().collect();
+    assert!(
+        left.is_empty(),
+        "no second spool in the shell's directory: {left:?}"
+    );
+    assert_each_once(&w, &[0]);
 }

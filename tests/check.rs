@@ -50,3 +50,33 @@ async fn check_explains_a_wrong_jwt_a_missing_permission_and_a_wrong_hec_token()
         assert!(t.contains(expected), "missing {expected:?}:\n{t}");
     }
 }
+
+/// A HEC URL with `user:password@` once reached `config`, `check` and the logs verbatim (a
+/// secret in output) and replaced the token header; one with a path or without a scheme passed
+/// `check --offline`. Each is now refused offline, with what to write instead.
+#[tokio::test]
+async fn check_offline_refuses_urls_with_credentials_a_path_or_no_scheme() {
+    let w = World::new(1).await;
+    let cases = [
+        ("https://admin:hunter2@splunk.example.com:8088", "hec.token"),
+        (
+            "https://splunk.example.com:8088/services/collector/event",
+            "\"https://splunk.example.com:8088\"",
+        ),
+        ("splunk.example.com:8088", "https://"),
+    ];
+    for (url, says) in cases {
+        let toml = w.toml("", "").replace(&w.hec.url(), url);
+        let cfg = w.dir.path().join("config.toml");
+        std::fs::write(&cfg, toml).unwrap();
+        for command in [&["check", "--offline"][..], &["config"][..]] {
+            let mut cmd = common::bin();
+            cmd.arg("--config").arg(&cfg).args(command);
+            let out = common::output(cmd).await;
+            let t = common::text(&out);
+            assert_eq!(out.status.code(), Some(78), "{url} {command:?}: {t}");
+            assert!(t.contains("hec.urls") && t.contains(says), "{url}: {t}");
+            assert!(!t.contains("hunter2"), "the password leaked: {t}");
+        }
+    }
+}

@@ -74,6 +74,33 @@ async fn once_with_hec_down_exits_75_within_max_wait_and_keeps_the_records() {
     assert_each_once(&w, &[0]);
 }
 
+/// A HEC token Splunk rejects is a configuration error (78, which systemd's
+/// `RestartPreventExitStatus=` and a timer's operator act on), not "try later" (75).
+#[tokio::test]
+async fn once_with_a_rejected_hec_token_exits_78_and_keeps_the_records() {
+    let w = World::new(1).await;
+    w.seed(0, 10, 5);
+    w.hec.set_token("rotated-in-splunk");
+    let cfg = write_config(w.dir.path(), &w.toml("", ""));
+    let mut cmd = bin();
+    cmd.arg("--config")
+        .arg(&cfg)
+        .args(["once", "--max-wait", "2s"]);
+    let out = run(cmd).await;
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(78), "{t}");
+    assert!(
+        t.contains("10 still spooled") && t.contains("hec.token"),
+        "{t}"
+    );
+    w.hec.set_token(common::HEC_TOKEN);
+    let mut cmd = bin();
+    cmd.arg("--config").arg(&cfg).arg("once");
+    let out = run(cmd).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_each_once(&w, &[0]);
+}
+
 #[tokio::test]
 async fn once_with_a_permission_problem_exits_78_and_says_so() {
     let w = World::new(1).await;
@@ -153,6 +180,30 @@ async fn config_errors_exit_78_and_name_the_key_and_its_source() {
     let dir = tempfile::tempdir().unwrap();
     let w = World::new(1).await;
     let good = w.toml("", "");
+
+    // Every problem at once, not one per attempt.
+    let cfg = write_config(
+        dir.path(),
+        &good.replace(
+            "[poll]",
+            "[poll]\npage_size = 5000\ninitial_lookback = \"200d\"",
+        ),
+    );
+    let mut cmd = bin();
+    cmd.arg("--config")
+        .arg(&cfg)
+        .args(["check", "--offline"])
+        .env("RC_AUDIT_HEC_HEC__BATCH_MAX_EVENTS", "0");
+    let out = run(cmd).await;
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(78), "{t}");
+    assert!(
+        t.contains("3 problems")
+            && t.contains("poll.page_size")
+            && t.contains("poll.initial_lookback")
+            && t.contains("RC_AUDIT_HEC_HEC__BATCH_MAX_EVENTS"),
+        "{t}"
+    );
 
     let cfg = write_config(
         dir.path(),
@@ -282,6 +333,19 @@ async fn run_serves_admin_refuses_a_second_instance_and_stops_on_sigterm() {
         .await
         .unwrap();
     assert_eq!(health["status"], "ok", "{health}");
+    // Liveness, apart from readiness: names the state directory for shell commands.
+    let live: serde_json::Value = reqwest::get(format!("http://127.0.0.1:{port}/livez"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(live["status"], "alive", "{live}");
+    assert_eq!(
+        live["state_dir"].as_str().map(PathBuf::from),
+        Some(w.dir.path().join("state")),
+        "{live}"
+    );
 
     let mut second = bin();
     second.arg("--config").arg(&cfg).arg("once");
@@ -440,4 +504,287 @@ async fn once_exits_1_and_says_so_when_events_were_dead_lettered() {
         text(&out)
     );
     assert_eq!(w.received().len(), 9);
+}
+
+/// Audit records carry names and IP addresses: a spool created outside systemd (umask 022, so
+/// 0755 directories and 0644 files by default) must still be private to its user.
+#[tokio::test]
+async fn the_spool_is_private_whatever_the_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    let w = World::new(1).await;
+    w.seed(0, 10, 31);
+    let cfg = write_config(w.dir.path(), &w.toml("", ""));
+    let mut child = Command::new("sh")
+        .env_clear()
+        .arg("-c")
+        .arg("umask 022; exec \"$0\" \"$@\"")
+        .arg(env!("CARGO_BIN_EXE_rc-audit-hec"))
+        .arg("--config")
+        .arg(&cfg)
+        .arg("run")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(eventually(Duration::from_secs(10), || w.hec.accepted() >= 10).await);
+    let state = w.dir.path().join("state");
+    let mode = |p: &Path| std::fs::metadata(p).map(|m| m.permissions().mode() & 0o777);
+    let mut seen = Vec::new();
+    for name in ["spool.db", "spool.db-wal", "spool.db-shm", "spool.lock"] {
+        let m = mode(&state.join(name));
+        seen.push((name, m.as_ref().ok().copied()));
+    }
+    let dir_mode = mode(&state).unwrap();
+    signal_term(&child);
+    let _ = tokio::task::spawn_blocking(move || child.wait()).await;
+    assert_eq!(dir_mode, 0o700, "the state directory");
+    for (name, m) in seen {
+        assert_eq!(
+            m,
+            Some(0o600),
+            "{name} (all four exist while the service runs)"
+        );
+    }
+}
+
+/// After an index route HEC refused is fixed, `spool requeue` must send the events under the
+/// current config: it once resent the stored envelopes, old index included, and every event was
+/// dead-lettered again. An id that is no dead letter is an error, not "requeued 0".
+#[tokio::test]
+async fn requeue_renders_dead_letters_again_with_the_current_config() {
+    let mut w = World::new(1).await;
+    let mut hec = rc_audit_hec::sim::hec::HecSimConfig::new(common::HEC_TOKEN);
+    hec.allowed_indexes = Some(vec!["main".into()]);
+    w.hec = rc_audit_hec::sim::hec::HecSim::start(hec).await.unwrap();
+    w.seed(0, 10, 41);
+    let cfg = write_config(w.dir.path(), &w.toml("", "index = \"mian\""));
+    let once = || {
+        let mut c = bin();
+        c.arg("--config").arg(&cfg).arg("once");
+        c
+    };
+    let out = run(once()).await;
+    assert_eq!(out.status.code(), Some(1), "dead-lettered: {}", text(&out));
+    assert_eq!(w.hec.accepted(), 0);
+
+    write_config(w.dir.path(), &w.toml("", "index = \"main\""));
+    let requeue = |args: &[&str]| {
+        let mut c = bin();
+        c.arg("--config")
+            .arg(&cfg)
+            .args(["spool", "requeue"])
+            .args(args);
+        c
+    };
+    let out = run(requeue(&["--id", "999"])).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("no dead letter with id 999"),
+        "{}",
+        text(&out)
+    );
+
+    let out = run(requeue(&["--all"])).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(text(&out).contains("requeued 10"), "{}", text(&out));
+    let out = run(once()).await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "delivered this time: {}",
+        text(&out)
+    );
+    assert_each_once(&w, &[0]);
+    assert!(w.hec.events().iter().all(|e| e["index"] == "main"));
+}
+
+/// `demo --dir D` run twice once reported records LOST (it reused the old spool and cursors
+/// against a new simulator); `--records` beyond RingCentral's 10,000 per account was announced
+/// as if all were there; and without `--dir` a directory stayed behind in /tmp.
+#[tokio::test]
+async fn the_demo_runs_twice_in_one_directory_tells_the_truth_about_the_cap_and_cleans_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let demo = |args: &[&str]| {
+        let mut c = bin();
+        c.arg("demo")
+            .args(["--outage", "1s"])
+            .args(args)
+            .env("TMPDIR", tmp.path());
+        c
+    };
+    let d = dir.path().to_str().unwrap();
+    let out = run(demo(&["--dir", d, "--records", "20010"])).await;
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{t}");
+    assert!(
+        t.contains("asked for 20010, but RingCentral keeps at most the newest 10000"),
+        "{t}"
+    );
+    assert!(t.contains("2 accounts, 20000 audit records"), "{t}");
+    let out = run(demo(&["--dir", d, "--records", "300"])).await;
+    let t = text(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "the second run in the same directory: {t}"
+    );
+    assert!(t.contains("removed the previous demo's spool"), "{t}");
+    assert!(
+        t.lines()
+            .any(|l| l.trim_start().starts_with("lost ") && l.trim_end().ends_with(" 0")),
+        "{t}"
+    );
+
+    let out = run(demo(&["--records", "300"])).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().collect();
+    assert!(left.is_empty(), "the demo left {left:?} in TMPDIR");
+}
+
+/// A state directory the service cannot write is a setup error: `check` (and `--offline`, run
+/// by systemd's `ExecStartPre=`) says so, and `run` exits 78, not 1, so systemd's
+/// `RestartPreventExitStatus=78` stops the restart loop. (The tests may run as root, which
+/// writes anywhere: sysfs refuses even root, and a path under a file refuses everyone.)
+#[tokio::test]
+async fn an_unwritable_state_directory_fails_check_and_makes_run_exit_78() {
+    let w = World::new(1).await;
+    let file = w.dir.path().join("a-file");
+    std::fs::write(&file, "").unwrap();
+    for dir in [
+        PathBuf::from("/sys/rc-audit-hec-test-state"),
+        file.join("state"),
+    ] {
+        let toml = w.toml("", "").replace(
+            &format!("dir = {:?}", w.dir.path().join("state")),
+            &format!("dir = {dir:?}"),
+        );
+        let cfg = write_config(w.dir.path(), &toml);
+        let mut cmd = bin();
+        cmd.arg("--config").arg(&cfg).args(["check", "--offline"]);
+        let out = run(cmd).await;
+        let t = text(&out);
+        assert_eq!(out.status.code(), Some(78), "{t}");
+        assert!(
+            t.lines()
+                .any(|l| l.starts_with("state directory") && l.contains("FAILED")),
+            "{t}"
+        );
+        assert!(t.contains("as the service's user"), "{t}");
+        let mut cmd = bin();
+        cmd.arg("--config").arg(&cfg).arg("run");
+        let out = run(cmd).await;
+        assert_eq!(out.status.code(), Some(78), "{}", text(&out));
+    }
+}
+
+/// `demo --serve`: a ready config against the simulators, every command works with it from
+/// another shell, and faults are switched there too.
+#[tokio::test]
+async fn demo_serve_gives_a_config_for_every_command_and_switchable_faults() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut serve = bin()
+        .args(["demo", "--serve", "--records", "300", "--dir"])
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let cfg = dir.path().join("config.toml");
+    assert!(
+        eventually(Duration::from_secs(20), || std::fs::read_to_string(&cfg)
+            .is_ok_and(|t| t.contains("[admin]")))
+        .await
+    );
+    let toml = std::fs::read_to_string(&cfg).unwrap();
+    assert!(
+        toml.contains("token_file") && !toml.contains("token ="),
+        "{toml}"
+    );
+    let control = toml
+        .lines()
+        .next()
+        .and_then(|l| l.split("Fault control: ").nth(1))
+        .unwrap()
+        .trim()
+        .to_string();
+    let cmd = |args: &[&str]| {
+        let mut c = bin();
+        c.arg("--config").arg(&cfg).args(args);
+        c
+    };
+    let out = run(cmd(&["check"])).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = run(cmd(&["once"])).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
+    let fault = |name: &str| {
+        let url = format!("{control}/{name}");
+        async move {
+            reqwest::Client::new()
+                .post(url)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_eq!(fault("hec-down").await.as_u16(), 200);
+    let out = run(cmd(&["backfill", "--from", "3d", "--max-wait", "1s"])).await;
+    assert_eq!(out.status.code(), Some(75), "HEC is down: {}", text(&out));
+    assert_eq!(fault("hec-up").await.as_u16(), 200);
+    assert_eq!(fault("no-such-fault").await.as_u16(), 404);
+    let out = run(cmd(&["once"])).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = run(cmd(&["spool", "status"])).await;
+    assert!(text(&out).contains("waiting events: 0"), "{}", text(&out));
+
+    signal_term(&serve);
+    let status = tokio::task::spawn_blocking(move || serve.wait().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+}
+
+/// `config` says where each value came from: the file, the exact environment variable, the
+/// default, and for a secret the file it was read from (never the secret itself).
+#[tokio::test]
+async fn config_shows_where_each_value_came_from() {
+    let w = World::new(1).await;
+    let token = w.dir.path().join("hec-token");
+    std::fs::write(&token, common::HEC_TOKEN).unwrap();
+    let toml = w.toml("", "").replace(
+        &format!("token = \"{}\"", common::HEC_TOKEN),
+        &format!("token_file = {token:?}"),
+    );
+    let cfg = write_config(w.dir.path(), &toml);
+    let mut cmd = bin();
+    cmd.arg("--config")
+        .arg(&cfg)
+        .arg("config")
+        .env("RC_AUDIT_HEC_HEC__BATCH_MAX_EVENTS", "77");
+    let out = run(cmd).await;
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{t}");
+    let line = |key: &str| {
+        t.lines()
+            .find(|l| l.starts_with(&format!("{key} = ")))
+            .unwrap_or_default()
+    };
+    assert!(
+        line("batch_max_events")
+            .ends_with("# from environment variable RC_AUDIT_HEC_HEC__BATCH_MAX_EVENTS"),
+        "{t}"
+    );
+    assert!(line("page_size").ends_with("# default"), "{t}");
+    assert!(
+        line("interval").contains(&format!("# from file {}", cfg.display())),
+        "{t}"
+    );
+    assert!(
+        line("token").contains(&format!("read from {}", token.display()))
+            && line("token").contains("[REDACTED]"),
+        "{t}"
+    );
+    assert!(!t.contains(common::HEC_TOKEN), "{t}");
 }

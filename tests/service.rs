@@ -164,6 +164,9 @@ async fn run_speaks_the_systemd_notify_protocol() {
             .any(|m| m.starts_with("STATUS=spooled 0, delivered 25 (last at ")),
         "{msgs:?}"
     );
+    // Log fields are values, not Rust debug (`watchdog=Some(400ms)`, `watchdog=None`).
+    assert!(err.contains("watchdog=400ms"), "{err}");
+    assert!(!err.contains("Some(") && !err.contains("=None"), "{err}");
     assert_each_once(&w, &[0]);
 }
 
@@ -381,6 +384,10 @@ async fn metrics_and_healthz_scraped_during_a_run_cover_accounts_hec_and_the_spo
         "rc_audit_hec_last_poll_timestamp_seconds{account=\"acct0\"} ",
         "rc_audit_hec_last_delivery_timestamp_seconds ",
         "rc_audit_hec_component_up{component=\"account:acct1\"} 0",
+        "rc_audit_hec_hec_request_duration_seconds_bucket{le=\"+Inf\"} ",
+        "rc_audit_hec_rc_request_duration_seconds_count ",
+        "rc_audit_hec_build_info{version=",
+        "rc_audit_hec_process_resident_memory_bytes ",
     ] {
         assert!(
             metrics.contains(expected),
@@ -440,10 +447,12 @@ async fn sighup_reloads_accounts_and_hec_settings_and_survives_a_bad_config() {
     generate(&w, 1, 8, 86);
     let full = w.toml("", "");
     let cfg = write(w.dir.path(), "config.toml", &without_account(&full, 1));
+    let notify = NotifySocket::bind(w.dir.path());
     let child = bin()
         .arg("--config")
         .arg(&cfg)
         .arg("run")
+        .env("NOTIFY_SOCKET", &notify.path)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -489,6 +498,26 @@ async fn sighup_reloads_accounts_and_hec_settings_and_survives_a_bad_config() {
         err.contains("configuration reload failed, still running the previous configuration")
             && err.contains("poll.page_size"),
         "{err}"
+    );
+    assert!(
+        err.contains("(systemctl reload rc-audit-hec): poll.page_size"),
+        "the error last, no stray '.' after it: {err}"
+    );
+    // systemd's reload protocol (Type=notify-reload): every SIGHUP answers RELOADING=1 with
+    // MONOTONIC_USEC, then READY=1, also when the config is refused (with the reason).
+    let msgs = notify.all();
+    let reloads: Vec<usize> = (0..msgs.len())
+        .filter(|&i| msgs[i] == "RELOADING=1")
+        .collect();
+    assert_eq!(reloads.len(), 3, "{msgs:?}");
+    for &i in &reloads {
+        assert!(msgs[i + 1].starts_with("MONOTONIC_USEC="), "{msgs:?}");
+        assert!(msgs[i + 1..].iter().any(|m| m == "READY=1"), "{msgs:?}");
+    }
+    assert!(
+        msgs.iter()
+            .any(|m| m.starts_with("STATUS=reload refused") && m.contains("poll.page_size")),
+        "{msgs:?}"
     );
     assert_each_once(&w, &[0, 1]);
 }

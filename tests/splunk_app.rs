@@ -1795,3 +1795,24 @@ fn role_changes_inventory_and_dashboards_keep_every_event() {
         );
     }
 }
+
+/// The app's setup steps tell the HEC admin what the forwarder supports: indexer acknowledgement
+/// is `hec.use_ack` (it once said "not supported" while the forwarder had it).
+#[test]
+fn the_app_readme_matches_the_forwarder_on_indexer_acknowledgement() {
+    let readme = std::fs::read_to_string(app_dir().join("README.md")).unwrap();
+    assert!(
+        readme.contains("hec.use_ack"),
+        "README must name hec.use_ack"
+    );
+    assert!(
+        !readme.contains("does not use it"),
+        "README still says acknowledgement is unsupported"
+    );
+    let forwarder =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    assert!(
+        forwarder.contains("`use_ack`"),
+        "the option the app README names exists"
+    );
+}

@@ -178,4 +178,57 @@ async fn tls_verify_false_delivers_and_warns_at_every_start() {
         );
     }
     assert_eq!(hec.accepted(), 5);
+    // `check --offline` (systemd's ExecStartPre) flags it too, without failing the start.
+    let out = run_bin(&["check", "--offline"], &cfg).await;
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{t}");
+    assert!(
+        t.lines()
+            .any(|l| l.starts_with("hec: tls_verify") && l.contains("WARN")),
+        "{t}"
+    );
+    assert!(t.contains("set hec.tls_ca_file"), "{t}");
+}
+
+/// Splunk's own default certificate, and most made with `openssl req -x509`, is self-signed with
+/// `CA:TRUE`. Given as `tls_ca_file`, it once failed every handshake with `CaUsedAsEndEntity`
+/// (webpki will not accept a CA certificate as the server's own). The exact certificate given
+/// is now trusted for what it is: the server's pinned certificate.
+#[tokio::test]
+async fn a_self_signed_hec_certificate_given_as_tls_ca_file_is_trusted() {
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "SplunkServerDefaultCert");
+    let cert = params.self_signed(&key).unwrap();
+    let mut cfg = HecSimConfig::new(HEC_TOKEN);
+    cfg.tls = Some(SimTls {
+        cert_chain_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    });
+    let hec = HecSim::start(cfg).await.unwrap();
+    let w = world_with_records(10).await;
+    let pem = write(w.dir.path(), "splunk-self-signed.pem", &cert.pem());
+    let cfg = write(
+        w.dir.path(),
+        "config.toml",
+        &toml_for(&w, &hec, &format!("tls_ca_file = {pem:?}")),
+    );
+    let out = run_bin(&["once"], &cfg).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(hec.accepted(), 10);
+    let out = run_bin(&["check"], &cfg).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
+    // Another self-signed certificate (e.g. Splunk's, regenerated) is still refused.
+    let other = KeyPair::generate().unwrap();
+    let other_cert = CertificateParams::new(vec!["localhost".into()])
+        .unwrap()
+        .self_signed(&other)
+        .unwrap();
+    std::fs::write(&pem, other_cert.pem()).unwrap();
+    let out = run_bin(&["check"], &cfg).await;
+    assert_eq!(out.status.code(), Some(78), "{}", text(&out));
 }

@@ -14,7 +14,11 @@
 //! [`MAX_PROBE_INTERVAL`]).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
+
+use tokio_rustls::rustls;
+use tokio_rustls::rustls::pki_types::CertificateDer;
 
 use bytes::Bytes;
 use reqwest::header::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, HeaderValue};
@@ -96,6 +100,85 @@ pub struct HecClient {
     next: usize,
     /// What the last `send` got back, for metrics and per-URL health ([`super::observe`]).
     pub(super) observed: super::observe::Observed,
+    /// How long the last `send` took, answer read (the request-latency histogram).
+    pub(super) elapsed: Duration,
+}
+
+/// TLS for `hec.tls_ca_file`: the system's trust store plus the file's certificates as roots
+/// (what reqwest does by itself), and one more rule: a server presenting exactly a certificate
+/// from the file is trusted. That is how a self-signed Splunk certificate (Splunk's default, or
+/// `openssl req -x509`, both marked `CA:TRUE`) works when given as the file: webpki refuses a
+/// CA certificate as a server's own (`CaUsedAsEndEntity`), though the operator named this very
+/// certificate. Any other certificate goes through the normal checks, names included.
+fn pinned_tls(certs: Vec<CertificateDer<'static>>) -> Result<rustls::ClientConfig, String> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let inner = rustls_platform_verifier::Verifier::new_with_extra_roots(
+        certs.iter().cloned(),
+        provider.clone(),
+    )
+    .map_err(|e| format!("cannot use these certificates as trust roots: {e}"))?;
+    let verifier = Arc::new(PinnedOrVerified {
+        pinned: certs,
+        inner,
+    });
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// See [`pinned_tls`].
+#[derive(Debug)]
+struct PinnedOrVerified {
+    pinned: Vec<CertificateDer<'static>>,
+    inner: rustls_platform_verifier::Verifier,
+}
+
+impl rustls::client::danger::ServerCertVerifier for PinnedOrVerified {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        if self
+            .pinned
+            .iter()
+            .any(|p| p.as_ref() == end_entity.as_ref())
+        {
+            return Ok(rustls::client::danger::ServerCertVerified::assertion());
+        }
+        self.inner
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
 }
 
 impl HecClient {
@@ -112,10 +195,15 @@ impl HecClient {
                 detail,
             };
             let pem = std::fs::read(path).map_err(|e| err(e.to_string()))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| err(format!("not a PEM certificate: {e}")))?;
-            for cert in certs {
-                builder = builder.add_root_certificate(cert);
+            use rustls::pki_types::pem::PemObject;
+            let der = CertificateDer::pem_slice_iter(&pem)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| err(format!("not a PEM certificate: {e:?}")))?;
+            if der.is_empty() {
+                return Err(err("no PEM certificate in it".into()));
+            }
+            if cfg.tls_verify {
+                builder = builder.tls_backend_preconfigured(pinned_tls(der).map_err(err)?);
             }
         }
         if !cfg.tls_verify {
@@ -146,6 +234,7 @@ impl HecClient {
             gzip: cfg.gzip,
             next: 0,
             observed: Default::default(),
+            elapsed: Duration::ZERO,
         })
     }
 
@@ -290,6 +379,7 @@ impl HecClient {
         if self.gzip {
             req = req.header(CONTENT_ENCODING, "gzip");
         }
+        let started = std::time::Instant::now();
         let sent = req.send().await;
         self.observed = super::observe::Observed::of(&sent);
         let outcome = match sent {
@@ -329,6 +419,7 @@ impl HecClient {
                 }
             }
         };
+        self.elapsed = started.elapsed();
         let outcome = match outcome {
             Outcome::Retry {
                 reason,

@@ -56,7 +56,7 @@ pub fn unreachable_reason(e: reqwest::Error) -> String {
     let lower = chain.to_ascii_lowercase();
     if lower.contains("certificate") || lower.contains("unknownissuer") {
         format!(
-            "cannot reach HEC: {chain} (TLS trust: set hec.tls_ca_file to the CA that signed Splunk's certificate, and check the certificate names the host in hec.urls)"
+            "cannot reach HEC: {chain} (TLS trust: set hec.tls_ca_file to the CA that signed Splunk's certificate, or to the certificate itself when it is self-signed, and check the certificate names the host in hec.urls)"
         )
     } else {
         format!("cannot reach HEC: {chain} (check hec.urls, the network path and firewalls)")
@@ -82,6 +82,9 @@ impl Sink {
             Observed::Response { status, code } => self.stats.hec_response(url, status, code),
             Observed::Timeout | Observed::Unreachable => self.stats.hec_response(url, 0, None),
             Observed::Nothing => {}
+        }
+        if self.client.observed != Observed::Nothing {
+            self.stats.hec_request_seconds.observe(self.client.elapsed);
         }
         // No answer, or a 200 that cannot be read: HEC may hold the batch, which is resent.
         if self.client.observed == Observed::Timeout || matches!(outcome, Outcome::Garbled { .. }) {

@@ -358,7 +358,10 @@ impl RcClient {
                 (Body::Search(_), None) => unreachable!("searches always carry a token"),
             };
             Stats::add(&self.stats.rc_requests, 1);
-            let failure = match request.send().await {
+            let started = std::time::Instant::now();
+            let sent = request.send().await;
+            self.stats.rc_request_seconds.observe(started.elapsed());
+            let failure = match sent {
                 Err(e) => {
                     self.acct.rc_response(0);
                     format!("request failed: {}", error_chain(&e.without_url()))

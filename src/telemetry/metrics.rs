@@ -69,6 +69,130 @@ impl AccountStats {
     }
 }
 
+/// Upper bounds (seconds) of the request-latency buckets: from a fast LAN answer to
+/// `hec.timeout`'s default (60 s).
+pub const LATENCY_BUCKETS: [f64; 11] =
+    [0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+
+/// A Prometheus histogram over [`LATENCY_BUCKETS`], lock-free (atomics, like the counters).
+#[derive(Debug, Default)]
+pub struct Histogram {
+    /// Observations per bucket (not cumulative; the last is above every bound).
+    buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    sum_us: AtomicU64,
+    count: AtomicU64,
+}
+
+impl Histogram {
+    /// Counts one observation.
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        let i = LATENCY_BUCKETS
+            .iter()
+            .position(|&b| secs <= b)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        family(out, name, help, "histogram");
+        let mut cumulative = 0;
+        for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
+            cumulative += self.buckets[i].load(Ordering::Relaxed);
+            let le = bound.to_string();
+            sample(
+                out,
+                &format!("{name}_bucket"),
+                &[("le", &le)],
+                cumulative as f64,
+            );
+        }
+        cumulative += self.buckets[LATENCY_BUCKETS.len()].load(Ordering::Relaxed);
+        sample(
+            out,
+            &format!("{name}_bucket"),
+            &[("le", "+Inf")],
+            cumulative as f64,
+        );
+        let sum = self.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
+        sample(out, &format!("{name}_sum"), &[], sum);
+        sample(out, &format!("{name}_count"), &[], cumulative as f64);
+    }
+}
+
+/// The process's own figures, read from `/proc/self` (Linux), as Prometheus client libraries
+/// name them, but under this program's prefix like every other metric.
+fn render_process(out: &mut String) {
+    family(
+        out,
+        "build_info",
+        "The running version (value always 1).",
+        "gauge",
+    );
+    sample(
+        out,
+        "build_info",
+        &[("version", env!("CARGO_PKG_VERSION"))],
+        1.0,
+    );
+    static STARTED: std::sync::LazyLock<f64> = std::sync::LazyLock::new(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64())
+    });
+    family(
+        out,
+        "process_start_time_seconds",
+        "When the metrics started counting (Unix time), about the process start.",
+        "gauge",
+    );
+    sample(out, "process_start_time_seconds", &[], *STARTED);
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kb = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+    };
+    if let Some(rss) = kb("VmRSS:") {
+        family(
+            out,
+            "process_resident_memory_bytes",
+            "Resident memory.",
+            "gauge",
+        );
+        sample(out, "process_resident_memory_bytes", &[], rss * 1024.0);
+    }
+    // utime and stime, fields 14 and 15, in USER_HZ ticks: 100 per second on Linux (a fixed
+    // ABI value for /proc, whatever the kernel's HZ).
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or_else(Vec::new, |(_, rest)| rest.split_whitespace().collect());
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok());
+    if let (Some(user), Some(system)) = (ticks(11), ticks(12)) {
+        family(
+            out,
+            "process_cpu_seconds_total",
+            "User and system CPU time.",
+            "counter",
+        );
+        sample(
+            out,
+            "process_cpu_seconds_total",
+            &[],
+            (user + system) / 100.0,
+        );
+    }
+    if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+        family(out, "process_open_fds", "Open file descriptors.", "gauge");
+        sample(out, "process_open_fds", &[], fds.count() as f64);
+    }
+}
+
 /// What one scrape renders.
 pub struct MetricsInput<'a> {
     /// Counters.
@@ -429,6 +553,18 @@ pub fn render_metrics(input: &MetricsInput<'_>) -> String {
         );
     }
 
+    stats.hec_request_seconds.render(
+        &mut out,
+        "hec_request_duration_seconds",
+        "HEC requests by how long the answer took (timeouts count at hec.timeout).",
+    );
+    stats.rc_request_seconds.render(
+        &mut out,
+        "rc_request_duration_seconds",
+        "RingCentral requests (token and search) by how long the answer took.",
+    );
+    render_process(&mut out);
+
     family(
         &mut out,
         "component_up",
@@ -495,7 +631,11 @@ mod tests {
             let (series, value) = line.rsplit_once(' ').expect(line);
             value.parse::<f64>().expect(line);
             let name = series.split('{').next().unwrap();
-            assert!(declared.contains(name), "undeclared family: {line}");
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix).filter(|f| declared.contains(*f)))
+                .unwrap_or(name);
+            assert!(declared.contains(family), "undeclared family: {line}");
             assert!(
                 name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
                 "{line}"
@@ -515,6 +655,11 @@ mod tests {
         acme.rate_limit_wait(Duration::from_millis(1500));
         acme.last_poll_ms
             .store(1_700_000_000_000, Ordering::Relaxed);
+        stats.hec_request_seconds.observe(Duration::from_millis(30));
+        stats
+            .hec_request_seconds
+            .observe(Duration::from_millis(700));
+        stats.hec_request_seconds.observe(Duration::from_secs(90));
         stats
             .last_delivery_ms
             .store(1_700_000_001_000, Ordering::Relaxed);
@@ -557,6 +702,23 @@ mod tests {
             "rc_audit_hec_component_up{component=\"account:acme\"} 0",
             "rc_audit_hec_spool_readable 1",
             "rc_audit_hec_backfill_remaining_seconds{account=\"acme\"} 43200",
+            "rc_audit_hec_hec_request_duration_seconds_bucket{le=\"0.01\"} 0",
+            "rc_audit_hec_hec_request_duration_seconds_bucket{le=\"0.05\"} 1",
+            "rc_audit_hec_hec_request_duration_seconds_bucket{le=\"1\"} 2",
+            "rc_audit_hec_hec_request_duration_seconds_bucket{le=\"60\"} 2",
+            "rc_audit_hec_hec_request_duration_seconds_bucket{le=\"+Inf\"} 3",
+            "rc_audit_hec_hec_request_duration_seconds_sum 90.73",
+            "rc_audit_hec_hec_request_duration_seconds_count 3",
+            "rc_audit_hec_rc_request_duration_seconds_count 0",
+            concat!(
+                "rc_audit_hec_build_info{version=\"",
+                env!("CARGO_PKG_VERSION"),
+                "\"} 1"
+            ),
+            "rc_audit_hec_process_resident_memory_bytes ",
+            "rc_audit_hec_process_cpu_seconds_total ",
+            "rc_audit_hec_process_open_fds ",
+            "rc_audit_hec_process_start_time_seconds ",
         ] {
             assert!(text.contains(expected), "missing {expected}:\n{text}");
         }
