@@ -711,8 +711,12 @@ impl Validator<'_> {
         }
 
         for (i, a) in accounts.iter().enumerate() {
-            if let Some(b) = accounts[..i].iter().find(|b| b.identity() == a.identity()) {
-                return Err(self.invalid(
+            // Same name is reported above; a different name for the same account is this.
+            if let Some(b) = accounts[..i]
+                .iter()
+                .find(|b| b.name != a.name && b.identity() == a.identity())
+            {
+                self.flag(self.invalid(
                     &format!("accounts.{i}"),
                     format!(
                         "accounts {:?} and {:?} are the same RingCentral account ({}); polling it twice would deliver every record twice. Keep one of them",

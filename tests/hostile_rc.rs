@@ -366,6 +366,8 @@ async fn a_record_visible_later_than_the_overlap_is_caught_by_backfill_again() {
     );
     let cfg = w.dir.path().join("config.toml");
     std::fs::write(&cfg, w.toml("", "")).unwrap();
+    // `backfill` adds to an existing spool only (it never starts a second one): create it.
+    drop(w.pipeline("", ""));
     let backfill = |again: bool| {
         let mut cmd = bin();
         cmd.arg("--config")
