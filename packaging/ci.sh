@@ -137,6 +137,7 @@ t=$(date +%s)
 pm() { podman --storage-driver vfs --runtime runc "$@"; }
 limits=(--ulimit "nofile=$(ulimit -Sn):$(ulimit -Hn)" --ulimit nproc=4096:4096)
 ctx="$dist/image"
+rm -rf "$ctx"
 root="$ctx/rootfs"
 install -D -m 0755 "$bin" "$root/usr/bin/rc-audit-hec"
 # The binary is glibc's (no musl std here): give it the loader and the libraries it needs, from
@@ -149,7 +150,7 @@ printf 'root:x:0:0:root:/:/sbin/nologin\nrc-audit-hec:x:65532:65532:rc-audit-hec
 printf 'root:x:0:\nrc-audit-hec:x:65532:\n' >"$root/etc/group"
 install -d -m 1777 "$root/tmp"
 install -d -m 0755 "$root/etc/rc-audit-hec"
-install -d -m 0700 -o 65532 -g 65532 "$root/var/lib/rc-audit-hec"
+install -d -m 0700 -o 65532 -g 65532 "$ctx/state"
 cp packaging/container/Containerfile "$ctx/"
 image=localhost/rc-audit-hec:ci
 pm build --quiet --format docker --tag "$image" "$ctx" >/dev/null
@@ -157,10 +158,10 @@ echo "   $image: $(pm image inspect --format '{{.Size}}' "$image") bytes, built 
 [[ "$(pm image inspect --format '{{.Config.User}}' "$image")" == 65532:65532 ]]
 pm image inspect --format '{{json .Config.Volumes}}' "$image" | grep -q '"/var/lib/rc-audit-hec"'
 pm image inspect --format '{{json .Config.Healthcheck}}' "$image" | grep -q 'healthcheck'
-pm run --rm --network none "${limits[@]}" "$image" --version
+pm run --rm --no-healthcheck --network none "${limits[@]}" "$image" --version
 # demo writes its spool into the volume, as the unprivileged user.
 pm volume rm -f rc-audit-hec-ci >/dev/null 2>&1 || true
-pm run --rm --network none "${limits[@]}" -v rc-audit-hec-ci:/var/lib/rc-audit-hec "$image" \
+pm run --rm --no-healthcheck --network none "${limits[@]}" -v rc-audit-hec-ci:/var/lib/rc-audit-hec "$image" \
   demo --records 400 --outage 2s --dir /var/lib/rc-audit-hec/demo >"$target/image-demo.log" 2>&1 ||
   { cat "$target/image-demo.log"; exit 1; }
 tail -n 3 "$target/image-demo.log"
@@ -184,6 +185,7 @@ for s in ci-client-secret ci-jwt hec-token; do
   printf 'not-a-real-secret' | pm secret create "$s" - >/dev/null
 done
 pm rm -f rc-audit-hec-ci >/dev/null 2>&1 || true
+# (podman cannot schedule the HEALTHCHECK without systemd and says so; `healthcheck run` works.)
 pm run -d --name rc-audit-hec-ci --network none "${limits[@]}" \
   -v "$ctx/ci-config.toml:/etc/rc-audit-hec/config.toml:ro" -v rc-audit-hec-ci:/var/lib/rc-audit-hec \
   --secret ci-client-secret --secret ci-jwt --secret hec-token "$image" >/dev/null
