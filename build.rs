@@ -2,7 +2,8 @@
 //!
 //! A build outside a git checkout (a source tarball, `cargo install` from a `.crate`) has no
 //! commit to record; it says so instead of failing. Distributions that build from a tarball can
-//! name the commit with `RC_AUDIT_HEC_GIT_COMMIT`.
+//! name the commit with `RCAH_GIT_COMMIT`. (Not `RC_AUDIT_HEC_*`: that prefix is the config's, and
+//! cargo also sets `rustc-env` variables for the tests, whose child processes would read it.)
 use std::process::Command;
 
 fn git(args: &[&str]) -> Option<String> {
@@ -13,13 +14,13 @@ fn git(args: &[&str]) -> Option<String> {
 }
 
 fn main() {
-    println!("cargo:rerun-if-env-changed=RC_AUDIT_HEC_GIT_COMMIT");
+    println!("cargo:rerun-if-env-changed=RCAH_GIT_COMMIT");
     // Sources whose edits change the dirty flag (listing any path turns off cargo's default of
     // re-running on every file of the package, so name them all).
     for path in ["build.rs", "Cargo.toml", "Cargo.lock", "src"] {
         println!("cargo:rerun-if-changed={path}");
     }
-    let described = if let Ok(commit) = std::env::var("RC_AUDIT_HEC_GIT_COMMIT") {
+    let described = if let Ok(commit) = std::env::var("RCAH_GIT_COMMIT") {
         commit
     } else if let Some(commit) = git(&["rev-parse", "--short=12", "HEAD"]) {
         // A new commit moves HEAD or the branch it points at; staging changes the index.
@@ -45,5 +46,5 @@ fn main() {
     } else {
         "git commit unknown: built outside a git checkout".to_string()
     };
-    println!("cargo:rustc-env=RC_AUDIT_HEC_BUILD={described}");
+    println!("cargo:rustc-env=RCAH_BUILD_DESCRIPTION={described}");
 }

@@ -34,7 +34,7 @@ pub mod exit {
 pub const VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),
     " (",
-    env!("RC_AUDIT_HEC_BUILD"),
+    env!("RCAH_BUILD_DESCRIPTION"),
     ")"
 );
 
