@@ -30,12 +30,20 @@ pub mod exit {
     pub const CONFIG: u8 = 78;
 }
 
+/// The version and the git commit it was built from (`, dirty` with uncommitted changes).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("RCAH_BUILD_DESCRIPTION"),
+    ")"
+);
+
 /// Forward the RingCentral Audit Trail into Splunk HEC, durably.
 ///
 /// Every record is kept in a local SQLite spool until Splunk has accepted it. Try it without any
 /// account: `rc-audit-hec demo`.
 #[derive(Debug, Parser)]
-#[command(name = "rc-audit-hec", version, about, long_about)]
+#[command(name = "rc-audit-hec", version = VERSION, about, long_about)]
 #[command(
     after_help = "Exit codes: 0 success, 1 runtime failure, 2 usage error, \
 75 records remain spooled after `once`, 78 bad configuration.\n\
@@ -131,6 +139,29 @@ pub enum Command {
         /// What to show or do.
         #[command(subcommand)]
         command: SpoolCommand,
+    },
+    /// Print the shell completion script on stdout, e.g.
+    /// `rc-audit-hec completions bash > /etc/bash_completion.d/rc-audit-hec`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) on stdout, or write one page per command into --dir.
+    #[command(hide = true)]
+    Man {
+        /// Write rc-audit-hec.1 and a page per subcommand here instead.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+    /// GET the admin endpoint's liveness route; exit 0 on a 2xx answer, else 1 with the
+    /// reason (for container HEALTHCHECKs: the image has no curl).
+    Healthcheck {
+        /// The URL to GET.
+        #[arg(long, default_value = crate::healthcheck::DEFAULT_URL)]
+        url: String,
+        /// How long to wait for the answer.
+        #[arg(long, default_value = "5s", value_parser = parse_duration)]
+        timeout: Duration,
     },
 }
 
@@ -343,6 +374,23 @@ pub async fn execute(cli: Cli) -> anyhow::Result<u8> {
                 .locate_service_spool()
                 .await;
             spool_command(&cli.config, &settings, command).await
+        }
+        Command::Completions { shell } => {
+            crate::packaging::completions(shell, &mut std::io::stdout());
+            Ok(exit::OK)
+        }
+        Command::Man { dir: None } => {
+            crate::packaging::man(&mut std::io::stdout())?;
+            Ok(exit::OK)
+        }
+        Command::Man { dir: Some(dir) } => {
+            crate::packaging::man_pages(&dir)
+                .with_context(|| format!("cannot write man pages into {}", dir.display()))?;
+            Ok(exit::OK)
+        }
+        Command::Healthcheck { url, timeout } => {
+            println!("{}", crate::healthcheck::check(&url, timeout).await?);
+            Ok(exit::OK)
         }
         Command::Check { offline } => {
             let config = load_config(&cli.config)?;

@@ -21,7 +21,8 @@
 //!   drives it against the [`sim`]ulators.
 //! - [`backfill`], [`dryrun`], [`check`], [`actions`]: the commands that poll a past range, show
 //!   what would be sent, diagnose a setup, and list the action ids an account really has.
-//! - [`config`], [`cli`], [`inspect`], [`telemetry`], [`retry`]: the edges and shared helpers.
+//! - [`config`], [`cli`], [`inspect`], [`telemetry`], [`retry`]: the edges and shared helpers;
+//!   [`packaging`] (completions, man pages) and [`healthcheck`] serve the packages and the image.
 //!
 //! ## Invariants (each has a test that fails if it breaks)
 //! 1. **Cursor after records**: an account's cursor moves only in the transaction that stores
@@ -48,8 +49,10 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod dryrun;
+pub mod healthcheck;
 pub mod hec;
 pub mod inspect;
+pub mod packaging;
 pub mod retry;
 pub mod ringcentral;
 pub mod service;
