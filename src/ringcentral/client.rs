@@ -32,7 +32,7 @@ use super::clock::{LocalClock, server_date};
 use super::model::{ApiError, SearchPage, SearchRequest};
 use super::rate_limit::{Group, Observed, RateLimiter};
 use crate::config::{AccountConfig, Secret};
-use crate::retry::{MAX_RETRY_AFTER, RetryPolicy, parse_seconds};
+use crate::retry::{RetryPolicy, cap_retry_after, parse_seconds};
 use crate::telemetry::logging::error_chain;
 use crate::telemetry::{AccountStats, Health, State, Stats};
 
@@ -374,12 +374,11 @@ impl RcClient {
                         .get("retry-after")
                         .and_then(|v| v.to_str().ok())
                         .and_then(parse_seconds);
+                    // The rate limiter clamps the penalty to the same cap; this says so once.
                     if status == StatusCode::TOO_MANY_REQUESTS
-                        && asked.is_some_and(|a| a > MAX_RETRY_AFTER)
+                        && let Some(asked) = asked
                     {
-                        warn!(account = %self.name, retry_after_s = asked.map(|a| a.as_secs()),
-                            "RingCentral asked to wait longer than {}; waiting {} instead (a longer wait would stop this account for no good reason)",
-                            humantime::format_duration(MAX_RETRY_AFTER), humantime::format_duration(MAX_RETRY_AFTER));
+                        cap_retry_after(asked, &format!("RingCentral (account {})", self.name));
                     }
                     let observed =
                         self.session
