@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::config::{AccountConfig, Config};
+use crate::exit::Outcome;
 use crate::hec::{self, HecError, Sink};
 use crate::retry::RetryPolicy;
 use crate::ringcentral::client::Session;
@@ -55,7 +56,7 @@ pub struct Options {
     /// systemd's `WatchdogSec=`; `None`: from `$WATCHDOG_USEC` (no pings when unset).
     pub watchdog_interval: Option<Duration>,
     /// Where `READY=1`, `STATUS=`, `WATCHDOG=1`... go.
-    pub notifier: crate::service::Notifier,
+    pub notifier: crate::notify::Notifier,
     /// How often `STATUS=` is checked (it is sent when it changed).
     pub status_interval: Duration,
     /// The local clock (tests shift it to play a host whose clock is wrong).
@@ -70,7 +71,7 @@ impl Default for Options {
             shutdown_grace: Duration::from_secs(10),
             stall_limit: None,
             watchdog_interval: None,
-            notifier: crate::service::Notifier::default(),
+            notifier: crate::notify::Notifier::default(),
             status_interval: Duration::from_secs(1),
             clock: LocalClock::default(),
         }
@@ -95,13 +96,45 @@ pub struct Pipeline {
     sessions: Mutex<HashMap<String, Arc<Session>>>,
 }
 
+/// An account a command could not poll (completely), and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountError {
+    /// The account's name in the config.
+    pub account: String,
+    /// What went wrong, for the operator.
+    pub reason: String,
+    /// A configuration problem (credentials, app permission): exit 78, as trying again will
+    /// not fix it; otherwise a runtime failure (exit 1).
+    pub config: bool,
+}
+
+impl AccountError {
+    /// A runtime failure of `account` (trying again may work).
+    pub fn failed(account: impl Into<String>, reason: impl Into<String>) -> AccountError {
+        AccountError {
+            account: account.into(),
+            reason: reason.into(),
+            config: false,
+        }
+    }
+
+    /// What this error means for the command's exit code.
+    pub fn outcome(&self) -> Outcome {
+        if self.config {
+            Outcome::Config
+        } else {
+            Outcome::Failed
+        }
+    }
+}
+
 /// What `once` did.
 #[derive(Debug, Default)]
 pub struct OnceReport {
     /// Accounts polled completely.
     pub accounts_polled: usize,
-    /// Accounts that could not be polled: (name, reason, is a configuration problem).
-    pub account_errors: Vec<(String, String, bool)>,
+    /// Accounts that could not be polled.
+    pub account_errors: Vec<AccountError>,
     /// Records newly spooled.
     pub spooled: u64,
     /// Events delivered.
@@ -113,6 +146,18 @@ pub struct OnceReport {
     /// Why HEC refused the setup itself (a rejected token, a wrong URL) when that is what left
     /// records spooled: a configuration error (exit 78), which trying later will not fix.
     pub hec_config_error: Option<String>,
+}
+
+impl crate::exit::Code for OnceReport {
+    /// 78 when an account's or HEC's configuration is refused, 1 when an account failed or
+    /// events were dead-lettered, 75 when records remain spooled, else 0.
+    fn exit_code(&self) -> u8 {
+        let accounts = self.account_errors.iter().map(AccountError::outcome);
+        let hec = self.hec_config_error.as_ref().map(|_| Outcome::Config);
+        let dead = (self.dead_lettered > 0).then_some(Outcome::Failed);
+        let remaining = (self.remaining > 0).then_some(Outcome::RecordsRemain);
+        Outcome::worst(accounts.chain(hec).chain(dead).chain(remaining)).exit_code()
+    }
 }
 
 impl Pipeline {
@@ -208,12 +253,6 @@ impl Pipeline {
         &self.options
     }
 
-    /// The service: every poller, the sink and the admin endpoint until `shutdown`
-    /// (see [`crate::service`]; this entry point does not reload).
-    pub async fn run(self, shutdown: CancellationToken) -> Result<(), AppError> {
-        crate::service::run(self, shutdown, None).await
-    }
-
     /// One poll cycle for every account, then delivery for at most `max_wait`.
     pub async fn once(
         self,
@@ -239,17 +278,19 @@ impl Pipeline {
             match result {
                 None => report
                     .account_errors
-                    .push((name, "interrupted".into(), false)),
-                Some(Ok(WindowOutcome::SpoolFull { reason })) => {
-                    report
-                        .account_errors
-                        .push((name, format!("{reason}: not polled"), false))
-                }
+                    .push(AccountError::failed(name, "interrupted")),
+                Some(Ok(WindowOutcome::SpoolFull { reason })) => report
+                    .account_errors
+                    .push(AccountError::failed(name, format!("{reason}: not polled"))),
                 Some(Ok(_)) => report.accounts_polled += 1,
                 Some(Err(e)) => {
                     let config = matches!(&e, PollError::RingCentral(rc) if rc.is_config());
                     error!(account = %name, "poll failed: {e}");
-                    report.account_errors.push((name, e.to_string(), config));
+                    report.account_errors.push(AccountError {
+                        account: name,
+                        reason: e.to_string(),
+                        config,
+                    });
                 }
             }
         }

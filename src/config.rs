@@ -34,6 +34,9 @@ pub const MAX_PAGE_SIZE: u32 = 1000;
 pub const DEFAULT_SERVER_URL: &str = "https://platform.ringcentral.com";
 /// The sourcetype the Splunk app defines its knowledge for.
 pub const DEFAULT_SOURCETYPE: &str = "ringcentral:audit";
+/// Default of `spool.min_free_bytes`: free space polling leaves on the spool's filesystem
+/// (the spool re-exports it as the limit it starts with).
+pub const DEFAULT_MIN_FREE_BYTES: u64 = 64 << 20;
 /// The state directory of the documented systemd unit (`StateDirectory=rc-audit-hec`). A
 /// command run from an admin shell has no `$STATE_DIRECTORY`, so it looks here before falling
 /// back to `./state`: the service and the shell must agree on where the spool is.
@@ -934,7 +937,7 @@ impl Validator<'_> {
                 min_free_bytes: raw
                     .spool
                     .min_free_bytes
-                    .map_or(crate::spool::DEFAULT_MIN_FREE_BYTES, |b| b.0),
+                    .map_or(DEFAULT_MIN_FREE_BYTES, |b| b.0),
             },
             admin: AdminConfig { listen },
             log: LogConfig {

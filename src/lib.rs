@@ -16,13 +16,41 @@
 //! - [`transform`]: pure functions turning a raw record into a HEC envelope.
 //! - [`spool`]: the only channel between source and sink; every record passes through it.
 //! - [`hec`]: batching, the HTTP client, the one response classifier, the delivery loop.
-//! - [`app`]: the wired [`app::Pipeline`] and `once`; [`service`] runs it as the `run` service
-//!   (loops under the [`watchdog`], sd-notify, SIGHUP reload, the [`admin`] endpoint); [`demo`]
-//!   drives it against the [`sim`]ulators.
-//! - [`backfill`], [`dryrun`], [`check`], [`actions`]: the commands that poll a past range, show
-//!   what would be sent, diagnose a setup, and list the action ids an account really has.
-//! - [`config`], [`cli`], [`inspect`], [`telemetry`], [`retry`]: the edges and shared helpers;
-//!   [`packaging`] (completions, man pages) and [`healthcheck`] serve the packages and the image.
+//! - [`app`]: the pipeline: the wired [`app::Pipeline`] (spool, pollers, sink) and `once`.
+//! - [`backfill`]: planning a past range (the `backfill` command polls it, the admin endpoint
+//!   hands it to the service).
+//! - [`admin`]: the admin endpoint (`/metrics` rendered by [`admin::metrics`], `/healthz`,
+//!   `/livez`, `/backfill`).
+//! - [`service`]: runs the pipeline as the `run` service: loops under the [`watchdog`],
+//!   sd-notify ([`notify`]), SIGHUP reload, the admin endpoint.
+//! - [`commands`]: one file per command (`run`, `once`, `once --dry-run`, `backfill` with its
+//!   progress bar, `check`, `spool`, `demo`, `config`, `actions`, `completions`/`man`,
+//!   `healthcheck`), each returning a report that prints itself and knows its exit code
+//!   ([`exit`], the one mapping); [`cli`] holds the clap types and dispatches.
+//! - [`config`], [`telemetry`] (counters, health, logging), [`retry`]: shared by every layer.
+//! - `sim`: RingCentral and HEC simulators with fault injection, for the demo, the tests and
+//!   the benchmarks; a leaf that imports nothing of the forwarder, hidden from these docs and
+//!   never on the path `run` takes.
+//!
+//! ## Layers
+//! The top-level modules form a DAG. The table lists the lowest layer first; a module imports
+//! only from its own row or from rows above it, and never in a cycle. A value a lower layer
+//! needs from a higher one is passed in (a parameter, a field), and a type both need lives in
+//! the lower one. `tests/layering.rs` reads this table and every `crate::` path under `src/`
+//! (comments, strings and `#[cfg(test)]` items aside), and fails on a cycle or an upward import.
+//!
+//! | layer | modules | role |
+//! | --- | --- | --- |
+//! | leaves | `exit`, `notify`, `retry`, `watchdog`, `sim` | import nothing of the crate |
+//! | shared | `config`, `telemetry` | settings; counters, health, logging |
+//! | storage | `transform`, `spool` | record to event; the durable outbox |
+//! | endpoints | `ringcentral`, `hec` | the source (pollers) and the destination (sink) |
+//! | pipeline | `app` | wires spool, pollers and sink; `once` |
+//! | planning | `backfill` | a past range cut into pieces |
+//! | admin | `admin` | the admin endpoint, `/metrics` rendering |
+//! | service | `service` | `run`: supervisor, reload, watchdog, sd-notify |
+//! | commands | `commands` | one file per command, reports and their exit codes |
+//! | cli | `cli` | clap types and dispatch |
 //!
 //! ## Invariants (each has a test that fails if it breaks)
 //! 1. **Cursor after records**: an account's cursor moves only in the transaction that stores
@@ -40,22 +68,19 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-pub mod actions;
 pub mod admin;
 pub mod app;
 pub mod backfill;
-pub mod check;
 pub mod cli;
+pub mod commands;
 pub mod config;
-pub mod demo;
-pub mod dryrun;
-pub mod healthcheck;
+pub mod exit;
 pub mod hec;
-pub mod inspect;
-pub mod packaging;
+pub mod notify;
 pub mod retry;
 pub mod ringcentral;
 pub mod service;
+#[doc(hidden)]
 pub mod sim;
 pub mod spool;
 pub mod telemetry;

@@ -75,8 +75,7 @@ pub const SCHEMA_VERSION: i64 = 3;
 const PAGE_SIZE: i64 = 65536;
 /// The WAL is checkpointed at about this size (SQLite's default is 1000 pages, 64 MiB here).
 const WAL_CHECKPOINT_BYTES: i64 = 16 << 20;
-/// Default of `spool.min_free_bytes`: free space polling leaves on the spool's filesystem.
-pub const DEFAULT_MIN_FREE_BYTES: u64 = 64 << 20;
+pub use crate::config::DEFAULT_MIN_FREE_BYTES;
 /// How long a record id is remembered: longer than the 180 days RingCentral keeps.
 pub const SEEN_RETENTION: Duration = Duration::from_secs(181 * 24 * 3600);
 

@@ -1,7 +1,7 @@
 //! Logging setup, counters, and the health state of each account and of the sink.
 //!
 //! Counters are plain atomics so the hot paths pay almost nothing; the `demo` summary, the
-//! `once` report and the admin endpoint (`/metrics`, rendered by [`metrics`]) read them.
+//! `once` report and the admin endpoint (`/metrics`, rendered by `admin::metrics`) read them.
 //! Per-account counters live in [`AccountStats`], so with dozens of accounts each one's
 //! traffic, errors and lag can be told apart. Logging ([`logging`]) is text, JSON, or
 //! journald-friendly text, with warnings and errors rate-limited per call site.
@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use serde::Serialize;
 
 pub use self::logging::init_logging;
-pub use self::metrics::{AccountStats, Histogram, MetricsInput, render_metrics};
+pub use self::metrics::{AccountStats, Histogram, LATENCY_BUCKETS};
 
 /// A HEC answer as counted: (URL, HTTP status, HEC code).
 pub type HecAnswer = (String, u16, Option<i64>);

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use chrono::{TimeDelta, Utc};
 use common::{World, assert_each_once, eventually};
-use rc_audit_hec::telemetry::{MetricsInput, State, render_metrics};
+use rc_audit_hec::admin::{MetricsInput, render_metrics};
+use rc_audit_hec::telemetry::State;
 use tokio_util::sync::CancellationToken;
 
 const ACCOUNTS: usize = 50;

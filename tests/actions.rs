@@ -141,7 +141,7 @@ async fn actions_classifies_with_an_extended_lookup_given_with_lookup() {
     );
     let cfg = write_config(w.dir.path(), &w.toml("", ""));
     let local = w.dir.path().join("ringcentral_audit_actions_local.csv");
-    let shipped = rc_audit_hec::actions::SHIPPED_LOOKUP;
+    let shipped = rc_audit_hec::commands::actions::SHIPPED_LOOKUP;
     let (header, rows) = shipped.split_once('\n').unwrap();
     std::fs::write(
         &local,

@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use common::{World, assert_each_once, eventually};
-use rc_audit_hec::backfill::{self, Progress, Range};
+use rc_audit_hec::backfill::Range;
+use rc_audit_hec::commands::backfill::{self, Progress};
 use rc_audit_hec::ringcentral::poller::WindowOutcome;
 use tokio_util::sync::CancellationToken;
 

@@ -460,7 +460,7 @@ async fn a_full_spool_pauses_polling_without_moving_the_cursor() {
 #[tokio::test]
 async fn the_demo_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let summary = rc_audit_hec::demo::run(rc_audit_hec::demo::DemoOptions {
+    let summary = rc_audit_hec::commands::demo::run(rc_audit_hec::commands::demo::DemoOptions {
         dir: Some(dir.path().to_path_buf()),
         records: 600,
         outage: Duration::from_secs(2),

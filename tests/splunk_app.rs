@@ -31,7 +31,7 @@ use std::path::{Path, PathBuf};
 use std::sync::LazyLock;
 
 use chrono::{DateTime, NaiveDateTime, Utc};
-use rc_audit_hec::actions::{ActionLookup, SHIPPED_LOOKUP, UNKNOWN, wildcard_match};
+use rc_audit_hec::commands::actions::{ActionLookup, SHIPPED_LOOKUP, UNKNOWN, wildcard_match};
 use rc_audit_hec::config::{Config, DEFAULT_SOURCETYPE, LoadEnv};
 use rc_audit_hec::sim::records::{ACTION_IDS, PUBLISHED_ACTION_IDS, generate_records};
 use rc_audit_hec::transform::{Transformer, inspect_record};

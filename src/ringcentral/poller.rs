@@ -35,6 +35,11 @@ use crate::spool::{NewRecord, Spool, SpoolError};
 use crate::telemetry::{AccountStats, Health, State, Stats};
 use crate::transform::{Transformer, inspect_record, rfc3339_millis};
 
+/// The largest backfill piece polled (and recorded as done) at a time, by the service's pollers
+/// and by the `backfill` command alike (re-exported as `backfill::CHUNK`): a piece interrupted
+/// costs at most this much polling again.
+pub const BACKFILL_CHUNK: Duration = Duration::from_secs(24 * 3600);
+
 /// `totalFound` at or above this draws a warning: the API returns at most 10,000 records.
 pub const TOTAL_FOUND_WARNING: u64 = 9_000;
 /// The API holds at most this many records per account.
@@ -458,7 +463,7 @@ impl Poller {
     /// Failures are left for the next round: the live poll reports the account's problems.
     async fn backfill_step(&mut self) -> bool {
         let account = self.account.clone();
-        let chunk = i64::try_from(crate::backfill::CHUNK.as_millis()).unwrap_or(i64::MAX);
+        let chunk = i64::try_from(BACKFILL_CHUNK.as_millis()).unwrap_or(i64::MAX);
         let next = self
             .spool
             .run(move |s| s.backfill_next(&account, chunk))

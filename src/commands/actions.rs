@@ -23,9 +23,11 @@ use chrono::{DateTime, TimeDelta, Utc};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::app::{Options, ringcentral_http};
+use super::{Error, Report, load_config};
+use crate::app::{AccountError, Options, ringcentral_http};
 use crate::backfill::{parse_time, plan_range, select_accounts};
 use crate::config::{AccountConfig, Config};
+use crate::exit::{Code, Outcome};
 use crate::ringcentral::poller::{API_RECORD_LIMIT, Pager};
 use crate::ringcentral::{RcClient, RcError};
 use crate::telemetry::Stats;
@@ -33,7 +35,7 @@ use crate::transform::rfc3339_millis;
 
 /// The Splunk app's action lookup, as shipped (`splunk-app/.../lookups/ringcentral_audit_actions.csv`).
 pub const SHIPPED_LOOKUP: &str =
-    include_str!("../splunk-app/ringcentral_audit/lookups/ringcentral_audit_actions.csv");
+    include_str!("../../splunk-app/ringcentral_audit/lookups/ringcentral_audit_actions.csv");
 
 /// The category the lookup's catch-all row gives ids nothing else matches.
 pub const UNKNOWN: &str = "unknown";
@@ -354,17 +356,32 @@ async fn read_account(
     Ok((total, complete))
 }
 
-/// Runs `actions`; returns the exit code (0, 1 when an account could not be read, 78 when that
-/// was its credentials or permissions). Argument problems are errors (exit 2).
-pub async fn command(config: &Config, args: &ActionsArgs) -> anyhow::Result<u8> {
-    use crate::cli::exit;
+/// What `actions` found: each readable account's inventory, and the accounts it could not
+/// read.
+#[derive(Debug, Clone)]
+pub struct ActionsReport {
+    /// Per account read.
+    pub inventories: Vec<AccountInventory>,
+    /// Accounts that could not be read.
+    pub errors: Vec<AccountError>,
+    /// JSON on stdout instead of text.
+    pub json: bool,
+    /// Where the range starts when RingCentral's 180 days moved `--since` up.
+    pub clamped_from: Option<DateTime<Utc>>,
+}
+
+/// Runs `actions` with the config at `path`. Argument problems are errors (exit 2).
+pub async fn command(path: &std::path::Path, args: &ActionsArgs) -> Result<ActionsReport, Error> {
+    let config = &load_config(path)?;
     let lookup = match &args.lookup {
         Some(path) => {
             let text = std::fs::read_to_string(path).map_err(|e| ActionsError::Lookup {
                 file: path.display().to_string(),
                 why: format!("cannot read it: {e}"),
-            })?;
-            ActionLookup::parse(&path.display().to_string(), &text)?
+            });
+            let text = text.map_err(|e| Error::Other(e.into()))?;
+            ActionLookup::parse(&path.display().to_string(), &text)
+                .map_err(|e| Error::Other(e.into()))?
         }
         None => ActionLookup::shipped().clone(),
     };
@@ -375,40 +392,57 @@ pub async fn command(config: &Config, args: &ActionsArgs) -> anyhow::Result<u8> 
     let names = select_accounts(&known, &args.account)?;
     let http = ringcentral_http(Options::default().rc_timeout)?;
     let stats = Arc::new(Stats::default());
-    let mut inventories = Vec::new();
-    let mut code = exit::OK;
+    let mut report = ActionsReport {
+        inventories: Vec::new(),
+        errors: Vec::new(),
+        json: args.json,
+        clamped_from: range.clamped.then_some(range.from),
+    };
     for account in config.accounts.iter().filter(|a| names.contains(&a.name)) {
         match inventory(
             account, config, &http, &stats, &lookup, range.from, range.to,
         )
         .await
         {
-            Ok(inv) => inventories.push(inv),
-            Err(e) => {
-                eprintln!("actions: account {}: {e}", account.name);
-                code = if e.is_config() {
-                    exit::CONFIG
-                } else {
-                    code.max(exit::FAILURE)
-                };
-            }
+            Ok(inv) => report.inventories.push(inv),
+            Err(e) => report.errors.push(AccountError {
+                account: account.name.clone(),
+                reason: e.to_string(),
+                config: e.is_config(),
+            }),
         }
     }
-    if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({ "accounts": inventories }))?
-        );
-    } else {
-        print!("{}", render(&inventories));
+    Ok(report)
+}
+
+impl Code for ActionsReport {
+    /// 0, 1 when an account could not be read, 78 when that was its credentials or
+    /// permissions.
+    fn exit_code(&self) -> u8 {
+        Outcome::worst(self.errors.iter().map(AccountError::outcome)).exit_code()
     }
-    if range.clamped {
-        eprintln!(
-            "actions: RingCentral keeps 180 days; read from {}",
-            rfc3339_millis(range.from)
-        );
+}
+
+impl Report for ActionsReport {
+    fn print(&self) -> Result<(), Error> {
+        for e in &self.errors {
+            eprintln!("actions: account {}: {}", e.account, e.reason);
+        }
+        if self.json {
+            let doc = serde_json::json!({ "accounts": self.inventories });
+            let text = serde_json::to_string_pretty(&doc).map_err(|e| Error::Other(e.into()))?;
+            println!("{text}");
+        } else {
+            print!("{}", render(&self.inventories));
+        }
+        if let Some(from) = self.clamped_from {
+            eprintln!(
+                "actions: RingCentral keeps 180 days; read from {}",
+                rfc3339_millis(from)
+            );
+        }
+        Ok(())
     }
-    Ok(code)
 }
 
 async fn inventory(

@@ -1,6 +1,6 @@
 //! The admin HTTP endpoint (`admin.listen`, loopback by default).
 //!
-//! - `GET /metrics`: Prometheus text format ([`crate::telemetry::metrics`]); O(1) in the
+//! - `GET /metrics`: Prometheus text format ([`metrics`]); O(1) in the
 //!   spool's backlog (running counts, see [`crate::spool::Spool::status`]).
 //! - `GET /healthz`: JSON, ok / degraded / failing per account, per HEC URL and per stalled
 //!   loop, with the reason; answers 503 when anything is failing (a refused credential, a
@@ -42,9 +42,12 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+pub mod metrics;
+
+pub use self::metrics::{MetricsInput, render_metrics};
 use crate::spool::Spool;
 use crate::spool::backfill::Job;
-use crate::telemetry::{Health, MetricsInput, State, Stats, render_health, render_metrics};
+use crate::telemetry::{Health, State, Stats, render_health};
 use crate::transform::rfc3339_millis;
 
 /// What the endpoint reads and, for `POST /backfill`, writes.

@@ -62,6 +62,24 @@ pub struct DemoSummary {
     pub spool_path: PathBuf,
 }
 
+impl crate::exit::Code for DemoSummary {
+    /// 1 when a generated record never reached HEC (the demo's whole point), else 0.
+    fn exit_code(&self) -> u8 {
+        if self.lost == 0 {
+            crate::exit::OK
+        } else {
+            crate::exit::FAILURE
+        }
+    }
+}
+
+impl super::Report for DemoSummary {
+    /// Nothing more: [`run`] told the story and the summary as it went.
+    fn print(&self) -> Result<(), super::Error> {
+        Ok(())
+    }
+}
+
 const LIVE_RECORDS: usize = 400;
 const HEC_TOKEN: &str = "00000000-demo-demo-demo-000000000000";
 

@@ -34,6 +34,31 @@ pub enum HealthcheckError {
     },
 }
 
+/// The status line of a healthy answer (printed on stdout).
+#[derive(Debug, Clone)]
+pub struct Healthy(pub String);
+
+/// `healthcheck`: exit 0 on a 2xx answer, else the error (exit 1).
+pub async fn command(url: &str, timeout: Duration) -> Result<Healthy, super::Error> {
+    check(url, timeout)
+        .await
+        .map(Healthy)
+        .map_err(|e| super::Error::Other(e.into()))
+}
+
+impl crate::exit::Code for Healthy {
+    fn exit_code(&self) -> u8 {
+        crate::exit::OK
+    }
+}
+
+impl super::Report for Healthy {
+    fn print(&self) -> Result<(), super::Error> {
+        println!("{}", self.0);
+        Ok(())
+    }
+}
+
 /// GETs `url` within `timeout`; `Ok` with the status line on a 2xx answer.
 pub async fn check(url: &str, timeout: Duration) -> Result<String, HealthcheckError> {
     let unreachable = |source| HealthcheckError::Unreachable {

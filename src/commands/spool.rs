@@ -16,7 +16,9 @@ use figment::Figment;
 use figment::providers::{Format, Toml};
 use serde::Serialize;
 
+use super::{Error, Report};
 use crate::config::{Config, HecConfig, LoadEnv, RawEnv, parse_byte_size};
+use crate::exit::{self, Code};
 use crate::spool::{Spool, SpoolError, Status, now_ms};
 use crate::transform::Transformer;
 
@@ -66,7 +68,7 @@ impl Settings {
     /// inspect, or requeue into, some other spool.
     pub async fn locate_service_spool(mut self) -> Settings {
         if !self.dir_given
-            && let Some(doc) = crate::backfill::service_livez(self.admin).await
+            && let Some(doc) = super::backfill::service_livez(self.admin).await
             && let Some(dir) = doc["state_dir"].as_str()
         {
             self.dir = PathBuf::from(dir);
@@ -188,7 +190,7 @@ async fn service_health(admin: Option<SocketAddr>) -> serde_json::Value {
     let Some(addr) = admin else {
         return serde_json::json!({"reachable": false, "why": "admin.listen is off"});
     };
-    let url = format!("http://{}/healthz", crate::backfill::admin_addr(addr));
+    let url = format!("http://{}/healthz", super::backfill::admin_addr(addr));
     let client = match reqwest::Client::builder()
         .timeout(Duration::from_secs(2))
         .build()
@@ -317,4 +319,133 @@ pub fn render_dead_letters(rows: &[crate::spool::DeadLetterRow]) -> String {
         "requeue with: rc-audit-hec spool requeue --id N (or --all) once the cause is fixed\n",
     );
     out
+}
+
+/// Which `spool` command.
+#[derive(Debug, Clone)]
+pub enum Action {
+    /// `spool status [--json]`.
+    Status {
+        /// JSON instead of text.
+        json: bool,
+    },
+    /// `spool dead-letters [--json]`.
+    DeadLetters {
+        /// JSON instead of text.
+        json: bool,
+    },
+    /// `spool requeue (--all | --id N...)`.
+    Requeue {
+        /// Every dead letter.
+        all: bool,
+        /// These dead letters.
+        id: Vec<i64>,
+    },
+}
+
+/// What a `spool` command found or did.
+#[derive(Debug)]
+pub enum SpoolReport {
+    /// The status, as text or JSON.
+    Status {
+        /// The report.
+        report: StatusReport,
+        /// JSON instead of text.
+        json: bool,
+    },
+    /// The dead letters, as text or JSON.
+    DeadLetters {
+        /// The rows.
+        rows: Vec<crate::spool::DeadLetterRow>,
+        /// JSON instead of text.
+        json: bool,
+    },
+    /// Dead letters moved back to the outbox.
+    Requeued {
+        /// How many.
+        moved: usize,
+    },
+    /// Ids that are not dead letters: nothing was requeued (exit 1).
+    Missing {
+        /// The ids not found.
+        ids: Vec<i64>,
+    },
+}
+
+/// Runs a `spool` command; `config` is the config file (for `requeue`'s rendering settings).
+pub async fn command(
+    config: &Path,
+    settings: &Settings,
+    action: Action,
+) -> Result<SpoolReport, Error> {
+    let open = |dir: PathBuf| async move {
+        tokio::task::spawn_blocking(move || Spool::open_for_inspection(&dir))
+            .await
+            .map_err(|e| Error::Other(anyhow::Error::new(e).context("the spool task failed")))?
+            .map_err(Error::Spool)
+    };
+    Ok(match action {
+        Action::Status { json } => SpoolReport::Status {
+            report: status(settings).await?,
+            json,
+        },
+        Action::DeadLetters { json } => {
+            let spool = open(settings.dir.clone()).await?;
+            let rows = spool.run(|s| s.dead_letters()).await?;
+            SpoolReport::DeadLetters { rows, json }
+        }
+        Action::Requeue { all, id } => {
+            // The current routes, index, sourcetype and host re-render each event; no secret
+            // is needed for that.
+            let renderer = Renderer::new(&Config::load_without_secrets(
+                config,
+                &LoadEnv::from_process(),
+            )?);
+            let spool = open(settings.dir.clone()).await?;
+            let ids = (!all).then_some(id);
+            let done = spool
+                .run(move |s| s.requeue(ids.as_deref(), &|a, e| renderer.render(a, e)))
+                .await?;
+            if done.missing.is_empty() {
+                SpoolReport::Requeued { moved: done.moved }
+            } else {
+                SpoolReport::Missing { ids: done.missing }
+            }
+        }
+    })
+}
+
+impl Code for SpoolReport {
+    fn exit_code(&self) -> u8 {
+        match self {
+            SpoolReport::Missing { .. } => exit::FAILURE,
+            _ => exit::OK,
+        }
+    }
+}
+
+impl Report for SpoolReport {
+    fn print(&self) -> Result<(), Error> {
+        match self {
+            SpoolReport::Status { report, json: true } => println!("{}", pretty(report)?),
+            SpoolReport::Status { report, .. } => print!("{}", render_status(report)),
+            SpoolReport::DeadLetters { rows, json: true } => println!("{}", pretty(rows)?),
+            SpoolReport::DeadLetters { rows, .. } => print!("{}", render_dead_letters(rows)),
+            SpoolReport::Requeued { moved } => println!(
+                "requeued {moved} dead letter(s), rendered again with the current routes, index, sourcetype and host; the service delivers them on its next pass"
+            ),
+            SpoolReport::Missing { ids } => {
+                let list: Vec<String> = ids.iter().map(i64::to_string).collect();
+                eprintln!(
+                    "error: no dead letter with id {}: nothing was requeued (ids come from `rc-audit-hec spool dead-letters`)",
+                    list.join(", ")
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+fn pretty(v: &impl Serialize) -> Result<String, Error> {
+    serde_json::to_string_pretty(v).map_err(|e| Error::Other(e.into()))
 }

@@ -16,7 +16,8 @@ use chrono::Utc;
 use tokio::task::JoinSet;
 use tracing::{error, warn};
 
-use crate::app::{AppError, Options, ringcentral_http};
+use super::{Error, Report, load_config};
+use crate::app::{AccountError, AppError, Options, ringcentral_http};
 use crate::config::Config;
 use crate::hec::batch::validate_event;
 use crate::ringcentral::RcClient;
@@ -37,8 +38,42 @@ pub struct DryRunReport {
     pub already_spooled: u64,
     /// Events HEC would refuse (local validation), with the reason.
     pub invalid: Vec<(String, String)>,
-    /// Accounts that could not be polled: (name, reason, is a configuration problem).
-    pub account_errors: Vec<(String, String, bool)>,
+    /// Accounts that could not be polled.
+    pub account_errors: Vec<AccountError>,
+}
+
+impl crate::exit::Code for DryRunReport {
+    /// 78 when an account's configuration was refused, 1 when an account failed, else 0.
+    fn exit_code(&self) -> u8 {
+        crate::exit::Outcome::worst(self.account_errors.iter().map(AccountError::outcome))
+            .exit_code()
+    }
+}
+
+/// `once --dry-run` with the config at `path`: events on stdout as they come.
+pub async fn command(path: &std::path::Path) -> Result<DryRunReport, Error> {
+    let config = load_config(path)?;
+    crate::service::ignore_sighup("once --dry-run");
+    run(&config, &Options::default(), Box::new(std::io::stdout()))
+        .await
+        .map_err(|e| Error::Other(e.into()))
+}
+
+impl Report for DryRunReport {
+    /// The summary and each problem, on stderr (the events went to stdout).
+    fn print(&self) -> Result<(), Error> {
+        eprintln!(
+            "dry run: {} account(s) polled, {} event(s) printed (what would be sent), {} record(s) already spooled or delivered (not printed); nothing was sent and no cursor moved",
+            self.accounts_polled, self.printed, self.already_spooled
+        );
+        for (id, why) in &self.invalid {
+            eprintln!("dry run: record {id} would go to dead letters: {why}");
+        }
+        for e in &self.account_errors {
+            eprintln!("dry run: account {}: {}", e.account, e.reason);
+        }
+        Ok(())
+    }
 }
 
 /// Failures that stop the whole dry run.
@@ -91,9 +126,11 @@ pub async fn run(
             }
             Err(PollError::RingCentral(e)) => {
                 error!(account = %name, "dry run: poll failed: {e}");
-                report
-                    .account_errors
-                    .push((name, e.to_string(), e.is_config()));
+                report.account_errors.push(AccountError {
+                    account: name,
+                    reason: e.to_string(),
+                    config: e.is_config(),
+                });
             }
             Err(PollError::Spool(e)) => return Err(DryRunError::Spool(e)),
         }

@@ -14,9 +14,10 @@ use std::time::Duration;
 
 use chrono::Utc;
 
+use super::{Error, Report, load_config};
 use crate::app::{AppError, ringcentral_http};
-use crate::cli::exit;
 use crate::config::Config;
+use crate::exit::{Code, Outcome};
 use crate::hec::client::HecClient;
 use crate::ringcentral::model::SearchRequest;
 use crate::ringcentral::{RcClient, RcError};
@@ -53,6 +54,50 @@ fn diag(cause: impl Into<String>, fix: impl Into<String>) -> Option<Diagnosis> {
         cause: cause.into(),
         fix: fix.into(),
     })
+}
+
+/// What `check` found: the table, and for `--offline` the config line above it.
+#[derive(Debug, Clone)]
+pub struct CheckReport {
+    /// `config: ok (...)` (offline only; online the table's first row says it).
+    pub config_line: Option<String>,
+    /// The table.
+    pub rows: Vec<Row>,
+}
+
+/// `check [--offline]` with the config at `path`.
+pub async fn command(path: &Path, offline: bool) -> Result<CheckReport, Error> {
+    let config = load_config(path)?;
+    if offline {
+        return Ok(CheckReport {
+            config_line: Some(format!(
+                "config: ok ({} account(s), HEC {})",
+                config.accounts.len(),
+                config.hec.urls.join(", ")
+            )),
+            rows: local_rows(&config),
+        });
+    }
+    Ok(CheckReport {
+        config_line: None,
+        rows: run(&config).await?,
+    })
+}
+
+impl Code for CheckReport {
+    fn exit_code(&self) -> u8 {
+        exit_code(&self.rows)
+    }
+}
+
+impl Report for CheckReport {
+    fn print(&self) -> Result<(), Error> {
+        if let Some(line) = &self.config_line {
+            println!("{line}");
+        }
+        print!("{}", render(&self.rows));
+        Ok(())
+    }
 }
 
 /// Runs every online check.
@@ -410,13 +455,14 @@ pub fn render(rows: &[Row]) -> String {
 /// 0 when everything works, 78 when something must be fixed in the configuration (or on the
 /// remote side), 1 when something was only unavailable.
 pub fn exit_code(rows: &[Row]) -> u8 {
-    if rows.iter().any(|r| !r.ok && r.config) {
-        exit::CONFIG
-    } else if rows.iter().any(|r| !r.ok) {
-        exit::FAILURE
-    } else {
-        exit::OK
-    }
+    let failed = rows.iter().filter(|r| !r.ok).map(|r| {
+        if r.config {
+            Outcome::Config
+        } else {
+            Outcome::Failed
+        }
+    });
+    Outcome::worst(failed).exit_code()
 }
 
 #[cfg(test)]
@@ -494,7 +540,7 @@ mod tests {
         assert!(text.contains("config  "), "{text}");
         assert!(text.contains("FAILED"), "{text}");
         assert!(text.contains("What to do:\n- hec https://h:8088: health with token\n    likely cause: wrong HEC URL"), "{text}");
-        assert_eq!(exit_code(&rows), exit::CONFIG);
-        assert_eq!(exit_code(&rows[..1]), exit::OK);
+        assert_eq!(exit_code(&rows), crate::exit::CONFIG);
+        assert_eq!(exit_code(&rows[..1]), crate::exit::OK);
     }
 }

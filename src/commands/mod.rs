@@ -1,0 +1,129 @@
+//! The commands, one file each. A command returns a typed report that prints itself (data on
+//! stdout, summaries on stderr) and knows its exit code ([`Report`], [`Code`]); the error that
+//! ends a command is an [`Error`], whose variant decides its code. `cli` only parses and
+//! dispatches; the exit codes themselves are [`crate::exit`]'s.
+
+pub mod actions;
+pub mod backfill;
+pub mod check;
+pub mod config;
+pub mod demo;
+pub mod dry_run;
+pub mod healthcheck;
+pub mod once;
+pub mod packaging;
+pub mod run;
+pub mod spool;
+
+use crate::app::AppError;
+use crate::backfill::BackfillError;
+use crate::config::{Config, ConfigError, LoadEnv};
+use crate::exit::{self, Code};
+use crate::spool::SpoolError;
+
+/// What a command did: printed where its contract says, then its exit code ends the process.
+pub trait Report: Code {
+    /// Writes the report (stdout and/or stderr).
+    fn print(&self) -> Result<(), Error>;
+}
+
+/// A command that has nothing to say beyond success (it printed as it went, or prints nothing).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Done;
+
+impl Code for Done {
+    fn exit_code(&self) -> u8 {
+        exit::OK
+    }
+}
+
+impl Report for Done {
+    fn print(&self) -> Result<(), Error> {
+        Ok(())
+    }
+}
+
+/// The error that ended a command, classified by what it means for the exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Bad configuration: exit 78.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A range or account name the command cannot use: exit 2, like clap's own usage errors.
+    #[error(transparent)]
+    Usage(#[from] BackfillError),
+    /// The spool: exit 78 when this user cannot use the state directory (a setup problem,
+    /// which systemd's `RestartPreventExitStatus=78` stops retrying), else 1.
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+    /// Starting the pipeline failed (the spool's cause is classified as [`Error::Spool`]).
+    #[error(transparent)]
+    App(#[from] AppError),
+    /// Anything else: exit 1.
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+impl Code for Error {
+    fn exit_code(&self) -> u8 {
+        match self {
+            Error::Config(_) => exit::CONFIG,
+            Error::Usage(_) => exit::USAGE,
+            Error::Spool(e) | Error::App(AppError::Spool(e)) => spool_error_code(e),
+            Error::App(_) => exit::FAILURE,
+            // Errors of the lower layers that crossed an `anyhow` boundary (the demo, the
+            // dry run's and the actions command's internals) keep the code of their type.
+            Error::Other(e) => e.chain().find_map(typed_code).unwrap_or(exit::FAILURE),
+        }
+    }
+}
+
+/// The code of an error of a type [`Error`] classifies, found inside an `anyhow` chain.
+fn typed_code(e: &(dyn std::error::Error + 'static)) -> Option<u8> {
+    if let Some(e) = e.downcast_ref::<SpoolError>() {
+        return (spool_error_code(e) == exit::CONFIG).then_some(exit::CONFIG);
+    }
+    if let Some(AppError::Spool(e)) = e.downcast_ref::<AppError>() {
+        return (spool_error_code(e) == exit::CONFIG).then_some(exit::CONFIG);
+    }
+    if e.downcast_ref::<BackfillError>().is_some() {
+        return Some(exit::USAGE);
+    }
+    e.downcast_ref::<ConfigError>().map(|_| exit::CONFIG)
+}
+
+/// 78 when the state directory is unusable by this user (permissions, a read-only file
+/// system): a setup problem, not a passing failure. Otherwise 1.
+fn spool_error_code(e: &SpoolError) -> u8 {
+    let unusable = match e {
+        SpoolError::Dir { source, .. } => matches!(
+            source.kind(),
+            std::io::ErrorKind::PermissionDenied
+                | std::io::ErrorKind::ReadOnlyFilesystem
+                | std::io::ErrorKind::NotADirectory
+        ),
+        SpoolError::Sqlite(rusqlite::Error::SqliteFailure(f, _)) => matches!(
+            f.code,
+            rusqlite::ErrorCode::ReadOnly | rusqlite::ErrorCode::CannotOpen
+        ),
+        _ => false,
+    };
+    if unusable {
+        exit::CONFIG
+    } else {
+        exit::FAILURE
+    }
+}
+
+/// Loads the config with its secrets and starts logging as it says.
+pub fn load_config(path: &std::path::Path) -> Result<Config, Error> {
+    let config = Config::load(path, &LoadEnv::from_process())?;
+    crate::telemetry::init_logging(config.log.format, &config.log.level);
+    Ok(config)
+}
+
+/// Prints `report` and returns its exit code.
+pub fn finish(report: &dyn Report) -> Result<u8, Error> {
+    report.print()?;
+    Ok(report.exit_code())
+}
