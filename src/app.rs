@@ -17,14 +17,14 @@ use tracing::{error, info, warn};
 
 use crate::config::{AccountConfig, Config};
 use crate::exit::Outcome;
-use crate::hec::{self, HecError, Sink};
+use crate::hec::{HecError, Sink};
 use crate::retry::RetryPolicy;
 use crate::ringcentral::client::Session;
 use crate::ringcentral::clock::LocalClock;
 use crate::ringcentral::poller::{PollError, WindowOutcome};
 use crate::ringcentral::{Poller, RcClient};
 use crate::spool::{Spool, SpoolError};
-use crate::telemetry::{Health, Stats};
+use crate::telemetry::{Component, Health, State, Stats};
 use crate::transform::Transformer;
 
 /// Failures that stop a command before or while it starts.
@@ -265,7 +265,7 @@ impl Pipeline {
         for mut poller in self.pollers(Some(5)) {
             let stop = shutdown.clone();
             polls.spawn(async move {
-                let name = poller.component();
+                let name = poller.account().to_string();
                 tokio::select! {
                     r = poller.poll_window() => (name, Some(r)),
                     _ = stop.cancelled() => (name, None),
@@ -274,7 +274,6 @@ impl Pipeline {
         }
         while let Some(joined) = polls.join_next().await {
             let Ok((name, result)) = joined else { continue };
-            let name = name.trim_start_matches("account:").to_string();
             match result {
                 None => report
                     .account_errors
@@ -316,22 +315,20 @@ impl Pipeline {
         if report.remaining > 0 {
             // Every URL answered, and refused the setup (Pause): none worked, at least one
             // paused. A URL that is merely down would be degraded, which trying later fixes.
-            let snapshot = self.health.snapshot();
-            let urls: Vec<_> = snapshot
+            let components = self.health.components();
+            let urls: Vec<_> = components
                 .iter()
-                .filter(|(k, _)| k.starts_with(&format!("{}:", hec::COMPONENT)))
+                .filter(|(c, _)| matches!(c, Component::HecUrl(_)))
                 .map(|(_, h)| h)
                 .collect();
-            if !urls.iter().any(|h| h.state == crate::telemetry::State::Ok) {
+            if !urls.iter().any(|h| h.state == State::Ok) {
                 report.hec_config_error = urls
                     .iter()
-                    .find(|h| h.state == crate::telemetry::State::Failing)
+                    .find(|h| h.state == State::Failing)
                     .and_then(|h| h.reason.clone());
             }
-            let reason = self
-                .health
-                .snapshot()
-                .get(hec::COMPONENT)
+            let reason = components
+                .get(&Component::Hec)
                 .and_then(|h| h.reason.clone())
                 .unwrap_or_else(|| "delivery did not finish in time".into());
             warn!(

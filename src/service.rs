@@ -30,7 +30,7 @@ use tracing::{error, info, warn};
 
 use crate::app::{AppError, Pipeline};
 use crate::config::{Config, ConfigError, HecConfig};
-use crate::telemetry::{State, Stats};
+use crate::telemetry::{Component, State, Stats};
 use crate::watchdog::{self, Watchdog};
 
 pub use crate::notify::Notifier;
@@ -139,7 +139,7 @@ impl Service {
     fn start_pollers(&self) -> Loops {
         let loops = Loops::new(&self.shutdown);
         for poller in self.pipeline.pollers(None) {
-            let name = format!("poll:{}", poller.component().trim_start_matches("account:"));
+            let name = format!("poll:{}", poller.account());
             let hb = self.watchdog.register(&name, self.stall_limit);
             loops
                 .tracker
@@ -241,8 +241,9 @@ impl Service {
             self.sink = self.spawn_sink(new_sink);
         }
         for gone in old_names.iter().filter(|n| !new_names.contains(n)) {
-            self.pipeline.health.remove(&format!("account:{gone}"));
-            self.pipeline.health.remove(&format!("clock:{gone}"));
+            let health = &self.pipeline.health;
+            health.remove(&Component::Account(gone.clone()));
+            health.remove(&Component::Clock(gone.clone()));
         }
         *self.accounts.write().unwrap_or_else(|p| p.into_inner()) = new_names.clone();
         let (spool, config) = (self.pipeline.spool.clone(), self.pipeline.config.clone());
@@ -394,9 +395,6 @@ pub async fn run(
     Ok(())
 }
 
-/// Health component of the spool file itself ([`crate::spool::Spool::file_problem`]).
-pub const SPOOL_COMPONENT: &str = "spool";
-
 /// Keeps systemd's `STATUS=` current: checks every `every` and sends when the text changed
 /// (spool depth, deliveries, the last delivery's time, stalled loops). Also watches the spool
 /// file (deleted or replaced under the service, damaged): failing in `/healthz` while it is.
@@ -414,13 +412,13 @@ async fn report_status(
     loop {
         match spool.file_problem() {
             Some(problem) => {
-                if health.set(SPOOL_COMPONENT, State::Failing, Some(problem.clone())) {
+                if health.set(&Component::Spool, State::Failing, Some(problem.clone())) {
                     error!("{problem}");
                 }
                 file_failing = true;
             }
             None if file_failing => {
-                health.remove(SPOOL_COMPONENT);
+                health.remove(&Component::Spool);
                 info!(spool = %spool.path().display(), "the spool file is in place and readable again");
                 file_failing = false;
             }
@@ -498,7 +496,7 @@ async fn feed_watchdog(
                 }
             );
             if health.set(
-                &format!("loop:{}", s.name),
+                &Component::Loop(s.name.clone()),
                 State::Failing,
                 Some(reason.clone()),
             ) && !reported.contains(&s.name)
@@ -507,7 +505,7 @@ async fn feed_watchdog(
             }
         }
         for gone in reported.iter().filter(|n| !names.contains(n)) {
-            health.remove(&format!("loop:{gone}"));
+            health.remove(&Component::Loop(gone.clone()));
             info!(loop_name = %gone, "loop is making progress again");
         }
         reported = names;

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub use self::logging::init_logging;
 pub use self::metrics::{AccountStats, Histogram, LATENCY_BUCKETS};
@@ -98,7 +98,7 @@ impl Stats {
 }
 
 /// Health of one component.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum State {
     /// Working.
@@ -110,7 +110,7 @@ pub enum State {
 }
 
 /// A component's state and the reason for it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ComponentHealth {
     /// The state.
     pub state: State,
@@ -118,28 +118,83 @@ pub struct ComponentHealth {
     pub reason: Option<String>,
 }
 
-/// Health per component: `account:<name>`, `hec` (delivery as a whole), `hec:<url>` (each HEC
-/// URL), `loop:<name>` (a loop the watchdog saw stall) and `clock:<account>` (this host's clock
-/// far from RingCentral's).
+/// A health component: what `/healthz`, `/metrics` (`component="..."`) and the logs report a
+/// state for. Its [`Display`](std::fmt::Display) form is the wire name (`account:acme`), and
+/// [`FromStr`](std::str::FromStr) reads it back, so no caller builds or takes apart the string.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Component {
+    /// Delivery as a whole (`hec`).
+    Hec,
+    /// One HEC URL (`hec:<url>`).
+    HecUrl(String),
+    /// One account's polling (`account:<name>`).
+    Account(String),
+    /// This host's clock against an account's RingCentral server (`clock:<account>`).
+    Clock(String),
+    /// A loop the watchdog saw stall (`loop:<name>`).
+    Loop(String),
+    /// The spool file itself (`spool`).
+    Spool,
+}
+
+impl std::fmt::Display for Component {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Component::Hec => f.write_str("hec"),
+            Component::HecUrl(url) => write!(f, "hec:{url}"),
+            Component::Account(name) => write!(f, "account:{name}"),
+            Component::Clock(account) => write!(f, "clock:{account}"),
+            Component::Loop(name) => write!(f, "loop:{name}"),
+            Component::Spool => f.write_str("spool"),
+        }
+    }
+}
+
+/// A component name that is not one of [`Component`]'s wire forms.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "unknown health component {0:?} (expected hec, hec:<url>, account:<name>, clock:<account>, loop:<name> or spool)"
+)]
+pub struct UnknownComponent(pub String);
+
+impl std::str::FromStr for Component {
+    type Err = UnknownComponent;
+
+    fn from_str(s: &str) -> Result<Component, UnknownComponent> {
+        let (kind, rest) = s.split_once(':').unwrap_or((s, ""));
+        let rest = rest.to_string();
+        match (kind, s.contains(':')) {
+            ("hec", false) => Ok(Component::Hec),
+            ("spool", false) => Ok(Component::Spool),
+            ("hec", true) => Ok(Component::HecUrl(rest)),
+            ("account", true) => Ok(Component::Account(rest)),
+            ("clock", true) => Ok(Component::Clock(rest)),
+            ("loop", true) => Ok(Component::Loop(rest)),
+            _ => Err(UnknownComponent(s.to_string())),
+        }
+    }
+}
+
+/// Health per [`Component`].
 #[derive(Debug, Default)]
 pub struct Health {
-    components: Mutex<BTreeMap<String, ComponentHealth>>,
+    components: Mutex<BTreeMap<Component, ComponentHealth>>,
 }
 
 impl Health {
     /// Sets a component's state; returns true when it changed (callers log transitions once).
-    pub fn set(&self, component: &str, state: State, reason: Option<String>) -> bool {
+    pub fn set(&self, component: &Component, state: State, reason: Option<String>) -> bool {
         let mut map = self.components.lock().unwrap_or_else(|p| p.into_inner());
         let new = ComponentHealth { state, reason };
         let changed = map
             .get(component)
             .is_none_or(|old| old.state != new.state || old.reason != new.reason);
-        map.insert(component.to_string(), new);
+        map.insert(component.clone(), new);
         changed
     }
 
     /// Forgets a component (an account removed by a reload).
-    pub fn remove(&self, component: &str) {
+    pub fn remove(&self, component: &Component) {
         self.components
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -147,55 +202,134 @@ impl Health {
     }
 
     /// A copy of every component's health.
-    pub fn snapshot(&self) -> BTreeMap<String, ComponentHealth> {
+    pub fn components(&self) -> BTreeMap<Component, ComponentHealth> {
         self.components
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
     }
+
+    /// A copy of every component's health by wire name (`account:acme`), in name order.
+    pub fn snapshot(&self) -> BTreeMap<String, ComponentHealth> {
+        self.components()
+            .into_iter()
+            .map(|(c, h)| (c.to_string(), h))
+            .collect()
+    }
 }
 
 /// The `/healthz` document: the worst state overall, every component with its reason, and the
 /// same grouped for people and monitors: `accounts` by name, `hec` by URL (`"*"` for delivery
-/// as a whole), `loops` by name.
-pub fn render_health(health: &Health) -> (State, serde_json::Value) {
-    let components = health.snapshot();
-    let worst = components
-        .values()
-        .map(|c| c.state)
-        .max_by_key(|s| match s {
-            State::Ok => 0,
-            State::Degraded => 1,
-            State::Failing => 2,
-        })
-        .unwrap_or(State::Ok);
-    let mut accounts = serde_json::Map::new();
-    let mut hec = serde_json::Map::new();
-    let mut loops = serde_json::Map::new();
-    let mut clocks = serde_json::Map::new();
-    for (name, h) in &components {
-        let value = serde_json::json!(h);
-        if let Some(account) = name.strip_prefix("account:") {
-            accounts.insert(account.to_string(), value);
-        } else if name == "hec" {
-            hec.insert("*".to_string(), value);
-        } else if let Some(url) = name.strip_prefix("hec:") {
-            hec.insert(url.to_string(), value);
-        } else if let Some(l) = name.strip_prefix("loop:") {
-            loops.insert(l.to_string(), value);
-        } else if let Some(a) = name.strip_prefix("clock:") {
-            clocks.insert(a.to_string(), value);
+/// as a whole), `loops` by name, `clocks` by account. The admin endpoint writes it and
+/// `spool status` reads it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HealthDoc {
+    /// The worst state of any component.
+    pub status: State,
+    /// `account:<name>` by name.
+    pub accounts: BTreeMap<String, ComponentHealth>,
+    /// `hec` (as `*`) and `hec:<url>` by URL.
+    pub hec: BTreeMap<String, ComponentHealth>,
+    /// `loop:<name>` by name.
+    pub loops: BTreeMap<String, ComponentHealth>,
+    /// `clock:<account>` by account.
+    pub clocks: BTreeMap<String, ComponentHealth>,
+    /// Every component by its wire name.
+    pub components: BTreeMap<String, ComponentHealth>,
+}
+
+impl HealthDoc {
+    /// The document of `health` now.
+    pub fn of(health: &Health) -> HealthDoc {
+        let components = health.components();
+        let status = components
+            .values()
+            .map(|c| c.state)
+            .max_by_key(|s| match s {
+                State::Ok => 0,
+                State::Degraded => 1,
+                State::Failing => 2,
+            })
+            .unwrap_or(State::Ok);
+        let mut doc = HealthDoc {
+            status,
+            accounts: BTreeMap::new(),
+            hec: BTreeMap::new(),
+            loops: BTreeMap::new(),
+            clocks: BTreeMap::new(),
+            components: BTreeMap::new(),
+        };
+        for (component, h) in components {
+            let (group, key) = match &component {
+                Component::Account(name) => (&mut doc.accounts, name.clone()),
+                Component::Hec => (&mut doc.hec, "*".to_string()),
+                Component::HecUrl(url) => (&mut doc.hec, url.clone()),
+                Component::Loop(name) => (&mut doc.loops, name.clone()),
+                Component::Clock(account) => (&mut doc.clocks, account.clone()),
+                Component::Spool => {
+                    doc.components.insert(component.to_string(), h);
+                    continue;
+                }
+            };
+            group.insert(key, h.clone());
+            doc.components.insert(component.to_string(), h);
         }
+        doc
     }
-    (
-        worst,
-        serde_json::json!({
-            "status": worst,
-            "accounts": accounts,
-            "hec": hec,
-            "loops": loops,
-            "clocks": clocks,
-            "components": components,
-        }),
-    )
+}
+
+/// The `/healthz` document ([`HealthDoc`]) as JSON, and its overall state.
+pub fn render_health(health: &Health) -> (State, serde_json::Value) {
+    let doc = HealthDoc::of(health);
+    (doc.status, serde_json::to_value(&doc).unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn components_print_and_parse_as_their_wire_names() {
+        let all = [
+            (Component::Hec, "hec"),
+            (
+                Component::HecUrl("https://h:8088".into()),
+                "hec:https://h:8088",
+            ),
+            (Component::Account("acme:eu".into()), "account:acme:eu"),
+            (Component::Clock("acme".into()), "clock:acme"),
+            (Component::Loop("poll:acme".into()), "loop:poll:acme"),
+            (Component::Spool, "spool"),
+        ];
+        for (component, wire) in all {
+            assert_eq!(component.to_string(), wire);
+            assert_eq!(wire.parse::<Component>(), Ok(component));
+        }
+        assert!("accounts:acme".parse::<Component>().is_err());
+        assert!("spool:x".parse::<Component>().is_err());
+    }
+
+    #[test]
+    fn healthz_groups_components_by_kind() {
+        let health = Health::default();
+        health.set(
+            &Component::Account("acme".into()),
+            State::Failing,
+            Some("403".into()),
+        );
+        health.set(&Component::HecUrl("https://h".into()), State::Ok, None);
+        health.set(&Component::Hec, State::Degraded, Some("503".into()));
+        health.set(&Component::Loop("sink".into()), State::Failing, None);
+        health.set(&Component::Clock("acme".into()), State::Degraded, None);
+        health.set(&Component::Spool, State::Ok, None);
+        let (worst, doc) = render_health(&health);
+        assert_eq!(worst, State::Failing);
+        assert_eq!(doc["accounts"]["acme"]["reason"], "403");
+        assert_eq!(doc["hec"]["*"]["state"], "degraded");
+        assert_eq!(doc["hec"]["https://h"]["state"], "ok");
+        assert_eq!(doc["loops"]["sink"]["state"], "failing");
+        assert_eq!(doc["clocks"]["acme"]["state"], "degraded");
+        assert_eq!(doc["components"]["spool"]["state"], "ok");
+        assert_eq!(doc["components"]["account:acme"]["state"], "failing");
+    }
 }

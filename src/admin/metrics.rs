@@ -581,7 +581,11 @@ mod tests {
             .last_delivery_ms
             .store(1_700_000_001_000, Ordering::Relaxed);
         let health = Health::default();
-        health.set("account:acme", State::Failing, Some("403".into()));
+        health.set(
+            &crate::telemetry::Component::Account("acme".into()),
+            State::Failing,
+            Some("403".into()),
+        );
         let spool = Status {
             depth: 3,
             used_bytes: 4096,

@@ -35,7 +35,6 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::serve::{Listener, ListenerExt};
 use chrono::{DateTime, Utc};
-use serde::Deserialize;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -43,10 +42,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 pub mod metrics;
+pub mod wire;
 
 pub use self::metrics::{MetricsInput, render_metrics};
+use self::wire::{BackfillJobs, BackfillRequest, ErrorDoc, Livez};
 use crate::spool::Spool;
-use crate::spool::backfill::Job;
 use crate::telemetry::{Health, State, Stats, render_health};
 use crate::transform::rfc3339_millis;
 
@@ -302,10 +302,10 @@ async fn healthz(AxumState(s): AxumState<AdminState>) -> impl axum::response::In
 /// `spool` commands run from a shell without `$STATE_DIRECTORY` find the service's spool.
 async fn livez(AxumState(s): AxumState<AdminState>) -> axum::Json<serde_json::Value> {
     let dir = s.spool.path().parent().map(std::path::Path::to_path_buf);
-    axum::Json(serde_json::json!({
-        "status": "alive",
-        "version": env!("CARGO_PKG_VERSION"),
-        "state_dir": dir,
+    axum::Json(to_doc(&Livez {
+        status: "alive".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        state_dir: dir,
     }))
 }
 
@@ -328,49 +328,25 @@ fn local_host_header(headers: &axum::http::HeaderMap, bound: Option<SocketAddr>)
 }
 
 /// The `/backfill` document.
-fn jobs_doc(jobs: &[Job]) -> serde_json::Value {
-    let list: Vec<serde_json::Value> = jobs
-        .iter()
-        .map(|j| {
-            let t = |ms| DateTime::<Utc>::from_timestamp_millis(ms).map(rfc3339_millis);
-            serde_json::json!({
-                "account": j.account,
-                "from": t(j.from_ms),
-                "to": t(j.to_ms),
-                "remaining_seconds": j.remaining_ms as f64 / 1000.0,
-            })
-        })
-        .collect();
-    serde_json::json!({ "jobs": list })
-}
-
 async fn list_backfill(
     AxumState(s): AxumState<AdminState>,
 ) -> (StatusCode, axum::Json<serde_json::Value>) {
     match s.spool.run(|sp| sp.backfill_jobs()).await {
-        Ok(jobs) => (StatusCode::OK, axum::Json(jobs_doc(&jobs))),
+        Ok(jobs) => (
+            StatusCode::OK,
+            axum::Json(to_doc(&BackfillJobs::from_jobs(&jobs))),
+        ),
         Err(e) => error_doc(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
 
-/// The body of `POST /backfill`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BackfillRequest {
-    /// Start, RFC 3339.
-    pub from: String,
-    /// End, RFC 3339.
-    pub to: String,
-    /// Account names; empty or absent: every account.
-    #[serde(default)]
-    pub accounts: Vec<String>,
-    /// Poll the range again even where an earlier backfill did (`backfill --again`).
-    #[serde(default)]
-    pub again: bool,
+fn error_doc(code: StatusCode, error: String) -> (StatusCode, axum::Json<serde_json::Value>) {
+    (code, axum::Json(to_doc(&ErrorDoc { error })))
 }
 
-fn error_doc(code: StatusCode, error: String) -> (StatusCode, axum::Json<serde_json::Value>) {
-    (code, axum::Json(serde_json::json!({ "error": error })))
+/// A wire document as the JSON the handlers answer with.
+fn to_doc(doc: &impl serde::Serialize) -> serde_json::Value {
+    serde_json::to_value(doc).unwrap_or_default()
 }
 
 async fn request_backfill(
@@ -454,7 +430,10 @@ async fn request_backfill(
         Ok(jobs) => {
             info!(from = %rfc3339_millis(range.from), to = %rfc3339_millis(range.to),
                 "backfill requested through the admin endpoint");
-            (StatusCode::ACCEPTED, axum::Json(jobs_doc(&jobs)))
+            (
+                StatusCode::ACCEPTED,
+                axum::Json(to_doc(&BackfillJobs::from_jobs(&jobs))),
+            )
         }
         Err(e) => error_doc(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }

@@ -39,6 +39,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::{Error, Report, load_config};
+use crate::admin::wire::{BackfillJobs, BackfillRequest, ErrorDoc, Livez};
 use crate::app::{AccountError, AppError, Options, Pipeline, cancel_on_signals};
 use crate::backfill::{CHUNK, DAY_MS, Range, parse_time, plan_range, select_accounts};
 use crate::config::{Config, LoadEnv};
@@ -280,7 +281,7 @@ pub async fn service_answers(listen: Option<std::net::SocketAddr>) -> bool {
 
 /// The running service's `/livez` document (its version and state directory), or `None` when
 /// nothing answers.
-pub async fn service_livez(listen: Option<std::net::SocketAddr>) -> Option<serde_json::Value> {
+pub async fn service_livez(listen: Option<std::net::SocketAddr>) -> Option<Livez> {
     let url = format!("http://{}/livez", admin_addr(listen?));
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(3))
@@ -290,8 +291,8 @@ pub async fn service_livez(listen: Option<std::net::SocketAddr>) -> Option<serde
     if !resp.status().is_success() {
         return None;
     }
-    let doc: serde_json::Value = resp.json().await.ok()?;
-    (doc["status"] == "alive").then_some(doc)
+    let doc: Livez = resp.json().await.ok()?;
+    (doc.status == "alive").then_some(doc)
 }
 
 /// While the service runs (it holds the spool), `backfill` hands the range to it through
@@ -317,12 +318,16 @@ pub async fn hand_to_service(
         .timeout(Duration::from_secs(10))
         .build()
         .map_err(unreachable)?;
-    let body = serde_json::json!({
-        "from": crate::transform::rfc3339_millis(range.from),
-        "to": crate::transform::rfc3339_millis(range.to),
-        "accounts": if all_accounts { Vec::new() } else { accounts.to_vec() },
-        "again": again,
-    });
+    let body = BackfillRequest {
+        from: rfc3339_millis(range.from),
+        to: rfc3339_millis(range.to),
+        accounts: if all_accounts {
+            Vec::new()
+        } else {
+            accounts.to_vec()
+        },
+        again,
+    };
     let resp = http
         .post(&url)
         .json(&body)
@@ -332,27 +337,16 @@ pub async fn hand_to_service(
     let status = resp.status();
     let doc: serde_json::Value = resp.json().await.map_err(unreachable)?;
     if !status.is_success() {
-        let why = doc["error"]
-            .as_str()
-            .map_or_else(|| format!("HTTP {status}"), str::to_string);
+        let why = serde_json::from_value::<ErrorDoc>(doc)
+            .map_or_else(|_| format!("HTTP {status}"), |d| d.error);
         return Err(HandOverError::Refused(why));
     }
-    let remaining = |doc: &serde_json::Value| -> u64 {
-        doc["jobs"]
-            .as_array()
-            .map(|jobs| {
-                jobs.iter()
-                    .filter(|j| {
-                        j["account"]
-                            .as_str()
-                            .is_some_and(|a| accounts.iter().any(|n| n == a))
-                    })
-                    .map(|j| (j["remaining_seconds"].as_f64().unwrap_or(0.0) * 1000.0) as u64)
-                    .sum()
-            })
-            .unwrap_or(0)
+    let remaining = |doc: serde_json::Value| -> u64 {
+        serde_json::from_value::<BackfillJobs>(doc)
+            .unwrap_or_default()
+            .remaining_ms(accounts)
     };
-    let total = remaining(&doc);
+    let total = remaining(doc);
     eprintln!(
         "backfill: the service is running, so it does the backfill itself, between live windows and within the same rate limits; following its progress (Ctrl-C stops following, not the backfill)"
     );
@@ -360,7 +354,7 @@ pub async fn hand_to_service(
     loop {
         let left = match http.get(&url).send().await {
             Ok(r) => match r.json::<serde_json::Value>().await {
-                Ok(doc) => Some(remaining(&doc)),
+                Ok(doc) => Some(remaining(doc)),
                 Err(_) => None,
             },
             Err(_) => None,

@@ -20,6 +20,7 @@ use super::{Error, Report};
 use crate::config::{Config, HecConfig, LoadEnv, RawEnv, parse_byte_size};
 use crate::exit::{self, Code};
 use crate::spool::{Spool, SpoolError, Status, now_ms};
+use crate::telemetry::HealthDoc;
 use crate::transform::Transformer;
 
 /// What the inspection commands take from the configuration.
@@ -68,10 +69,10 @@ impl Settings {
     /// inspect, or requeue into, some other spool.
     pub async fn locate_service_spool(mut self) -> Settings {
         if !self.dir_given
-            && let Some(doc) = super::backfill::service_livez(self.admin).await
-            && let Some(dir) = doc["state_dir"].as_str()
+            && let Some(livez) = super::backfill::service_livez(self.admin).await
+            && let Some(dir) = livez.state_dir
         {
-            self.dir = PathBuf::from(dir);
+            self.dir = dir;
         }
         self
     }
@@ -199,7 +200,7 @@ async fn service_health(admin: Option<SocketAddr>) -> serde_json::Value {
         Err(e) => return serde_json::json!({"reachable": false, "why": e.to_string()}),
     };
     match client.get(&url).send().await {
-        Ok(resp) => match resp.json::<serde_json::Value>().await {
+        Ok(resp) => match resp.json::<HealthDoc>().await {
             Ok(doc) => serde_json::json!({"reachable": true, "url": url, "health": doc}),
             Err(e) => serde_json::json!({"reachable": false, "url": url, "why": e.to_string()}),
         },

@@ -51,12 +51,10 @@ use self::response::Outcome;
 use crate::config::HecConfig;
 use crate::retry::RetryPolicy;
 use crate::spool::{DeadLetter, Spool, SpoolError, Spooled};
-use crate::telemetry::{Health, State, Stats};
+use crate::telemetry::{Component, Health, State, Stats};
 
 pub use self::client::HecError;
 
-/// The health component name of the sink.
-pub const COMPONENT: &str = "hec";
 /// After a timeout, the resend waits this many times `hec.timeout` for its answer.
 pub const TIMEOUT_FACTOR: u32 = 10;
 /// With nothing to send, the sink looks again after this long even without a wake-up.
@@ -179,7 +177,7 @@ impl Sink {
                 Err(e) => {
                     if self
                         .health
-                        .set(COMPONENT, State::Failing, Some(e.to_string()))
+                        .set(&Component::Hec, State::Failing, Some(e.to_string()))
                     {
                         error!(
                             "delivery paused: {e}; check free disk space and the state directory's permissions"
@@ -429,7 +427,7 @@ impl Sink {
                     );
                     if self
                         .health
-                        .set(COMPONENT, State::Failing, Some(reason.clone()))
+                        .set(&Component::Hec, State::Failing, Some(reason.clone()))
                     {
                         error!("{reason}");
                     }
@@ -506,7 +504,7 @@ impl Sink {
             let url = sent.url;
             match sent.outcome {
                 Outcome::Accepted { ack_id } => {
-                    if self.health.set(COMPONENT, State::Ok, None) {
+                    if self.health.set(&Component::Hec, State::Ok, None) {
                         info!(%url, "HEC accepting events");
                     }
                     let cap = self
@@ -614,7 +612,7 @@ impl Sink {
                         TIMEOUT_FACTOR
                     );
                     self.health
-                        .set(COMPONENT, State::Degraded, Some(reason.clone()));
+                        .set(&Component::Hec, State::Degraded, Some(reason.clone()));
                     warn!(%url, "{reason}");
                     timeout = self.timeout.saturating_mul(TIMEOUT_FACTOR);
                     // The first timeout may fail over at once; after that, back off like any
@@ -635,7 +633,7 @@ impl Sink {
                         "{reason}; HEC may have indexed the batch, so it is resent after a backoff (it may be indexed twice); a proxy or load balancer in front of Splunk may be answering instead of HEC"
                     );
                     self.health
-                        .set(COMPONENT, State::Degraded, Some(reason.clone()));
+                        .set(&Component::Hec, State::Degraded, Some(reason.clone()));
                     warn!(%url, attempt = backoff.attempts(), retry_in_ms = delay.as_millis() as u64,
                         events = good.len(), "{reason}");
                     if sleep_or_stop(delay, shutdown).await {
@@ -655,7 +653,7 @@ impl Sink {
                     let delay = backoff.next_delay(retry_after);
                     if self
                         .health
-                        .set(COMPONENT, State::Degraded, Some(reason.clone()))
+                        .set(&Component::Hec, State::Degraded, Some(reason.clone()))
                         || backoff.attempts().is_multiple_of(20)
                     {
                         warn!(%url, attempt = backoff.attempts(), retry_in_ms = delay.as_millis() as u64,
@@ -669,7 +667,7 @@ impl Sink {
                     Stats::add(&self.stats.hec_failures, 1);
                     if self
                         .health
-                        .set(COMPONENT, State::Failing, Some(reason.clone()))
+                        .set(&Component::Hec, State::Failing, Some(reason.clone()))
                     {
                         error!(%url, "HEC delivery paused, events stay spooled: {reason}");
                     }

@@ -13,7 +13,7 @@ use tracing::{info, warn};
 
 use super::Sink;
 use super::response::{Outcome, classify};
-use crate::telemetry::{State, Stats};
+use crate::telemetry::{Component, State, Stats};
 
 /// What came back from one request.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -100,7 +100,7 @@ impl Sink {
                 .last_delivery_ms
                 .store(crate::spool::now_ms(), Ordering::Relaxed);
         }
-        let component = format!("{}:{url}", super::COMPONENT);
+        let component = Component::HecUrl(url.to_string());
         let (state, reason) = match outcome {
             // HEC answered and judged the events: the endpoint itself works.
             Outcome::Accepted { .. } | Outcome::BadEvent { .. } | Outcome::TooLarge => {

@@ -34,7 +34,7 @@ use super::rate_limit::{Group, Observed, RateLimiter};
 use crate::config::{AccountConfig, Secret};
 use crate::retry::{RetryPolicy, cap_retry_after, parse_seconds};
 use crate::telemetry::logging::error_chain;
-use crate::telemetry::{AccountStats, Health, State, Stats};
+use crate::telemetry::{AccountStats, Component, Health, State, Stats};
 
 /// Why a RingCentral call failed for good. All but `Unavailable` need an operator.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -159,7 +159,7 @@ pub struct RcClient {
     acct: Arc<AccountStats>,
     /// Where to say that the account is degraded while requests are retried or rate-limited
     /// (the health component), so `/healthz` shows it before the poll gives up or succeeds.
-    health: Option<(Arc<Health>, String)>,
+    health: Option<(Arc<Health>, Component)>,
 }
 
 enum Body<'a> {
@@ -237,7 +237,7 @@ impl RcClient {
     }
 
     /// Reports retries and rate-limit penalties as `Degraded` in `health` under `component`.
-    pub fn with_health(mut self, health: Arc<Health>, component: String) -> Self {
+    pub fn with_health(mut self, health: Arc<Health>, component: Component) -> Self {
         self.health = Some((health, component));
         self
     }

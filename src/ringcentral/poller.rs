@@ -32,7 +32,7 @@ use super::clock::{SKEW_DEGRADED, rc_now};
 use super::model::{SearchPage, SearchRequest};
 use crate::config::{MAX_LOOKBACK, PollConfig};
 use crate::spool::{NewRecord, Spool, SpoolError};
-use crate::telemetry::{AccountStats, Health, State, Stats};
+use crate::telemetry::{AccountStats, Component, Health, State, Stats};
 use crate::transform::{Transformer, inspect_record, rfc3339_millis};
 
 /// The largest backfill piece polled (and recorded as done) at a time, by the service's pollers
@@ -119,7 +119,7 @@ impl Poller {
         health: Arc<Health>,
     ) -> Self {
         Poller {
-            client: client.with_health(health.clone(), format!("account:{account}")),
+            client: client.with_health(health.clone(), Component::Account(account.to_string())),
             spool,
             transformer,
             account: account.to_string(),
@@ -131,9 +131,9 @@ impl Poller {
         }
     }
 
-    /// The health component name of this account.
-    pub fn component(&self) -> String {
-        format!("account:{}", self.account)
+    /// The health component of this account.
+    pub fn component(&self) -> Component {
+        Component::Account(self.account.clone())
     }
 
     /// Polls the next window completely.
@@ -378,7 +378,7 @@ impl Poller {
     /// next one, or `None` on shutdown.
     async fn live_step(
         &mut self,
-        component: &str,
+        component: &Component,
         shutdown: &CancellationToken,
     ) -> Option<Duration> {
         let outcome = tokio::select! {
@@ -440,7 +440,7 @@ impl Poller {
     /// Shows a clock skew above [`SKEW_DEGRADED`] as a degraded `clock:<account>` in
     /// `/healthz` (windows are corrected, but the host's time service needs a look).
     fn report_skew(&self) {
-        let component = format!("clock:{}", self.account);
+        let component = Component::Clock(self.account.clone());
         match self.client.skew() {
             Some(s) if s.abs() > SKEW_DEGRADED => {
                 let reason = format!(
