@@ -41,24 +41,14 @@ pub enum AppError {
     Http(String),
 }
 
-/// Knobs the commands do not expose but tests and the demo need.
+/// Knobs of the pipeline the commands do not expose but tests and the demo need (the service's
+/// own knobs are [`crate::service::ServiceOptions`]).
 #[derive(Debug, Clone)]
 pub struct Options {
     /// Backoff for HEC and RingCentral retries.
     pub retry: RetryPolicy,
     /// Timeout of RingCentral requests.
     pub rc_timeout: Duration,
-    /// How long to wait for in-flight work at shutdown.
-    pub shutdown_grace: Duration,
-    /// How long a loop step may take before the watchdog calls the loop stalled; `None`: the
-    /// longer of the HEC and RingCentral timeouts plus a minute (see [`crate::watchdog`]).
-    pub stall_limit: Option<Duration>,
-    /// systemd's `WatchdogSec=`; `None`: from `$WATCHDOG_USEC` (no pings when unset).
-    pub watchdog_interval: Option<Duration>,
-    /// Where `READY=1`, `STATUS=`, `WATCHDOG=1`... go.
-    pub notifier: crate::notify::Notifier,
-    /// How often `STATUS=` is checked (it is sent when it changed).
-    pub status_interval: Duration,
     /// The local clock (tests shift it to play a host whose clock is wrong).
     pub clock: LocalClock,
 }
@@ -68,11 +58,6 @@ impl Default for Options {
         Options {
             retry: RetryPolicy::default(),
             rc_timeout: Duration::from_secs(60),
-            shutdown_grace: Duration::from_secs(10),
-            stall_limit: None,
-            watchdog_interval: None,
-            notifier: crate::notify::Notifier::default(),
-            status_interval: Duration::from_secs(1),
             clock: LocalClock::default(),
         }
     }

@@ -35,12 +35,49 @@ use crate::watchdog::{self, Watchdog};
 
 pub use crate::notify::Notifier;
 
+/// Knobs of the `run` service that the commands do not expose but tests need.
+#[derive(Debug, Clone)]
+pub struct ServiceOptions {
+    /// How long to wait for in-flight work at shutdown.
+    pub shutdown_grace: Duration,
+    /// How long a loop step may take before the watchdog calls the loop stalled; `None`: the
+    /// longer of the HEC and RingCentral timeouts plus a minute (see [`crate::watchdog`]).
+    pub stall_limit: Option<Duration>,
+    /// systemd's `WatchdogSec=`; `None`: from `$WATCHDOG_USEC` (no pings when unset).
+    pub watchdog_interval: Option<Duration>,
+    /// Where `READY=1`, `STATUS=`, `WATCHDOG=1`... go.
+    pub notifier: Notifier,
+    /// How often `STATUS=` is checked (it is sent when it changed).
+    pub status_interval: Duration,
+}
+
+impl Default for ServiceOptions {
+    fn default() -> Self {
+        ServiceOptions {
+            shutdown_grace: Duration::from_secs(10),
+            stall_limit: None,
+            watchdog_interval: None,
+            notifier: Notifier::default(),
+            status_interval: Duration::from_secs(1),
+        }
+    }
+}
+
 impl Pipeline {
     /// The service: every poller, the sink and the admin endpoint until `shutdown` (see
     /// [`run`]; this entry point does not reload). Defined here, not in [`crate::app`], so the
     /// pipeline does not depend on the service that runs it.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), AppError> {
-        run(self, shutdown, None).await
+        run(self, ServiceOptions::default(), shutdown, None).await
+    }
+
+    /// [`Pipeline::run`] with the service's knobs.
+    pub async fn run_with(
+        self,
+        options: ServiceOptions,
+        shutdown: CancellationToken,
+    ) -> Result<(), AppError> {
+        run(self, options, shutdown, None).await
     }
 }
 
@@ -125,6 +162,7 @@ impl Loops {
 /// The running service's state.
 struct Service {
     pipeline: Pipeline,
+    options: ServiceOptions,
     /// The configured account names, for the admin endpoint (updated by reloads).
     accounts: Arc<std::sync::RwLock<Vec<String>>>,
     watchdog: Arc<Watchdog>,
@@ -192,7 +230,6 @@ impl Service {
 
     /// Applies a reloaded config (see the module docs).
     async fn reload(&mut self, mut new: Config) {
-        let notifier = self.pipeline.options().notifier.clone();
         let old = &self.pipeline.config;
         if new.spool.dir != old.spool.dir {
             warn!(old = %old.spool.dir.display(), new = %new.spool.dir.display(),
@@ -227,10 +264,9 @@ impl Service {
         } else {
             None
         };
-        let options = self.pipeline.options();
-        let grace = options.shutdown_grace;
+        let grace = self.options.shutdown_grace;
         // A longer hec.timeout lengthens what a loop step may take.
-        self.stall_limit = options.stall_limit.unwrap_or_else(|| {
+        self.stall_limit = self.options.stall_limit.unwrap_or_else(|| {
             default_stall_limit(&self.pipeline.config, self.pipeline.options().rc_timeout)
         });
         let pollers = std::mem::replace(&mut self.pollers, Loops::new(&self.shutdown));
@@ -267,7 +303,9 @@ impl Service {
             accounts = new_names.len(),
             added, removed, hec_changed, admin_changed, "configuration reloaded"
         );
-        notifier.notify(&[sd_notify::NotifyState::Ready]);
+        self.options
+            .notifier
+            .notify(&[sd_notify::NotifyState::Ready]);
     }
 }
 
@@ -283,13 +321,13 @@ fn hec_fingerprint(hec: &HecConfig) -> (String, String, Option<Vec<u8>>) {
 /// do not reload (tests, the demo).
 pub async fn run(
     pipeline: Pipeline,
+    options: ServiceOptions,
     shutdown: CancellationToken,
     reload: Option<Reload>,
 ) -> Result<(), AppError> {
-    let options = pipeline.options().clone();
     let stall_limit = options
         .stall_limit
-        .unwrap_or_else(|| default_stall_limit(&pipeline.config, options.rc_timeout));
+        .unwrap_or_else(|| default_stall_limit(&pipeline.config, pipeline.options().rc_timeout));
     let watchdog_interval = options
         .watchdog_interval
         .or_else(sd_notify::watchdog_enabled);
@@ -308,6 +346,7 @@ pub async fn run(
         sink: Loops::new(&shutdown),
         admin: Loops::new(&shutdown),
         pipeline,
+        options: options.clone(),
     };
     service.sink = service.start_sink()?;
     service.admin = service.start_admin().await;

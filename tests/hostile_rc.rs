@@ -261,6 +261,7 @@ async fn a_reload_during_a_429_penalty_keeps_the_penalty() {
     let shutdown = CancellationToken::new();
     let service = tokio::spawn(rc_audit_hec::service::run(
         p,
+        rc_audit_hec::service::ServiceOptions::default(),
         shutdown.clone(),
         Some(reload),
     ));

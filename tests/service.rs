@@ -14,9 +14,9 @@ use std::time::Duration;
 
 use chrono::{TimeDelta, Utc};
 use common::{World, assert_each_once, eventually};
-use rc_audit_hec::app::{Options, Pipeline};
+use rc_audit_hec::app::Pipeline;
 use rc_audit_hec::config::{Config, LoadEnv};
-use rc_audit_hec::service::Notifier;
+use rc_audit_hec::service::{Notifier, ServiceOptions};
 use rc_audit_hec::telemetry::{State, Stats};
 use tokio_util::sync::CancellationToken;
 
@@ -192,17 +192,21 @@ async fn a_bad_config_never_reports_ready() {
 }
 
 /// In-process service with a captured notifier and a short stall limit.
-fn watched(toml: &str, stall: Duration) -> (Pipeline, Arc<Mutex<Vec<String>>>) {
+fn watched(toml: &str, stall: Duration) -> (Pipeline, ServiceOptions, Arc<Mutex<Vec<String>>>) {
     let notes = Arc::new(Mutex::new(Vec::new()));
-    let options = Options {
+    let options = ServiceOptions {
         stall_limit: Some(stall),
         watchdog_interval: Some(Duration::from_millis(200)),
         notifier: Notifier::Capture(notes.clone()),
         status_interval: Duration::from_millis(100),
-        ..common::fast()
+        ..ServiceOptions::default()
     };
     let config = Config::from_toml_str(toml, &LoadEnv::default()).unwrap();
-    (Pipeline::open(config, options).unwrap(), notes)
+    (
+        Pipeline::open(config, common::fast()).unwrap(),
+        options,
+        notes,
+    )
 }
 
 fn pings(notes: &Mutex<Vec<String>>) -> usize {
@@ -222,10 +226,10 @@ fn pings(notes: &Mutex<Vec<String>>) -> usize {
 #[tokio::test]
 async fn a_loop_stuck_in_an_await_stops_the_watchdog_and_shows_in_healthz() {
     let w = World::new(1).await;
-    let (p, notes) = watched(&w.toml("", ""), Duration::from_secs(1));
+    let (p, options, notes) = watched(&w.toml("", ""), Duration::from_secs(1));
     let health = p.health.clone();
     let shutdown = CancellationToken::new();
-    let service = tokio::spawn(p.run(shutdown.clone()));
+    let service = tokio::spawn(p.run_with(options, shutdown.clone()));
     assert!(eventually(Duration::from_secs(5), || pings(&notes) >= 2).await);
     // RingCentral now answers only after 6 s: the poll loop sits in one await.
     w.rc.update_faults(|f| f.slow = Duration::from_secs(6));
@@ -284,10 +288,10 @@ async fn idle_and_backing_off_loops_keep_the_watchdog_fed() {
     let toml = w
         .toml("", "")
         .replace("interval = \"200ms\"", "interval = \"3s\"");
-    let (p, notes) = watched(&toml, Duration::from_secs(1));
+    let (p, options, notes) = watched(&toml, Duration::from_secs(1));
     let p_health = p.health.clone();
     let shutdown = CancellationToken::new();
-    let service = tokio::spawn(p.run(shutdown.clone()));
+    let service = tokio::spawn(p.run_with(options, shutdown.clone()));
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let snapshot = p_health.snapshot();
     assert!(
@@ -603,11 +607,11 @@ async fn under_journald_every_line_carries_its_syslog_priority() {
 async fn a_deleted_spool_file_fails_healthz_and_pauses_polling() {
     let w = World::new(1).await;
     w.seed(0, 20, 91);
-    let (p, _notes) = watched(&w.toml("", ""), Duration::from_secs(30));
+    let (p, options, _notes) = watched(&w.toml("", ""), Duration::from_secs(30));
     let health = p.health.clone();
     let state = p.config.spool.dir.clone();
     let shutdown = CancellationToken::new();
-    let service = tokio::spawn(p.run(shutdown.clone()));
+    let service = tokio::spawn(p.run_with(options, shutdown.clone()));
     assert!(eventually(Duration::from_secs(10), || w.hec.accepted() >= 20).await);
     assert_eq!(rc_audit_hec::telemetry::render_health(&health).0, State::Ok);
     std::fs::remove_file(state.join("spool.db")).unwrap();
@@ -743,18 +747,18 @@ async fn a_black_holed_hec_never_stalls_the_delivery_loop() {
         .replace(&w.hec.url(), &hole_url)
         .replace("interval = \"200ms\"", "interval = \"60s\"");
     let notes = Arc::new(Mutex::new(Vec::new()));
-    let options = Options {
+    let options = ServiceOptions {
         watchdog_interval: Some(Duration::from_secs(180)),
         notifier: Notifier::Capture(notes.clone()),
         status_interval: Duration::from_secs(30),
-        ..common::fast()
+        ..ServiceOptions::default()
     };
     let config = Config::from_toml_str(&toml, &LoadEnv::default()).unwrap();
     assert_eq!(config.hec.timeout, Duration::from_secs(60), "the default");
-    let p = Pipeline::open(config, options).unwrap();
+    let p = Pipeline::open(config, common::fast()).unwrap();
     let (health, stats) = (p.health.clone(), p.stats.clone());
     let shutdown = CancellationToken::new();
-    let service = tokio::spawn(p.run(shutdown.clone()));
+    let service = tokio::spawn(p.run_with(options, shutdown.clone()));
     // Pings come every half WatchdogSec (90 s, from 0 s); checked between them (45 s, 135 s...)
     // for 16 minutes: a ping in every 90 s, no loop stalled.
     tokio::time::sleep(Duration::from_secs(45)).await;

@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Done, Error, load_config};
 use crate::app::{Options, Pipeline, cancel_on_signals};
 use crate::config::{Config, LoadEnv};
-use crate::service::{Reload, sighup_requests};
+use crate::service::{Reload, ServiceOptions, sighup_requests};
 
 /// Runs the service with the config at `path`.
 pub async fn command(path: &Path) -> Result<Done, Error> {
@@ -21,6 +21,6 @@ pub async fn command(path: &Path) -> Result<Done, Error> {
         requests: sighup_requests(),
         load: Box::new(move || Config::load(&path, &LoadEnv::from_process())),
     };
-    crate::service::run(pipeline, shutdown, Some(reload)).await?;
+    crate::service::run(pipeline, ServiceOptions::default(), shutdown, Some(reload)).await?;
     Ok(Done)
 }
