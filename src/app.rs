@@ -362,22 +362,3 @@ pub fn ringcentral_http(timeout: Duration) -> Result<reqwest::Client, AppError> 
         .build()
         .map_err(|e| AppError::Http(e.to_string()))
 }
-
-/// Cancels `token` on SIGTERM or SIGINT.
-pub fn cancel_on_signals(token: CancellationToken) {
-    tokio::spawn(async move {
-        let term = async {
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(mut s) => {
-                    s.recv().await;
-                }
-                Err(_) => std::future::pending::<()>().await,
-            }
-        };
-        tokio::select! {
-            _ = term => info!("SIGTERM received"),
-            _ = tokio::signal::ctrl_c() => info!("SIGINT received"),
-        }
-        token.cancel();
-    });
-}

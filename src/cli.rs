@@ -8,11 +8,11 @@ use std::time::Duration;
 use clap::{CommandFactory, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use crate::app::cancel_on_signals;
 use crate::commands::spool::{Action, Settings};
 use crate::commands::{self, Done, Error, finish};
 use crate::config::{DEFAULT_CONFIG_PATH, LoadEnv};
 use crate::exit::{self, Code};
+use crate::signals::cancel_on_signals;
 
 /// The version and the git commit it was built from (`, dirty` with uncommitted changes).
 pub const VERSION: &str = concat!(

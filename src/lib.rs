@@ -17,6 +17,8 @@
 //! - [`spool`]: the only channel between source and sink; every record passes through it.
 //! - [`hec`]: batching, the HTTP client, the one response classifier, the delivery loop.
 //! - [`app`]: the pipeline: the wired [`app::Pipeline`] (spool, pollers, sink) and `once`.
+//!   Shutdown is a `CancellationToken` parameter everywhere; [`signals`] turns SIGTERM/SIGINT
+//!   into it (and SIGHUP into `run`'s reload requests).
 //! - [`backfill`]: planning a past range (the `backfill` command polls it, the admin endpoint
 //!   hands it to the service).
 //! - [`admin`]: the admin endpoint (`/metrics` rendered by [`admin::metrics`], `/healthz`,
@@ -41,7 +43,7 @@
 //!
 //! | layer | modules | role |
 //! | --- | --- | --- |
-//! | leaves | `exit`, `notify`, `retry`, `watchdog`, `sim` | import nothing of the crate |
+//! | leaves | `exit`, `notify`, `retry`, `signals`, `watchdog`, `sim` | import nothing of the crate |
 //! | shared | `config`, `telemetry` | settings; counters, health, logging |
 //! | storage | `transform`, `spool` | record to event; the durable outbox |
 //! | endpoints | `ringcentral`, `hec` | the source (pollers) and the destination (sink) |
@@ -80,6 +82,7 @@ pub mod notify;
 pub mod retry;
 pub mod ringcentral;
 pub mod service;
+pub mod signals;
 #[doc(hidden)]
 pub mod sim;
 pub mod spool;

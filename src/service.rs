@@ -89,41 +89,6 @@ pub struct Reload {
     pub load: Box<dyn Fn() -> Result<Config, ConfigError> + Send + Sync>,
 }
 
-/// A channel that receives one message per SIGHUP. Installing the handler also replaces
-/// SIGHUP's default action (terminate).
-pub fn sighup_requests() -> mpsc::Receiver<()> {
-    let (tx, rx) = mpsc::channel(1);
-    tokio::spawn(async move {
-        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        else {
-            warn!("cannot listen for SIGHUP; reload by restarting the service");
-            return;
-        };
-        while hup.recv().await.is_some() {
-            info!("SIGHUP received: reloading the configuration");
-            // A full channel means a reload is already pending: one is enough.
-            let _ = tx.try_send(());
-        }
-    });
-    rx
-}
-
-/// For commands that end by themselves (`once`, `backfill`): SIGHUP must not kill them halfway
-/// through, and there is nothing to reload, so it is logged and ignored.
-pub fn ignore_sighup(command: &'static str) {
-    tokio::spawn(async move {
-        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        else {
-            return;
-        };
-        while hup.recv().await.is_some() {
-            warn!(
-                "SIGHUP ignored: `{command}` reads its config once at start; only `run` reloads. Stop it with SIGTERM or Ctrl-C if you meant to"
-            );
-        }
-    });
-}
-
 /// The default stall limit: the longest bounded wait a loop step has (an HTTP request) plus a
 /// minute for everything else (SQLite busy timeout, scheduling).
 pub fn default_stall_limit(config: &Config, rc_timeout: Duration) -> Duration {

@@ -40,12 +40,13 @@ use tracing::{info, warn};
 
 use super::{Error, Report, load_config};
 use crate::admin::wire::{BackfillJobs, BackfillRequest, ErrorDoc, Livez};
-use crate::app::{AccountError, AppError, Options, Pipeline, cancel_on_signals};
+use crate::app::{AccountError, AppError, Options, Pipeline};
 use crate::backfill::{CHUNK, DAY_MS, Range, parse_time, plan_range, select_accounts};
 use crate::config::{Config, LoadEnv};
 use crate::exit::Code;
 use crate::ringcentral::Poller;
 use crate::ringcentral::poller::{PollError, WindowOutcome};
+use crate::signals::cancel_on_signals;
 use crate::spool::SpoolError;
 use crate::spool::backfill::gaps;
 use crate::transform::rfc3339_millis;
@@ -575,7 +576,7 @@ pub async fn command(
     // reach, and handing the range to the running service does not need them.
     let config = Config::load_without_secrets(path, &LoadEnv::from_process())?;
     crate::telemetry::init_logging(config.log.format, &config.log.level);
-    crate::service::ignore_sighup("backfill");
+    crate::signals::ignore_sighup("backfill");
     let now = Utc::now();
     let from = parse_time("--from", from, now)?;
     let to = to.map(|t| parse_time("--to", t, now)).transpose()?;

@@ -53,7 +53,7 @@ impl crate::exit::Code for DryRunReport {
 /// `once --dry-run` with the config at `path`: events on stdout as they come.
 pub async fn command(path: &std::path::Path) -> Result<DryRunReport, Error> {
     let config = load_config(path)?;
-    crate::service::ignore_sighup("once --dry-run");
+    crate::signals::ignore_sighup("once --dry-run");
     run(&config, &Options::default(), Box::new(std::io::stdout()))
         .await
         .map_err(|e| Error::Other(e.into()))

@@ -7,12 +7,13 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::{Error, Report, load_config};
-use crate::app::{OnceReport, Options, Pipeline, cancel_on_signals};
+use crate::app::{OnceReport, Options, Pipeline};
+use crate::signals::{cancel_on_signals, ignore_sighup};
 
 /// Runs `once` with the config at `path`.
 pub async fn command(path: &Path, max_wait: Duration) -> Result<OnceReport, Error> {
     let config = load_config(path)?;
-    crate::service::ignore_sighup("once");
+    ignore_sighup("once");
     let pipeline = Pipeline::open(config, Options::default())?;
     let shutdown = CancellationToken::new();
     cancel_on_signals(shutdown.clone());

@@ -6,9 +6,10 @@ use std::path::Path;
 use tokio_util::sync::CancellationToken;
 
 use super::{Done, Error, load_config};
-use crate::app::{Options, Pipeline, cancel_on_signals};
+use crate::app::{Options, Pipeline};
 use crate::config::{Config, LoadEnv};
-use crate::service::{Reload, ServiceOptions, sighup_requests};
+use crate::service::{Reload, ServiceOptions};
+use crate::signals::{cancel_on_signals, sighup_requests};
 
 /// Runs the service with the config at `path`.
 pub async fn command(path: &Path) -> Result<Done, Error> {
