@@ -11,7 +11,7 @@
 //! twice.
 //!
 //! # Pieces, progress and resuming
-//! The range is cut into pieces of at most [`CHUNK`](crate::backfill::CHUNK) (a day). After every record of a piece is
+//! The range is cut into pieces of at most [`CHUNK`] (a day). After every record of a piece is
 //! committed, the piece is recorded in the spool ([`crate::spool::backfill`]); an interrupted
 //! backfill (Ctrl-C, SIGTERM, a crash, an account that failed) run again with an overlapping
 //! range polls only what is missing. Each piece is one search (more pages when it holds more
