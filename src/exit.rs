@@ -3,7 +3,7 @@
 //!
 //! A leaf: every command's report and every error that ends a command says which code it means
 //! through [`Code`], so no command carries its own ladder of `if`s and no error is told apart by
-//! downcasting at the edge.
+//! downcasting at the edge ([`crate::commands::Error`]).
 
 /// Success.
 pub const OK: u8 = 0;

@@ -15,8 +15,9 @@ use anyhow::Context;
 use chrono::{TimeDelta, Utc};
 use tokio_util::sync::CancellationToken;
 
+use super::Error;
 use crate::app::{Options, Pipeline};
-use crate::config::{Config, LoadEnv, LogFormat};
+use crate::config::{Config, ConfigError, LoadEnv, LogFormat};
 use crate::retry::RetryPolicy;
 use crate::sim::hec::{HecSim, HecSimConfig};
 use crate::sim::records::generate_records;
@@ -84,7 +85,7 @@ const LIVE_RECORDS: usize = 400;
 const HEC_TOKEN: &str = "00000000-demo-demo-demo-000000000000";
 
 /// Runs the demo and prints its story and summary on stdout.
-pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
+pub async fn run(opts: DemoOptions) -> Result<DemoSummary, Error> {
     init_logging(LogFormat::Text, "warn");
     let started = Instant::now();
     let (dir, _cleanup) = match opts.dir {
@@ -349,7 +350,7 @@ fn demo_config(
     hec: &HecSim,
     accounts: &[SimAccount],
     dir: &std::path::Path,
-) -> anyhow::Result<Config> {
+) -> Result<Config, ConfigError> {
     let mut toml = String::new();
     for a in accounts {
         toml.push_str(&format!(
@@ -385,7 +386,7 @@ listen = ""
         HEC_TOKEN,
         dir.join("state"),
     ));
-    Ok(Config::from_toml_str(&toml, &LoadEnv::default())?)
+    Config::from_toml_str(&toml, &LoadEnv::default())
 }
 
 async fn wait_until(deadline: Instant, mut done: impl FnMut() -> bool) {
@@ -487,7 +488,7 @@ pub async fn serve(
     dir: Option<PathBuf>,
     records: usize,
     shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+) -> Result<(), Error> {
     init_logging(LogFormat::Text, "warn");
     let (dir, _cleanup) = match dir {
         Some(d) => (d, None),
@@ -541,9 +542,15 @@ pub async fn serve(
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .context("binding the fault-control port")?;
-    let control_url = format!("http://{}", listener.local_addr()?);
-    let admin_port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
+    let control_url = format!(
+        "http://{}",
+        listener
+            .local_addr()
+            .context("binding the fault-control port")?
+    );
+    let admin_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .context("finding a free port for the admin endpoint")?
         .port();
     let secret = |name: &str, value: &str| -> anyhow::Result<PathBuf> {
         use std::io::Write;
@@ -581,8 +588,10 @@ pub async fn serve(
         dir.join("state"),
     ));
     let config_path = dir.join("config.toml");
-    std::fs::write(&config_path, &toml)?;
-    Config::load(&config_path, &LoadEnv::default()).context("the demo's own config")?;
+    std::fs::write(&config_path, &toml)
+        .with_context(|| format!("writing {}", config_path.display()))?;
+    // The demo's own config: a problem here is a configuration error like any other (78).
+    Config::load(&config_path, &LoadEnv::default())?;
 
     let c = format!("rc-audit-hec --config {}", config_path.display());
     println!(

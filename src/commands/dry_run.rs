@@ -54,9 +54,7 @@ impl crate::exit::Code for DryRunReport {
 pub async fn command(path: &std::path::Path) -> Result<DryRunReport, Error> {
     let config = load_config(path)?;
     crate::signals::ignore_sighup("once --dry-run");
-    run(&config, &Options::default(), Box::new(std::io::stdout()))
-        .await
-        .map_err(|e| Error::Other(e.into()))
+    Ok(run(&config, &Options::default(), Box::new(std::io::stdout())).await?)
 }
 
 impl Report for DryRunReport {

@@ -20,6 +20,7 @@ use crate::backfill::BackfillError;
 use crate::config::{Config, ConfigError, LoadEnv};
 use crate::exit::{self, Code};
 use crate::spool::SpoolError;
+use dry_run::DryRunError;
 
 /// What a command did: printed where its contract says, then its exit code ends the process.
 pub trait Report: Code {
@@ -59,6 +60,9 @@ pub enum Error {
     /// Starting the pipeline failed (the spool's cause is classified as [`Error::Spool`]).
     #[error(transparent)]
     App(#[from] AppError),
+    /// The dry run could not read the spool or start (classified like the spool's error).
+    #[error(transparent)]
+    DryRun(#[from] DryRunError),
     /// Anything else: exit 1.
     #[error(transparent)]
     Other(#[from] anyhow::Error),
@@ -69,27 +73,14 @@ impl Code for Error {
         match self {
             Error::Config(_) => exit::CONFIG,
             Error::Usage(_) => exit::USAGE,
-            Error::Spool(e) | Error::App(AppError::Spool(e)) => spool_error_code(e),
-            Error::App(_) => exit::FAILURE,
-            // Errors of the lower layers that crossed an `anyhow` boundary (the demo, the
-            // dry run's and the actions command's internals) keep the code of their type.
-            Error::Other(e) => e.chain().find_map(typed_code).unwrap_or(exit::FAILURE),
+            Error::Spool(e)
+            | Error::App(AppError::Spool(e))
+            | Error::DryRun(DryRunError::Spool(e) | DryRunError::App(AppError::Spool(e))) => {
+                spool_error_code(e)
+            }
+            Error::App(_) | Error::DryRun(_) | Error::Other(_) => exit::FAILURE,
         }
     }
-}
-
-/// The code of an error of a type [`Error`] classifies, found inside an `anyhow` chain.
-fn typed_code(e: &(dyn std::error::Error + 'static)) -> Option<u8> {
-    if let Some(e) = e.downcast_ref::<SpoolError>() {
-        return (spool_error_code(e) == exit::CONFIG).then_some(exit::CONFIG);
-    }
-    if let Some(AppError::Spool(e)) = e.downcast_ref::<AppError>() {
-        return (spool_error_code(e) == exit::CONFIG).then_some(exit::CONFIG);
-    }
-    if e.downcast_ref::<BackfillError>().is_some() {
-        return Some(exit::USAGE);
-    }
-    e.downcast_ref::<ConfigError>().map(|_| exit::CONFIG)
 }
 
 /// 78 when the state directory is unusable by this user (permissions, a read-only file
@@ -126,4 +117,45 @@ pub fn load_config(path: &std::path::Path) -> Result<Config, Error> {
 pub fn finish(report: &dyn Report) -> Result<u8, Error> {
     report.print()?;
     Ok(report.exit_code())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unusable_dir() -> SpoolError {
+        SpoolError::Dir {
+            dir: "/state".into(),
+            source: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+        }
+    }
+
+    #[test]
+    fn each_error_kind_means_its_exit_code() {
+        let usage = crate::backfill::parse_time("--from", "bogus", chrono::Utc::now())
+            .expect_err("not a time");
+        assert_eq!(Error::Usage(usage).exit_code(), exit::USAGE);
+        assert_eq!(Error::Spool(unusable_dir()).exit_code(), exit::CONFIG);
+        assert_eq!(
+            Error::App(AppError::Spool(unusable_dir())).exit_code(),
+            exit::CONFIG
+        );
+        assert_eq!(
+            Error::DryRun(DryRunError::Spool(unusable_dir())).exit_code(),
+            exit::CONFIG
+        );
+        let busy = SpoolError::Dir {
+            dir: "/state".into(),
+            source: std::io::Error::from(std::io::ErrorKind::Interrupted),
+        };
+        assert_eq!(Error::Spool(busy).exit_code(), exit::FAILURE);
+        assert_eq!(
+            Error::App(AppError::Http("tls".into())).exit_code(),
+            exit::FAILURE
+        );
+        assert_eq!(
+            Error::Other(anyhow::anyhow!("anything")).exit_code(),
+            exit::FAILURE
+        );
+    }
 }
