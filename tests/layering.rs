@@ -2,7 +2,8 @@
 //!
 //! Reads every `src/**/*.rs` (code only: comments, string literals and `#[cfg(test)]` items are
 //! left out), collects each `crate::` path (in `use` lines, brace groups included, and inline
-//! `crate::x::y` paths), maps each file to its top-level module, and fails on an import that
+//! `crate::x::y` paths; a `super::` chain that climbs to the root counts as `crate::`), maps
+//! each file to its top-level module, and fails on an import that
 //! goes up the table (a lower layer naming a higher one) and on any cycle, printing it. Within
 //! one layer imports are allowed as long as they form no cycle.
 //!
@@ -228,6 +229,40 @@ fn crate_paths(code: &str) -> BTreeSet<String> {
     found
 }
 
+/// `code` with every `super::` chain that climbs to the crate root written as `crate::`, for a
+/// file whose module is `depth` levels below the root (`src/a.rs`, `src/a/mod.rs`: 1;
+/// `src/a/b.rs`: 2), so `super::super::x` from `src/a/b.rs` counts as an import of `x`.
+fn root_supers_as_crate(code: &str, depth: usize) -> String {
+    let b = code.as_bytes();
+    let mut out = String::with_capacity(code.len());
+    let mut i = 0;
+    while i < code.len() {
+        if code[i..].starts_with("super::")
+            && !ident_byte_before(b, i)
+            && !(i >= 2 && &code[i - 2..i] == "::")
+        {
+            let mut k = 0;
+            let mut j = i;
+            while code[j..].starts_with("super::") {
+                k += 1;
+                j += "super::".len();
+            }
+            if k >= depth {
+                out.push_str("crate::");
+                i = j;
+                continue;
+            }
+            out.push_str(&code[i..j]);
+            i = j;
+            continue;
+        }
+        let c = code[i..].chars().next().unwrap_or(' ');
+        out.push(c);
+        i += c.len_utf8();
+    }
+    out
+}
+
 fn first_ident(s: &str) -> Option<String> {
     let s = s.trim_start();
     let end = s
@@ -274,7 +309,10 @@ fn edges(src: &Path, known: &BTreeSet<String>) -> Vec<Edge> {
             rel.display()
         );
         let text = std::fs::read_to_string(&path).expect("readable source");
-        let code = drop_test_items(&strip_comments_and_strings(&text));
+        let depth =
+            rel.components().count() - usize::from(rel.file_name().is_some_and(|f| f == "mod.rs"));
+        let code =
+            root_supers_as_crate(&drop_test_items(&strip_comments_and_strings(&text)), depth);
         for to in crate_paths(&code) {
             assert!(
                 known.contains(&to),
@@ -443,6 +481,19 @@ fn crate_paths_are_found_in_brace_groups_inline_paths_and_nested_groups() {
                 macro_rules! m { () => { $crate::h::i() } }\nlet x = notcrate::j::k;";
     let found: Vec<String> = crate_paths(code).into_iter().collect();
     assert_eq!(found, ["a", "b", "c", "d", "e"]);
+}
+
+#[test]
+fn super_chains_that_reach_the_crate_root_are_imports() {
+    let code = "use super::super::service::X;\nuse super::sibling::Y;\nfn f() { super::super::admin::g() }";
+    let deep: Vec<String> = crate_paths(&root_supers_as_crate(code, 2))
+        .into_iter()
+        .collect();
+    assert_eq!(deep, ["admin", "service"]);
+    let top: Vec<String> = crate_paths(&root_supers_as_crate("use super::hec::Z;", 1))
+        .into_iter()
+        .collect();
+    assert_eq!(top, ["hec"]);
 }
 
 #[test]
