@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::config::{AccountConfig, Config};
-use crate::exit::Outcome;
+use crate::exit::{Code, Outcome};
 use crate::hec::{HecError, Sink};
 use crate::retry::RetryPolicy;
 use crate::ringcentral::client::Session;
@@ -361,4 +361,46 @@ pub fn ringcentral_http(timeout: Duration) -> Result<reqwest::Client, AppError> 
         .user_agent(concat!("rc-audit-hec/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(|e| AppError::Http(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn once_exits_78_before_1_before_75() {
+        let config = AccountError {
+            account: "acme".into(),
+            reason: "403".into(),
+            config: true,
+        };
+        let remaining = OnceReport {
+            remaining: 3,
+            ..OnceReport::default()
+        };
+        assert_eq!(OnceReport::default().exit_code(), crate::exit::OK);
+        assert_eq!(remaining.exit_code(), crate::exit::TEMPFAIL);
+        let dead = OnceReport {
+            dead_lettered: 1,
+            ..remaining
+        };
+        assert_eq!(dead.exit_code(), crate::exit::FAILURE);
+        let failed = OnceReport {
+            account_errors: vec![AccountError::failed("other", "interrupted")],
+            ..OnceReport::default()
+        };
+        assert_eq!(failed.exit_code(), crate::exit::FAILURE);
+        let refused = OnceReport {
+            account_errors: vec![AccountError::failed("other", "timeout"), config],
+            remaining: 3,
+            ..OnceReport::default()
+        };
+        assert_eq!(refused.exit_code(), crate::exit::CONFIG);
+        let hec = OnceReport {
+            hec_config_error: Some("token rejected".into()),
+            remaining: 3,
+            ..OnceReport::default()
+        };
+        assert_eq!(hec.exit_code(), crate::exit::CONFIG);
+    }
 }
