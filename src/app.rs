@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::config::{AccountConfig, Config};
-use crate::exit::{Code, Outcome};
+use crate::exit::Outcome;
 use crate::hec::{HecError, Sink};
 use crate::retry::RetryPolicy;
 use crate::ringcentral::client::Session;
@@ -366,6 +366,7 @@ pub fn ringcentral_http(timeout: Duration) -> Result<reqwest::Client, AppError> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::exit::Code;
 
     #[test]
     fn once_exits_78_before_1_before_75() {
