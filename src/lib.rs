@@ -22,7 +22,8 @@
 //! - [`backfill`], [`dryrun`], [`check`], [`actions`]: the commands that poll a past range, show
 //!   what would be sent, diagnose a setup, and list the action ids an account really has.
 //! - [`config`], [`cli`], [`inspect`], [`telemetry`], [`retry`]: the edges and shared helpers;
-//!   [`packaging`] (completions, man pages) and [`healthcheck`] serve the packages and the image.
+//!   [`packaging`] (completions, man pages) and [`healthcheck`] serve the packages and the image;
+//!   [`runtime`] is the async runtime with its threads bounded.
 //!
 //! ## Invariants (each has a test that fails if it breaks)
 //! 1. **Cursor after records**: an account's cursor moves only in the transaction that stores
@@ -55,6 +56,7 @@ pub mod inspect;
 pub mod packaging;
 pub mod retry;
 pub mod ringcentral;
+pub mod runtime;
 pub mod service;
 pub mod sim;
 pub mod spool;
