@@ -55,13 +55,16 @@ struct Cli {
         default_values_t = [500, 2_000, 10_000]
     )]
     accounts: Vec<usize>,
+    /// accounts: the forwarder binary to measure (default: target/release/rc-audit-hec).
+    #[arg(long, global = true, value_name = "PATH")]
+    binary: Option<PathBuf>,
     /// accounts: a second forwarder binary measured side by side with the release binary,
     /// run for run (e.g. the main branch's release build, to compare before and after).
     #[arg(long, global = true, value_name = "PATH")]
     baseline: Option<PathBuf>,
     /// accounts: `poll.interval` of every account, in seconds. Each run lasts until every
     /// account has polled twice (or 3 intervals and 2 minutes have passed).
-    #[arg(long, global = true, default_value_t = 20)]
+    #[arg(long, global = true, default_value_t = 60)]
     interval: u64,
 }
 
@@ -778,6 +781,10 @@ struct AccountsRun {
     delivered: usize,
     /// CPU time of the forwarder, s.
     cpu_s: f64,
+    /// The latest first search of any account, s after the start.
+    first_max_s: f64,
+    /// The longest time between two searches of one account, s.
+    gap_max_s: f64,
 }
 
 /// The config of `n` accounts on one simulator: inline secrets, as a config file holds them
@@ -893,8 +900,13 @@ async fn accounts_run(bin: &Path, n: usize, interval: u64) -> anyhow::Result<Acc
     }
     let late = every + every / 4;
     let (mut on_time, mut polled_twice) = (0, 0);
+    let (mut first_max, mut gap_max) = (Duration::ZERO, Duration::ZERO);
     for (account, mut at) in by_account {
         at.sort();
+        first_max = first_max.max(at[0].duration_since(start));
+        for w in at.windows(2) {
+            gap_max = gap_max.max(w[1].duration_since(w[0]));
+        }
         if at.len() < 2 {
             continue;
         }
@@ -913,12 +925,18 @@ async fn accounts_run(bin: &Path, n: usize, interval: u64) -> anyhow::Result<Acc
         limited,
         delivered: hec.accepted(),
         cpu_s,
+        first_max_s: first_max.as_secs_f64(),
+        gap_max_s: gap_max.as_secs_f64(),
     })
 }
 
 /// Many accounts in one process: the release binary (and `--baseline`, run for run).
 async fn accounts(opts: &Opts, cli: &Cli) -> anyhow::Result<()> {
-    let mut bins = vec![("now".to_string(), binary()?)];
+    let bin = match &cli.binary {
+        Some(b) => b.clone(),
+        None => binary()?,
+    };
+    let mut bins = vec![("now".to_string(), bin)];
     if let Some(b) = &cli.baseline {
         anyhow::ensure!(b.exists(), "--baseline {}: no such file", b.display());
         bins.insert(0, ("baseline".to_string(), b.clone()));
@@ -930,8 +948,16 @@ async fn accounts(opts: &Opts, cli: &Cli) -> anyhow::Result<()> {
                 eprintln!("accounts {n}, run {}, {label}...", run + 1);
                 let r = accounts_run(bin, n, cli.interval).await?;
                 eprintln!(
-                    "  RSS {:.1} MB, {} threads, {} of {n} on time ({} polled twice), {} 429s, {} delivered, CPU {:.1} s",
-                    r.rss_mb, r.threads, r.on_time, r.polled_twice, r.limited, r.delivered, r.cpu_s
+                    "  RSS {:.1} MB, {} threads, {} of {n} on time ({} polled twice; latest first poll {:.1} s, longest gap {:.1} s), {} 429s, {} delivered, CPU {:.1} s",
+                    r.rss_mb,
+                    r.threads,
+                    r.on_time,
+                    r.polled_twice,
+                    r.first_max_s,
+                    r.gap_max_s,
+                    r.limited,
+                    r.delivered,
+                    r.cpu_s
                 );
                 results[k].push(r);
             }
@@ -957,6 +983,16 @@ async fn accounts(opts: &Opts, cli: &Cli) -> anyhow::Result<()> {
                 &name("429 answers"),
                 "requests",
                 rs.iter().map(|r| r.limited as f64).collect(),
+            );
+            row(
+                &name("latest first poll after start"),
+                "s",
+                rs.iter().map(|r| r.first_max_s).collect(),
+            );
+            row(
+                &name("longest time between two polls of one account"),
+                "s",
+                rs.iter().map(|r| r.gap_max_s).collect(),
             );
             row(
                 &name("CPU time of the forwarder"),
