@@ -4,15 +4,13 @@
 //! ```sh
 //! cargo build --release && cargo run --release --example bench -- all --runs 3
 //! cargo run --release --example bench -- drain --records 1000000 --runs 3
+//! cargo run --release --example bench -- accounts --accounts 500,2000,10000 --runs 3
 //! ```
 //!
-//! Subcommands: `transform`, `spool`, `drain`, `drain-ack`, `poll`, `footprint`, `all`.
-//! `drain-ack` drains the same backlog in plain mode and with `hec.use_ack` (a receiver that
-//! acknowledges at once), alternating per run, and reports the ratio. Options: `--runs N`
-//! (repeat each measure, report median and spread), `--records N` (drain backlog size).
-//! Drain and footprint run the real release binary (`target/release/rc-audit-hec`) as a child
-//! process, so its CPU time, peak RSS and time to READY are its own, read from `/proc`.
-//! Output is Markdown rows for BENCHMARKS.md.
+//! `--help` lists the subcommands and options. Drain, footprint and accounts run the real
+//! release binary (`target/release/rc-audit-hec`) as a child process, so its CPU time, peak RSS,
+//! threads and time to READY are its own, read from `/proc`. Output is Markdown rows for
+//! BENCHMARKS.md.
 
 use std::hint::black_box;
 use std::io::Write;
@@ -20,8 +18,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use chrono::{TimeDelta, Utc};
+use clap::{Parser, Subcommand};
 use rc_audit_hec::config::{Config, LoadEnv};
 use rc_audit_hec::hec::batch::build_body;
 use rc_audit_hec::ringcentral::model::SearchPage;
@@ -33,56 +32,109 @@ use rc_audit_hec::transform::{Transformer, inspect_record};
 
 const TOKEN: &str = "00000000-0000-4000-8000-000000000000";
 
+/// Benchmarks of rc-audit-hec. Build the release binary first (`cargo build --release`): the
+/// drain, footprint and accounts benchmarks run it as a child process. Each measure is repeated
+/// `--runs` times; rows give the median, min and max, as Markdown for BENCHMARKS.md.
+#[derive(Parser)]
+#[command(name = "bench")]
+struct Cli {
+    /// What to measure (all of them when left out).
+    #[command(subcommand)]
+    what: Option<What>,
+    /// How often each measure is repeated (median, min and max are reported).
+    #[arg(long, global = true, default_value_t = 3)]
+    runs: usize,
+    /// Backlog size, in events, of the drain benchmarks.
+    #[arg(long, global = true, default_value_t = 1_000_000)]
+    records: usize,
+    /// Account counts of the accounts benchmark, comma-separated (one process each).
+    #[arg(
+        long,
+        global = true,
+        value_delimiter = ',',
+        default_values_t = [500, 2_000, 10_000]
+    )]
+    accounts: Vec<usize>,
+    /// accounts: the forwarder binary to measure (default: target/release/rc-audit-hec).
+    #[arg(long, global = true, value_name = "PATH")]
+    binary: Option<PathBuf>,
+    /// accounts: a second forwarder binary measured side by side with the release binary,
+    /// run for run (e.g. the main branch's release build, to compare before and after).
+    #[arg(long, global = true, value_name = "PATH")]
+    baseline: Option<PathBuf>,
+    /// accounts: `poll.interval` of every account, in seconds. Each run lasts until every
+    /// account has polled twice (or 3 intervals and 2 minutes have passed).
+    #[arg(long, global = true, default_value_t = 60)]
+    interval: u64,
+}
+
+#[derive(Subcommand, Clone, Copy, PartialEq, Eq)]
+enum What {
+    /// Transform: records per second against a serde_json parse-and-reserialize floor.
+    Transform,
+    /// Spool: enqueue (pages of 1000, cursor commit) and read + delete rates, scrape cost.
+    Spool,
+    /// Gzip levels 1, 3 and 6 on real batches: speed and ratio.
+    Gzip,
+    /// Poll: records per second from the RingCentral simulator into the spool (no limits).
+    Poll,
+    /// Drain: `rc-audit-hec once` delivering a spooled backlog of `--records` events to the
+    /// HEC simulator: rate, CPU, peak RSS, and the simulator's own capacity.
+    Drain,
+    /// Drain in plain mode and with `hec.use_ack`, alternating per run: the ratio.
+    DrainAck,
+    /// Footprint: binary size, time to READY (empty and full spool), idle RSS.
+    Footprint,
+    /// Many accounts: `rc-audit-hec run` with `--accounts` accounts against the RingCentral
+    /// simulator (RingCentral's default rate limits, one record per account): peak RSS
+    /// (VmHWM), peak threads, and how many accounts polled twice, each within its interval,
+    /// with no 429. With `--baseline`, the same for that binary, run for run.
+    Accounts,
+    /// Everything above, in that order.
+    All,
+}
+
 struct Opts {
     runs: usize,
     records: usize,
 }
 
 fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut opts = Opts {
-        runs: 3,
-        records: 1_000_000,
+    let cli = Cli::parse();
+    let what = cli.what.unwrap_or(What::All);
+    let opts = Opts {
+        runs: cli.runs.max(1),
+        records: cli.records,
     };
-    let mut what = "all".to_string();
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--runs" => opts.runs = it.next().context("--runs N")?.parse()?,
-            "--records" => opts.records = it.next().context("--records N")?.parse()?,
-            "transform" | "spool" | "drain" | "drain-ack" | "poll" | "footprint" | "gzip"
-            | "all" => what = a.clone(),
-            other => bail!(
-                "unknown argument {other:?}; see the doc comment at the top of examples/bench.rs"
-            ),
-        }
-    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     println!("| measure | median | min | max | unit |\n| --- | --- | --- | --- | --- |");
-    let all = what == "all";
-    if all || what == "transform" {
+    let all = what == What::All;
+    if all || what == What::Transform {
         transform(&opts)?;
     }
-    if all || what == "spool" {
+    if all || what == What::Spool {
         spool(&opts)?;
     }
-    if all || what == "gzip" {
+    if all || what == What::Gzip {
         gzip_levels(&opts)?;
     }
-    if all || what == "poll" {
+    if all || what == What::Poll {
         rt.block_on(poll(&opts))?;
     }
-    if all || what == "drain" || what == "footprint" {
+    if all || what == What::Drain || what == What::Footprint {
         rt.block_on(drain_and_footprint(
             &opts,
-            all || what == "drain",
-            all || what == "footprint",
+            all || what == What::Drain,
+            all || what == What::Footprint,
         ))?;
     }
-    if all || what == "drain-ack" {
+    if all || what == What::DrainAck {
         rt.block_on(drain_ack(&opts))?;
+    }
+    if all || what == What::Accounts {
+        rt.block_on(accounts(&opts, &cli))?;
     }
     Ok(())
 }
@@ -709,5 +761,245 @@ async fn drain_ack(opts: &Opts) -> anyhow::Result<()> {
         acked,
     );
     row("ack / plain drain", "ratio", ratio);
+    Ok(())
+}
+
+/// What one `run` with many accounts did.
+struct AccountsRun {
+    /// Peak RSS (VmHWM), MB.
+    rss_mb: f64,
+    /// Peak of `Threads:` sampled every 100 ms.
+    threads: u64,
+    /// Accounts that polled at least twice, the first within one interval of the start and each
+    /// next within 1.25 intervals of the one before, and never got a 429.
+    on_time: usize,
+    /// Accounts that polled at least twice at all.
+    polled_twice: usize,
+    /// 429 answers (searches over an account's own rate budget).
+    limited: usize,
+    /// Events HEC received (one record per account).
+    delivered: usize,
+    /// CPU time of the forwarder, s.
+    cpu_s: f64,
+    /// The latest first search of any account, s after the start.
+    first_max_s: f64,
+    /// The longest time between two searches of one account, s.
+    gap_max_s: f64,
+}
+
+/// The config of `n` accounts on one simulator: inline secrets, as a config file holds them
+/// (`*_file` works the same, one file per secret), and an explicit `account_id`, so the
+/// simulator refuses a search whose token belongs to another account.
+fn accounts_toml(
+    rc_url: &str,
+    hec_url: &str,
+    accounts: &[SimAccount],
+    interval: u64,
+    dir: &Path,
+) -> String {
+    let mut t = String::with_capacity(accounts.len() * 700);
+    for (i, a) in accounts.iter().enumerate() {
+        t.push_str(&format!(
+            "[[accounts]]\nname = \"a{i}\"\nserver_url = \"{rc_url}\"\naccount_id = \"{}\"\nclient_id = \"{}\"\nclient_secret = \"{}\"\njwt = \"{}\"\n",
+            a.account_id, a.client_id, a.client_secret, a.jwt
+        ));
+    }
+    t.push_str(&format!(
+        "[poll]\ninterval = \"{interval}s\"\nsettle_delay = \"0s\"\ninitial_lookback = \"3h\"\n\
+         [hec]\nurl = \"{hec_url}\"\ntoken = \"{TOKEN}\"\nhost = \"bench\"\n\
+         [spool]\ndir = {:?}\n[admin]\nlisten = \"\"\n",
+        dir.join("state")
+    ));
+    t
+}
+
+/// One `run` of `bin` with `n` accounts until every account has polled twice.
+async fn accounts_run(bin: &Path, n: usize, interval: u64) -> anyhow::Result<AccountsRun> {
+    let accounts: Vec<SimAccount> = (0..n)
+        .map(|i| SimAccount::new(&format!("5{i:09}"), &format!("Account {i}")))
+        .collect();
+    // RingCentral's own default limits (10 searches and 5 tokens a minute per account).
+    let rc = RcSim::start(RcSimConfig {
+        accounts: accounts.clone(),
+        ..RcSimConfig::default()
+    })
+    .await?;
+    let now = Utc::now();
+    for (i, a) in accounts.iter().enumerate() {
+        rc.generate(
+            &a.account_id,
+            1,
+            now - TimeDelta::hours(2),
+            now - TimeDelta::hours(1),
+            i as u64,
+        );
+    }
+    let mut hec_cfg = HecSimConfig::new(TOKEN);
+    hec_cfg.fast = true;
+    let hec = HecSim::start(hec_cfg).await?;
+    let dir = bench_dir(&format!("accounts-{n}"))?;
+    let cfg = dir.join("config.toml");
+    std::fs::write(
+        &cfg,
+        accounts_toml(&rc.url(), &hec.url(), &accounts, interval, &dir),
+    )?;
+    let start = tokio::time::Instant::now();
+    let mut child = Command::new(bin)
+        .arg("--config")
+        .arg(&cfg)
+        .arg("run")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let pid = child.id();
+    let every = Duration::from_secs(interval);
+    let deadline = start + every * 3 + Duration::from_secs(120);
+    let (mut threads, mut rss_kb, mut cpu_s) = (0u64, 0u64, 0.0f64);
+    let mut checked = tokio::time::Instant::now();
+    loop {
+        if let Some(status) = child.try_wait()? {
+            anyhow::bail!("the forwarder exited with {status} (n = {n})");
+        }
+        threads = threads.max(proc_kb(pid, "Threads:").unwrap_or(0));
+        rss_kb = rss_kb.max(proc_kb(pid, "VmHWM:").unwrap_or(0));
+        cpu_s = proc_cpu(pid).unwrap_or(cpu_s);
+        if checked.elapsed() >= Duration::from_secs(1) {
+            checked = tokio::time::Instant::now();
+            let mut searches = std::collections::HashMap::<String, usize>::new();
+            for r in rc.requests() {
+                if r.status == 200 && r.path.ends_with("/search") {
+                    *searches
+                        .entry(r.account_id.unwrap_or_default())
+                        .or_default() += 1;
+                }
+            }
+            let twice = searches.values().filter(|&&c| c >= 2).count();
+            if twice == n || tokio::time::Instant::now() >= deadline {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    let _ = child.wait();
+
+    let mut by_account = std::collections::HashMap::<String, Vec<tokio::time::Instant>>::new();
+    let mut limited_accounts = std::collections::HashSet::new();
+    let mut limited = 0;
+    for r in rc.requests() {
+        let account = r.account_id.unwrap_or_default();
+        if r.status == 429 {
+            limited += 1;
+            limited_accounts.insert(account.clone());
+        }
+        if r.status == 200 && r.path.ends_with("/search") {
+            by_account.entry(account).or_default().push(r.at.into());
+        }
+    }
+    let late = every + every / 4;
+    let (mut on_time, mut polled_twice) = (0, 0);
+    let (mut first_max, mut gap_max) = (Duration::ZERO, Duration::ZERO);
+    for (account, mut at) in by_account {
+        at.sort();
+        first_max = first_max.max(at[0].duration_since(start));
+        for w in at.windows(2) {
+            gap_max = gap_max.max(w[1].duration_since(w[0]));
+        }
+        if at.len() < 2 {
+            continue;
+        }
+        polled_twice += 1;
+        let first_in_time = at[0].duration_since(start) <= every;
+        let gaps_in_time = at.windows(2).all(|w| w[1].duration_since(w[0]) <= late);
+        if first_in_time && gaps_in_time && !limited_accounts.contains(&account) {
+            on_time += 1;
+        }
+    }
+    Ok(AccountsRun {
+        rss_mb: rss_kb as f64 / 1024.0,
+        threads,
+        on_time,
+        polled_twice,
+        limited,
+        delivered: hec.accepted(),
+        cpu_s,
+        first_max_s: first_max.as_secs_f64(),
+        gap_max_s: gap_max.as_secs_f64(),
+    })
+}
+
+/// Many accounts in one process: the release binary (and `--baseline`, run for run).
+async fn accounts(opts: &Opts, cli: &Cli) -> anyhow::Result<()> {
+    let bin = match &cli.binary {
+        Some(b) => b.clone(),
+        None => binary()?,
+    };
+    let mut bins = vec![("now".to_string(), bin)];
+    if let Some(b) = &cli.baseline {
+        anyhow::ensure!(b.exists(), "--baseline {}: no such file", b.display());
+        bins.insert(0, ("baseline".to_string(), b.clone()));
+    }
+    for &n in &cli.accounts {
+        let mut results: Vec<Vec<AccountsRun>> = bins.iter().map(|_| Vec::new()).collect();
+        for run in 0..opts.runs {
+            for (k, (label, bin)) in bins.iter().enumerate() {
+                eprintln!("accounts {n}, run {}, {label}...", run + 1);
+                let r = accounts_run(bin, n, cli.interval).await?;
+                eprintln!(
+                    "  RSS {:.1} MB, {} threads, {} of {n} on time ({} polled twice; latest first poll {:.1} s, longest gap {:.1} s), {} 429s, {} delivered, CPU {:.1} s",
+                    r.rss_mb,
+                    r.threads,
+                    r.on_time,
+                    r.polled_twice,
+                    r.first_max_s,
+                    r.gap_max_s,
+                    r.limited,
+                    r.delivered,
+                    r.cpu_s
+                );
+                results[k].push(r);
+            }
+        }
+        for ((label, _), rs) in bins.iter().zip(&results) {
+            let name = |m: &str| format!("{n} accounts, {label}: {m}");
+            row(
+                &name("peak RSS (VmHWM)"),
+                "MB",
+                rs.iter().map(|r| r.rss_mb).collect(),
+            );
+            row(
+                &name("peak threads"),
+                "threads",
+                rs.iter().map(|r| r.threads as f64).collect(),
+            );
+            row(
+                &name("accounts polled twice, each within its interval, no 429"),
+                "accounts",
+                rs.iter().map(|r| r.on_time as f64).collect(),
+            );
+            row(
+                &name("429 answers"),
+                "requests",
+                rs.iter().map(|r| r.limited as f64).collect(),
+            );
+            row(
+                &name("latest first poll after start"),
+                "s",
+                rs.iter().map(|r| r.first_max_s).collect(),
+            );
+            row(
+                &name("longest time between two polls of one account"),
+                "s",
+                rs.iter().map(|r| r.gap_max_s).collect(),
+            );
+            row(
+                &name("CPU time of the forwarder"),
+                "s",
+                rs.iter().map(|r| r.cpu_s).collect(),
+            );
+        }
+    }
     Ok(())
 }

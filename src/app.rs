@@ -21,6 +21,7 @@ use crate::hec::{HecError, Sink};
 use crate::retry::RetryPolicy;
 use crate::ringcentral::client::Session;
 use crate::ringcentral::clock::LocalClock;
+use crate::ringcentral::http::RcHttp;
 use crate::ringcentral::poller::{PollError, WindowOutcome};
 use crate::ringcentral::{Poller, RcClient};
 use crate::spool::{Spool, SpoolError};
@@ -74,7 +75,9 @@ pub struct Pipeline {
     /// Health per component.
     pub health: Arc<Health>,
     options: Options,
-    rc_http: reqwest::Client,
+    /// One HTTP client per RingCentral server, shared by its accounts (see
+    /// [`crate::ringcentral::http`]); kept across reloads.
+    rc_http: RcHttp,
     /// Each account's RingCentral session (rate limiter, token, clock skew) by connection
     /// settings, so clients rebuilt by a reload continue it: a 429 penalty forgotten on SIGHUP
     /// let searches follow within 3 s of a `Retry-After: 40`, restarting the penalty.
@@ -164,7 +167,7 @@ impl Pipeline {
             );
         }
         spool.set_min_free_bytes(config.spool.min_free_bytes);
-        let rc_http = ringcentral_http(options.rc_timeout)?;
+        let rc_http = RcHttp::new(options.rc_timeout).map_err(|e| AppError::Http(e.to_string()))?;
         Ok(Pipeline {
             config,
             spool,
@@ -190,12 +193,14 @@ impl Pipeline {
     /// A RingCentral client for account `i`.
     pub fn rc_client(&self, i: usize, max_attempts: Option<u32>) -> RcClient {
         let account = &self.config.accounts[i];
+        let server = self.rc_http.server(&account.server_url);
         RcClient::new(
-            self.rc_http.clone(),
+            server.client.clone(),
             account,
             self.options.retry,
             self.stats.clone(),
         )
+        .with_server(server)
         .with_session(self.session(account))
         .with_clock(self.options.clock.clone())
         .with_max_attempts(max_attempts)
@@ -231,6 +236,12 @@ impl Pipeline {
             self.stats.clone(),
             self.health.clone(),
         )
+    }
+
+    /// How many RingCentral HTTP clients this pipeline built: one per distinct server, however
+    /// many accounts use it.
+    pub fn rc_clients_built(&self) -> usize {
+        self.rc_http.clients_built()
     }
 
     /// The knobs this pipeline was opened with.
@@ -353,14 +364,10 @@ fn connection_key(a: &AccountConfig) -> String {
     )
 }
 
-/// The HTTP client for RingCentral requests (shared by every account of a command).
+/// An HTTP client for RingCentral requests (one-off commands; the pipeline keeps one per
+/// server, see [`crate::ringcentral::http`]).
 pub fn ringcentral_http(timeout: Duration) -> Result<reqwest::Client, AppError> {
-    reqwest::Client::builder()
-        .timeout(timeout)
-        .connect_timeout(Duration::from_secs(10))
-        .user_agent(concat!("rc-audit-hec/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| AppError::Http(e.to_string()))
+    crate::ringcentral::http::build_client(timeout).map_err(|e| AppError::Http(e.to_string()))
 }
 
 #[cfg(test)]

@@ -258,10 +258,7 @@ pub async fn execute(cli: Cli) -> Result<u8, Error> {
 
 /// Entry point used by `main`: parse, run, map errors to exit codes.
 pub fn main_with(cli: Cli) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match crate::runtime::build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -29,7 +29,8 @@
 //!   progress bar, `check`, `spool`, `demo`, `config`, `actions`, `completions`/`man`,
 //!   `healthcheck`), each returning a report that prints itself and knows its exit code
 //!   ([`exit`], the one mapping); [`cli`] holds the clap types and dispatches.
-//! - [`config`], [`telemetry`] (counters, health, logging), [`retry`]: shared by every layer.
+//! - [`config`], [`telemetry`] (counters, health, logging), [`retry`]: shared by every layer;
+//!   [`runtime`] is the async runtime every command runs on, with its threads bounded.
 //! - `sim`: RingCentral and HEC simulators with fault injection, for the demo, the tests and
 //!   the benchmarks; a leaf that imports nothing of the forwarder, hidden from these docs and
 //!   never on the path `run` takes.
@@ -43,7 +44,7 @@
 //!
 //! | layer | modules | role |
 //! | --- | --- | --- |
-//! | leaves | `exit`, `notify`, `retry`, `signals`, `watchdog`, `sim` | import nothing of the crate |
+//! | leaves | `exit`, `notify`, `retry`, `runtime`, `signals`, `watchdog`, `sim` | import nothing of the crate |
 //! | shared | `config`, `telemetry` | settings; counters, health, logging |
 //! | storage | `transform`, `spool` | record to event; the durable outbox |
 //! | endpoints | `ringcentral`, `hec` | the source (pollers) and the destination (sink) |
@@ -81,6 +82,7 @@ pub mod hec;
 pub mod notify;
 pub mod retry;
 pub mod ringcentral;
+pub mod runtime;
 pub mod service;
 pub mod signals;
 #[doc(hidden)]

@@ -29,6 +29,7 @@ use tracing::{debug, warn};
 
 use super::auth::{AccessToken, JWT_GRANT, TokenResponse, explain_token_error};
 use super::clock::{LocalClock, server_date};
+use super::http::ServerHttp;
 use super::model::{ApiError, SearchPage, SearchRequest};
 use super::rate_limit::{Group, Observed, RateLimiter};
 use crate::config::{AccountConfig, Secret};
@@ -139,6 +140,9 @@ impl Session {
 /// A RingCentral client for one account.
 pub struct RcClient {
     http: reqwest::Client,
+    /// Slots for requests in flight to this account's server, shared with the other accounts
+    /// of the server (see [`super::http`]); `None`: unbounded (one-off commands).
+    slots: Option<ServerHttp>,
     /// Account name, for logs.
     name: String,
     token_url: String,
@@ -177,6 +181,7 @@ impl RcClient {
     ) -> Self {
         RcClient {
             http,
+            slots: None,
             name: account.name.clone(),
             token_url: format!("{}/restapi/oauth/token", account.server_url),
             search_url: format!(
@@ -195,6 +200,13 @@ impl RcClient {
             stats,
             health: None,
         }
+    }
+
+    /// Sends through `server`'s shared client, within its bound on requests in flight.
+    pub fn with_server(mut self, server: ServerHttp) -> Self {
+        self.http = server.client.clone();
+        self.slots = Some(server);
+        self
     }
 
     /// Gives up on transient failures after `n` attempts (for commands that must end).
@@ -357,12 +369,18 @@ impl RcClient {
                 }
                 (Body::Search(_), None) => unreachable!("searches always carry a token"),
             };
+            // The slot is held from sending until the body is read, never across a wait.
+            let slot = match &self.slots {
+                Some(server) => Some(server.slot().await),
+                None => None,
+            };
             Stats::add(&self.stats.rc_requests, 1);
             let started = std::time::Instant::now();
             let sent = request.send().await;
             self.stats.rc_request_seconds.observe(started.elapsed());
             let failure = match sent {
                 Err(e) => {
+                    drop(slot);
                     self.acct.rc_response(0);
                     format!("request failed: {}", error_chain(&e.without_url()))
                 }
@@ -386,7 +404,9 @@ impl RcClient {
                             .limiter
                             .observe(group, status, resp.headers());
                     self.observe_date(resp.headers());
-                    let bytes = match self.read_body(resp).await {
+                    let read = self.read_body(resp).await;
+                    drop(slot);
+                    let bytes = match read {
                         Ok(Some(b)) => b,
                         Ok(None) => {
                             Stats::add(&self.acct.rc_too_large, 1);

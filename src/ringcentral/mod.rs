@@ -8,6 +8,7 @@
 pub mod auth;
 pub mod client;
 pub mod clock;
+pub mod http;
 pub mod model;
 pub mod poller;
 pub mod rate_limit;

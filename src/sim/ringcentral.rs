@@ -174,6 +174,9 @@ pub struct RcFaults {
     /// Account ids whose every search answers 429 `CMN-301` and (re)starts a penalty, as long
     /// as they are listed: one account stuck in rate limiting.
     pub throttled_accounts: HashSet<String>,
+    /// Account ids whose searches are accepted and never answered (the connection stays open,
+    /// silent) while they are listed: one account's searches hang. Logged on arrival.
+    pub hanging_accounts: HashSet<String>,
     /// Account ids whose every search answers 503 `CMN-201`, as long as they are listed.
     pub unavailable_accounts: HashSet<String>,
     /// Serve at most this many records per page whatever `perPage` asks, with `paging` telling
@@ -203,7 +206,7 @@ pub struct RcRequest {
     pub path: String,
     /// The account it was for, when known (token's account, client's account or path id).
     pub account_id: Option<String>,
-    /// The HTTP status answered.
+    /// The HTTP status answered (0: never answered, see [`RcFaults::hanging_accounts`]).
     pub status: u16,
     /// The search body, when it was JSON.
     pub body: Option<Value>,
@@ -220,7 +223,14 @@ pub struct RcSim {
 impl RcSim {
     /// Starts the simulator on a free loopback port.
     pub async fn start(config: RcSimConfig) -> std::io::Result<RcSim> {
+        let by_client = config
+            .accounts
+            .iter()
+            .enumerate()
+            .map(|(i, a)| (a.client_id.clone(), i))
+            .collect();
         let shared = Arc::new(Shared {
+            by_client,
             config,
             state: Mutex::new(SimState::default()),
         });
@@ -310,6 +320,11 @@ impl RcSim {
         self.server.set_down(down).await;
     }
 
+    /// TCP connections clients opened to the simulator so far.
+    pub fn connections(&self) -> u64 {
+        self.server.connections_accepted()
+    }
+
     /// Every request received so far, in order, including those answered with errors.
     pub fn requests(&self) -> Vec<RcRequest> {
         self.shared.lock().requests.clone()
@@ -320,6 +335,8 @@ impl RcSim {
 struct Shared {
     /// Fixed configuration.
     config: RcSimConfig,
+    /// Index of `config.accounts` by client id (10,000 accounts must not mean a scan per token).
+    by_client: HashMap<String, usize>,
     /// Everything that changes.
     state: Mutex<SimState>,
 }
@@ -332,10 +349,18 @@ impl Shared {
     }
 
     fn account_by_client(&self, client_id: &str, secret: &str) -> Option<&SimAccount> {
-        self.config
-            .accounts
-            .iter()
-            .find(|a| a.client_id == client_id && a.client_secret == secret)
+        // Client ids are derived from account ids; two accounts sharing one fall back to a scan.
+        let indexed = self
+            .by_client
+            .get(client_id)
+            .map(|&i| &self.config.accounts[i])
+            .filter(|a| a.client_secret == secret);
+        indexed.or_else(|| {
+            self.config
+                .accounts
+                .iter()
+                .find(|a| a.client_id == client_id && a.client_secret == secret)
+        })
     }
 
     fn limit_of(&self, group: Group) -> (u32, Duration) {
@@ -578,6 +603,22 @@ impl Arrival {
     /// Logs the request, waits out the `slow` fault, and answers.
     async fn finish(self, shared: &Shared, outcome: Outcome) -> Response {
         let status = outcome.reply.status.as_u16();
+        let slow = self.slow;
+        let reply = self.log(shared, outcome, status);
+        if !slow.is_zero() {
+            tokio::time::sleep(slow).await;
+        }
+        let Reply {
+            status,
+            headers,
+            body,
+        } = reply;
+        (status, *headers, body).into_response()
+    }
+
+    /// Adds the request to the log as answered with `status` (0: never answered); returns the
+    /// reply to send.
+    fn log(self, shared: &Shared, outcome: Outcome, status: u16) -> Reply {
         tracing::debug!(path = %self.path, status, "RingCentral simulator answered");
         shared.lock().requests.push(RcRequest {
             at: self.at,
@@ -587,15 +628,7 @@ impl Arrival {
             status,
             body: outcome.body,
         });
-        if !self.slow.is_zero() {
-            tokio::time::sleep(self.slow).await;
-        }
-        let Reply {
-            status,
-            headers,
-            body,
-        } = outcome.reply;
-        (status, *headers, body).into_response()
+        outcome.reply
     }
 }
 
@@ -853,6 +886,15 @@ async fn search(
 ) -> Response {
     let arrival = Arrival::new(&shared, &uri);
     let outcome = search_outcome(&shared, &path_account, &method, &headers, &body);
+    let hang = outcome
+        .account_id
+        .as_ref()
+        .is_some_and(|a| shared.lock().faults.hanging_accounts.contains(a));
+    if hang {
+        // Logged as never answered (status 0), then silent until the client gives up.
+        arrival.log(&shared, outcome, 0);
+        return std::future::pending().await;
+    }
     arrival.finish(&shared, outcome).await
 }
 

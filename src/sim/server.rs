@@ -12,6 +12,8 @@ use std::future::Future;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -22,7 +24,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 /// Backlog of the listening socket; generous so bursts of test connections are not refused.
-const BACKLOG: u32 = 1024;
+const BACKLOG: u32 = 4096;
 
 /// A running `axum::serve` on `127.0.0.1` that can be stopped and restarted on the same port.
 ///
@@ -36,6 +38,8 @@ pub(crate) struct DownableServer {
     tls: Option<tokio_rustls::TlsAcceptor>,
     /// The live session, `None` while the server is down.
     session: tokio::sync::Mutex<Option<Session>>,
+    /// TCP connections accepted so far, over every session (how many a client opened).
+    accepted: Arc<AtomicU64>,
 }
 
 /// One period of listening: the serve task and the switch that kills its connections.
@@ -70,13 +74,20 @@ impl DownableServer {
     ) -> io::Result<Self> {
         let listener = bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))?;
         let addr = listener.local_addr()?;
-        let session = spawn_session(listener, router.clone(), tls.clone());
+        let accepted = Arc::new(AtomicU64::new(0));
+        let session = spawn_session(listener, router.clone(), tls.clone(), accepted.clone());
         Ok(Self {
             addr,
             router,
             tls,
             session: tokio::sync::Mutex::new(Some(session)),
+            accepted,
         })
+    }
+
+    /// TCP connections accepted since the start.
+    pub(crate) fn connections_accepted(&self) -> u64 {
+        self.accepted.load(Ordering::Relaxed)
     }
 
     /// The `http://127.0.0.1:PORT` (or `https://`) base URL, without a trailing slash.
@@ -104,6 +115,7 @@ impl DownableServer {
                         listener,
                         self.router.clone(),
                         self.tls.clone(),
+                        self.accepted.clone(),
                     ));
                     tracing::debug!(addr = %self.addr, "simulator up");
                 }
@@ -150,9 +162,14 @@ fn spawn_session(
     listener: TcpListener,
     router: Router,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    accepted: Arc<AtomicU64>,
 ) -> Session {
     let (kill, killed) = watch::channel(false);
-    let listener = KillableListener { listener, killed };
+    let listener = KillableListener {
+        listener,
+        killed,
+        accepted,
+    };
     let task = tokio::spawn(async move {
         let served = match tls {
             None => axum::serve(listener, router).await,
@@ -177,6 +194,8 @@ struct KillableListener {
     listener: TcpListener,
     /// The session's kill switch, handed to every accepted stream.
     killed: watch::Receiver<bool>,
+    /// Counts accepted connections.
+    accepted: Arc<AtomicU64>,
 }
 
 impl axum::serve::Listener for KillableListener {
@@ -187,6 +206,7 @@ impl axum::serve::Listener for KillableListener {
         loop {
             match self.listener.accept().await {
                 Ok((stream, addr)) => {
+                    self.accepted.fetch_add(1, Ordering::Relaxed);
                     let _ = stream.set_nodelay(true);
                     let mut killed = self.killed.clone();
                     let kill: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(async move {
