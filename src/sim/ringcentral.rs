@@ -34,6 +34,7 @@
 //!   account id, body.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -233,6 +234,8 @@ impl RcSim {
             by_client,
             config,
             state: Mutex::new(SimState::default()),
+            in_flight: AtomicUsize::new(0),
+            peak_in_flight: AtomicUsize::new(0),
         });
         let router = Router::new()
             .route("/restapi/oauth/token", any(token))
@@ -242,6 +245,10 @@ impl RcSim {
                 any(search),
             )
             .fallback(not_found)
+            .layer(axum::middleware::from_fn_with_state(
+                Arc::clone(&shared),
+                count_in_flight,
+            ))
             .with_state(Arc::clone(&shared));
         let server = DownableServer::start(router).await?;
         tracing::debug!(url = %server.url(), "RingCentral simulator started");
@@ -325,6 +332,11 @@ impl RcSim {
         self.server.connections_accepted()
     }
 
+    /// The most requests the simulator was handling at the same time so far.
+    pub fn peak_in_flight(&self) -> usize {
+        self.shared.peak_in_flight.load(Ordering::SeqCst)
+    }
+
     /// Every request received so far, in order, including those answered with errors.
     pub fn requests(&self) -> Vec<RcRequest> {
         self.shared.lock().requests.clone()
@@ -332,6 +344,25 @@ impl RcSim {
 }
 
 /// State shared by the handle and the handlers.
+/// Counts a request as in flight from its arrival until its response is ready (a hanging
+/// search stays counted until the client gives up).
+async fn count_in_flight(
+    State(shared): State<Arc<Shared>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    struct Leave<'a>(&'a AtomicUsize);
+    impl Drop for Leave<'_> {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+    let now = shared.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+    shared.peak_in_flight.fetch_max(now, Ordering::SeqCst);
+    let _leave = Leave(&shared.in_flight);
+    next.run(request).await
+}
+
 struct Shared {
     /// Fixed configuration.
     config: RcSimConfig,
@@ -339,6 +370,11 @@ struct Shared {
     by_client: HashMap<String, usize>,
     /// Everything that changes.
     state: Mutex<SimState>,
+    /// Requests being handled now, and the most at once so far: what a client's bound on
+    /// requests in flight is measured by (connections opened are not: a pooled connection can
+    /// come back a moment after its slot is freed, so a new one may be opened meanwhile).
+    in_flight: AtomicUsize,
+    peak_in_flight: AtomicUsize,
 }
 
 impl Shared {
