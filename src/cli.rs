@@ -432,8 +432,12 @@ async fn spool_command(
             }
         }
         SpoolCommand::DeadLetters { json } => {
-            let spool = open(settings.dir.clone()).await?;
-            let rows = spool.run(|s| s.dead_letters()).await?;
+            let dir = settings.dir.clone();
+            let rows = tokio::task::spawn_blocking(move || {
+                crate::spool::reader::Reader::open(&dir)?.dead_letters()
+            })
+            .await
+            .context("the spool task failed")??;
             if json {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {

@@ -17,7 +17,8 @@ use figment::providers::{Format, Toml};
 use serde::Serialize;
 
 use crate::config::{Config, HecConfig, LoadEnv, RawEnv, parse_byte_size};
-use crate::spool::{Spool, SpoolError, Status, now_ms};
+use crate::spool::reader::Reader;
+use crate::spool::{SpoolError, Status, now_ms};
 use crate::transform::Transformer;
 
 /// What the inspection commands take from the configuration.
@@ -154,8 +155,8 @@ fn time(ms: i64) -> String {
 pub async fn status(settings: &Settings) -> Result<StatusReport, SpoolError> {
     let dir = settings.dir.clone();
     let (path, st): (PathBuf, Status) = tokio::task::spawn_blocking(move || {
-        let spool = Spool::open_for_inspection(&dir)?;
-        Ok::<_, SpoolError>((spool.path().to_path_buf(), spool.status()?))
+        let reader = Reader::open(&dir)?;
+        Ok::<_, SpoolError>((reader.path().to_path_buf(), reader.status()?))
     })
     .await
     .map_err(|e| SpoolError::Dir {

@@ -18,20 +18,38 @@
 //! - `dead_letters(...)`: events HEC refused permanently, with the reason; never deleted by us.
 //! - `backfill_done(account, from_ms, to_ms)`: past ranges `backfill` has completed
 //!   ([`backfill`]; created on first use).
+//! - `delivered(id = 1, upto_seq)` (v4): every outbox row with `seq <= upto_seq` is settled
+//!   (delivered) and invisible to every reader, status, depth and tally, whether or not it has
+//!   been deleted yet. It only moves when no unsettled row lies below the settled range, so it
+//!   never hides a waiting event.
 //!
-//! # Durability
+//! # Durability (the policy: [`durability`], applied by every connection that writes)
 //! WAL with `synchronous=FULL`: a committed transaction survives power loss. Commits are per page
-//! of records (the poller) and per batch (the sink), never per record.
+//! of records (the poller) and per batch (the sink), never per record. A settled batch costs one
+//! small commit: it moves the `delivered` marker; the rows it hides are deleted later, in
+//! bounded chunks, by the spool's writer thread when no other work waits
+//! ([`Spool::purge_delivered`]); those deletes need no fsync of their own (the marker already
+//! hides the rows, a purge lost to a power cut is simply redone). The WAL is checkpointed at
+//! [`durability::WAL_CHECKPOINT_BYTES`].
 //!
 //! # Invariants enforced here
 //! 1. *Cursor after records*: [`Spool::enqueue_page`] stores a page of records and, when given, the
 //!    window's cursor in one transaction; a cursor never moves without its records.
-//! 2. *Delete after acceptance*: only [`Spool::settle`] removes outbox rows, and the sink calls it
-//!    only for what HEC accepted (or dead-lettered).
+//! 2. *Delete after acceptance*: only [`Spool::settle`] removes outbox rows from view (the
+//!    `delivered` marker, or a delete when the batch is not at the head), and the sink calls it
+//!    only for what HEC accepted (or dead-lettered); [`Spool::purge_delivered`] deletes only rows
+//!    the marker already hides.
+//! 4. *The marker hides only settled rows*: it moves to a settled range's end only when no
+//!    unsettled row lies below the range, and new rows always get a higher `seq` (AUTOINCREMENT).
 //! 3. *Once per record id*: an id already in `seen` is not enqueued again.
 //!
 //! The sink is the only reader and reads from the head, one batch at a time, so a batch is always
 //! a contiguous range of `seq` and can be settled by range.
+//!
+//! # One writer
+//! [`Spool::run`] queues its closures for the spool's one writer thread (`writer.rs`), which runs
+//! them in order and, between them, purges settled rows in chunks. Reads for inspection use
+//! [`reader::Reader`]: read-only, no lock, one rule for a missing file and the schema version.
 //!
 //! # Exclusive use
 //! The state directory itself (which cannot be deleted while the service runs in it) and
@@ -64,17 +82,14 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tracing::{error, info};
 
 pub mod backfill;
+pub mod durability;
 pub mod identity;
-pub mod peek;
+pub mod reader;
+mod writer;
 
 /// Schema version in `PRAGMA user_version`.
-pub const SCHEMA_VERSION: i64 = 3;
-/// SQLite page size of new spools: 64 KiB pages took enqueue from about 108k to 179k records/s
-/// and read + delete from 204k to 363k against 4 KiB (`cargo run --release --example bench --
-/// spool`): audit events are about 1 KB, and bigger pages mean fewer page writes and splits.
-const PAGE_SIZE: i64 = 65536;
-/// The WAL is checkpointed at about this size (SQLite's default is 1000 pages, 64 MiB here).
-const WAL_CHECKPOINT_BYTES: i64 = 16 << 20;
+pub const SCHEMA_VERSION: i64 = 4;
+use durability::WAL_CHECKPOINT_BYTES;
 /// Default of `spool.min_free_bytes`: free space polling leaves on the spool's filesystem.
 pub const DEFAULT_MIN_FREE_BYTES: u64 = 64 << 20;
 /// How long a record id is remembered: longer than the 180 days RingCentral keeps.
@@ -139,7 +154,26 @@ const MIGRATIONS: &[(i64, &str)] = &[
     // or the dead letters, in its own transaction (once per page or batch: per-row triggers
     // halved the enqueue rate), so they survive crashes like the rows they count.
     (3, RECOUNT_TALLIES),
+    // v4: settling a batch moves this marker (one small row, one fsync) instead of deleting
+    // ~1 MB of rows on the sink's critical path; the rows it hides are deleted later in chunks
+    // ([`Spool::purge_delivered`]). 0: nothing hidden, as in a v3 file.
+    (
+        4,
+        "CREATE TABLE IF NOT EXISTS delivered(
+             id INTEGER PRIMARY KEY CHECK (id = 1),
+             upto_seq INTEGER NOT NULL);
+         INSERT OR IGNORE INTO delivered(id, upto_seq) VALUES (1, 0);",
+    ),
 ];
+
+/// The settled marker (see `delivered` in the module docs).
+const DELIVERED_UPTO: &str = "SELECT upto_seq FROM delivered WHERE id = 1";
+
+/// `delivered.upto_seq`: every outbox row at or below it is settled.
+fn delivered_upto(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.prepare_cached(DELIVERED_UPTO)?
+        .query_row([], |r| r.get(0))
+}
 
 /// Creates (if needed) and recomputes `tallies` from the rows: the v3 migration, and salvage.
 const RECOUNT_TALLIES: &str = "CREATE TABLE IF NOT EXISTS tallies(
@@ -177,7 +211,8 @@ fn add_tallies(
 /// which `status_queries_never_scan_the_outbox` checks with `EXPLAIN QUERY PLAN`.
 const STATUS_QUERIES: [&str; 4] = [
     "SELECT coalesce(sum(n), 0) FROM tallies WHERE kind = 'outbox'",
-    "SELECT spooled_at_ms FROM outbox WHERE seq = (SELECT min(seq) FROM outbox)",
+    "SELECT spooled_at_ms FROM outbox WHERE seq > (SELECT upto_seq FROM delivered WHERE id = 1)
+     ORDER BY seq LIMIT 1",
     "SELECT coalesce(sum(n), 0) FROM tallies WHERE kind = 'dead'",
     "SELECT account, n FROM tallies WHERE kind = 'outbox' AND n > 0 ORDER BY account",
 ];
@@ -378,17 +413,7 @@ impl From<rusqlite::Error> for OpenProblem {
 fn open_checked(path: &Path, full_check: bool) -> Result<Connection, OpenProblem> {
     let mut conn = Connection::open(path)?;
     conn.busy_timeout(Duration::from_secs(10))?;
-    // Only takes effect on a new, empty file (before WAL mode is set).
-    conn.pragma_update(None, "page_size", PAGE_SIZE)?;
-    conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.pragma_update(None, "synchronous", "FULL")?;
-    let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
-    conn.pragma_update(
-        None,
-        "wal_autocheckpoint",
-        (WAL_CHECKPOINT_BYTES / page_size).max(16),
-    )?;
-    conn.pragma_update(None, "journal_size_limit", WAL_CHECKPOINT_BYTES)?;
+    durability::apply(&conn)?;
     if full_check {
         let check: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
         if check != "ok" {
@@ -430,8 +455,11 @@ pub const RESERVE_BYTES: u64 = WAL_CHECKPOINT_BYTES as u64 + (4 << 20);
 
 /// **Test-only** (used by `tests/crash.rs`; not a setting): when set to `N`, the process aborts
 /// at step `N` of spool recovery, as a SIGKILL or systemd's start timeout would stop it there.
+/// Hidden rather than behind the `fault-injection` feature: `tests/crash.rs` needs it in the
+/// real binary. Not under the `RC_AUDIT_HEC_` prefix, which the config loader reads (and
+/// refuses unknown keys in) when the command loads a config.
 #[doc(hidden)]
-pub const ABORT_RECOVERY_ENV: &str = "RC_AUDIT_HEC_TEST_ABORT_RECOVERY_AT";
+pub const ABORT_RECOVERY_ENV: &str = "TEST_RC_AUDIT_HEC_ABORT_RECOVERY_AT";
 
 /// The test-only crash point `step` of recovery (see [`ABORT_RECOVERY_ENV`]).
 fn recovery_step(step: u32) {
@@ -562,6 +590,46 @@ fn release_reserve(dir: &Path) -> bool {
     released
 }
 
+/// See [`Spool::purge_delivered`]; a free function so the writer thread can purge without
+/// holding the spool itself (a handle held there would keep the state directory locked after
+/// the owner dropped its last one).
+fn purge_delivered(
+    conn: &Mutex<Connection>,
+    reserve_dir: Option<&Path>,
+    max_rows: usize,
+) -> Result<usize, SpoolError> {
+    let conn = conn.lock().unwrap_or_else(|p| p.into_inner());
+    let once = |conn: &Connection| -> rusqlite::Result<usize> {
+        let upto = delivered_upto(conn)?;
+        let head: Option<i64> = conn
+            .prepare_cached("SELECT min(seq) FROM outbox")?
+            .query_row([], |r| r.get(0))?;
+        let Some(head) = head.filter(|h| *h <= upto) else {
+            return Ok(0);
+        };
+        let end = upto.min(head.saturating_add(max_rows.max(1) as i64 - 1));
+        durability::relaxed(conn, |c| {
+            c.prepare_cached("DELETE FROM outbox WHERE seq BETWEEN ?1 AND ?2")?
+                .execute(params![head, end])
+        })
+    };
+    match once(&conn) {
+        Err(e)
+            if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull)
+                && reserve_dir.is_some_and(release_reserve) =>
+        {
+            let n = once(&conn)?;
+            let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+            Ok(n)
+        }
+        other => Ok(other?),
+    }
+}
+
+/// Rows one purge step deletes at most: about one batch, a few milliseconds, so a job that
+/// arrives meanwhile waits little.
+const PURGE_CHUNK: usize = 1000;
+
 /// Below this much free space a start releases the reserve first: SQLite needs room for its
 /// WAL index (`-shm`) and WAL before it can delete anything.
 const START_ROOM: u64 = 1 << 20;
@@ -645,11 +713,22 @@ fn salvage(conn: &Connection, aside: &Path) -> Vec<(&'static str, Option<usize>)
             }
         }
     };
+    // Rows the old `delivered` marker hides were delivered: not copied (a v3 file, or an
+    // unreadable marker, copies everything: duplicates, never loss).
+    let upto: i64 = conn
+        .query_row("SELECT upto_seq FROM old.delivered WHERE id = 1", [], |r| {
+            r.get(0)
+        })
+        .unwrap_or(0);
+    let copy_outbox = format!(
+        "INSERT INTO main.outbox(seq, account, record_id, event, spooled_at_ms)
+         SELECT seq, account, record_id, event, spooled_at_ms FROM old.outbox WHERE seq > {upto}
+         ORDER BY seq"
+    );
     let outbox = tx(&[
         // Same seq: a sink still holding a batch (recovery in place, [`Spool::recover_in_place`])
         // settles exactly the rows it sent.
-        "INSERT INTO main.outbox(seq, account, record_id, event, spooled_at_ms)
-         SELECT seq, account, record_id, event, spooled_at_ms FROM old.outbox ORDER BY seq",
+        &copy_outbox,
         "INSERT OR REPLACE INTO main.cursors SELECT * FROM old.cursors",
         "DELETE FROM main.tallies",
         "INSERT INTO main.tallies SELECT 'outbox', account, count(*) FROM main.outbox GROUP BY account",
@@ -691,7 +770,10 @@ pub struct Spool {
 }
 
 struct Inner {
-    conn: Mutex<Connection>,
+    /// Shared with the writer thread, which purges settled rows between jobs.
+    conn: Arc<Mutex<Connection>>,
+    /// The one writer's turn and the purge ([`Spool::run`]).
+    writer: Option<writer::Writer>,
     path: PathBuf,
     /// Held for the life of the spool: the exclusive-use locks, on the state directory itself
     /// and on `spool.lock` (none for inspection beside a running service).
@@ -703,6 +785,8 @@ struct Inner {
     /// What the background integrity check found (after a clean start) and recovery has not
     /// repaired yet.
     background_check: Arc<Mutex<Option<String>>>,
+    /// Where the background check is (it waits for the drain).
+    check_gate: Arc<CheckGate>,
     /// Written when the owning process closes the spool: the next start may skip the check.
     marker: Option<PathBuf>,
     /// `(device, inode)` of the open `spool.db`, to notice it deleted or replaced.
@@ -713,6 +797,9 @@ struct Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
+        // The purge first (a chunk in progress finishes), so the connection closes with the
+        // last field, before the locks go.
+        drop(self.writer.take());
         // Only the process that owns the directory (holds the lock) says it closed cleanly, and
         // never over damage the background check found: the next start must recover it.
         let damaged = self
@@ -729,16 +816,87 @@ impl Drop for Inner {
 /// Marks a spool closed by its owner (see [`Spool::open`]).
 const CLEAN_MARKER: &str = "spool.clean";
 
-/// Runs `PRAGMA quick_check` on its own read-only connection; damage is logged loudly, kept for
-/// [`Spool::integrity_problem`] and repaired in place ([`Spool::recover_in_place`]) while the
-/// loops wait on the spool. The marker is gone already, so if the process dies first, the next
-/// start checks (and recovers) before anything else.
-fn check_in_background(spool: std::sync::Weak<Inner>, path: PathBuf) {
+/// Where the background integrity check is; it waits for the backlog to drain first, as a
+/// `quick_check` of a large spool competes with the drain for the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CheckState {
+    /// No check was scheduled (a start after a crash checks before opening).
+    NotScheduled,
+    /// Waiting for the outbox to be empty; `seen_backlog` counts the times it found events
+    /// waiting.
+    Waiting {
+        /// Times the check found events waiting and went back to sleep.
+        seen_backlog: u32,
+    },
+    /// `PRAGMA quick_check` is running.
+    Running,
+    /// Finished (whatever it found).
+    Done,
+}
+
+/// The background check's state and the condition it sleeps on; [`Spool::settle`] wakes it.
+struct CheckGate {
+    state: Mutex<CheckState>,
+    wake: std::sync::Condvar,
+}
+
+impl CheckGate {
+    fn new() -> Arc<CheckGate> {
+        Arc::new(CheckGate {
+            state: Mutex::new(CheckState::NotScheduled),
+            wake: std::sync::Condvar::new(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, CheckState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set(&self, state: CheckState) {
+        *self.lock() = state;
+        self.wake.notify_all();
+    }
+
+    /// Wakes a check waiting for the drain (after a settle).
+    fn nudge(&self) {
+        if matches!(*self.lock(), CheckState::Waiting { .. }) {
+            self.wake.notify_all();
+        }
+    }
+}
+
+/// How long the waiting check sleeps before it looks at the depth again without a settle
+/// (polling and requeues change it too).
+const CHECK_RECHECK: Duration = Duration::from_secs(5);
+
+/// Runs `PRAGMA quick_check` on its own read-only connection once the outbox is empty; damage
+/// is logged loudly, kept for [`Spool::integrity_problem`] and repaired in place
+/// ([`Spool::recover_in_place`]) while the loops wait on the spool. The marker is gone already,
+/// so if the process dies first, the next start checks (and recovers) before anything else.
+fn check_in_background(spool: std::sync::Weak<Inner>, gate: Arc<CheckGate>, path: PathBuf) {
+    gate.set(CheckState::Waiting { seen_backlog: 0 });
     let spawned = std::thread::Builder::new()
         .name("spool-check".into())
         .spawn(move || {
             let result = Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-                .and_then(|c| c.query_row("PRAGMA quick_check", [], |r| r.get::<_, String>(0)));
+                .and_then(|c| {
+                    // Wait for the drain; an unreadable count is no reason to wait (it may be
+                    // the damage the check is for).
+                    while c.query_row(STATUS_QUERIES[0], [], |r| r.get::<_, i64>(0)).unwrap_or(0) > 0 {
+                        if spool.strong_count() == 0 {
+                            return Ok("ok".to_string());
+                        }
+                        let mut state = gate.lock();
+                        if let CheckState::Waiting { seen_backlog } = &mut *state {
+                            *seen_backlog += 1;
+                        }
+                        gate.wake.notify_all();
+                        drop(gate.wake.wait_timeout(state, CHECK_RECHECK));
+                    }
+                    gate.set(CheckState::Running);
+                    c.query_row("PRAGMA quick_check", [], |r| r.get::<_, String>(0))
+                });
+            gate.set(CheckState::Done);
             let problem = match result {
                 Ok(ok) if ok == "ok" => return,
                 Ok(detail) => format!("integrity check: {detail}"),
@@ -900,22 +1058,29 @@ impl Spool {
         };
         // A salvage made a new spool.db: it gets the same protection.
         protect_state(dir).map_err(dir_err)?;
+        let conn = Arc::new(Mutex::new(conn));
         let spool = Spool {
             inner: Arc::new(Inner {
-                conn: Mutex::new(conn),
+                writer: Some(writer::Writer::new(&conn, Some(dir.to_path_buf()))),
+                conn,
                 file_id: Mutex::new(file_id(&path)),
                 path: path.clone(),
                 _lock: Some((dir_lock, lock)),
                 new_data: tokio::sync::Notify::new(),
                 recovery: Mutex::new(recovery),
                 background_check: Arc::new(Mutex::new(None)),
+                check_gate: CheckGate::new(),
                 marker: Some(marker),
                 min_free_bytes: std::sync::atomic::AtomicU64::new(DEFAULT_MIN_FREE_BYTES),
             }),
         };
         spool.keep_reserve();
         if was_clean {
-            check_in_background(Arc::downgrade(&spool.inner), path);
+            check_in_background(
+                Arc::downgrade(&spool.inner),
+                spool.inner.check_gate.clone(),
+                path,
+            );
         }
         Ok(spool)
     }
@@ -1073,10 +1238,12 @@ impl Spool {
             && release_reserve(self.inner.path.parent().unwrap_or(Path::new(".")))
     }
 
-    /// Opens the spool in `dir` for inspection commands (`spool status`, `dead-letters`,
-    /// `requeue`). When no service holds the directory this is [`Spool::open`]; while one runs,
-    /// the database is opened beside it without the lock (SQLite's own locking keeps concurrent
-    /// writes safe), and without migrations or recovery, which are the running service's job.
+    /// Opens the spool in `dir` to write beside a running service: `spool requeue`, the one
+    /// command that writes (reading commands use [`reader::Reader`]). When no service holds the
+    /// directory this is [`Spool::open`]; while one runs, the database is opened beside it
+    /// without the lock (SQLite's own locking keeps concurrent writes safe), after the same
+    /// checks as [`reader::Reader::open`] (missing file, schema version), and without migrations
+    /// or recovery, which are the running service's job.
     pub fn open_for_inspection(dir: &Path) -> Result<Spool, SpoolError> {
         let path = dir.join("spool.db");
         // A recovery interrupted after its salvage leaves only `spool.db.salvaged`.
@@ -1087,24 +1254,22 @@ impl Spool {
             Err(SpoolError::Locked { .. }) => {}
             other => return other,
         }
+        drop(reader::Reader::open(dir)?);
         let conn = Connection::open(&path)?;
         conn.busy_timeout(Duration::from_secs(10))?;
-        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-        if version != SCHEMA_VERSION {
-            return Err(SpoolError::SchemaMismatch {
-                path,
-                found: version,
-            });
-        }
+        durability::apply(&conn)?;
+        let conn = Arc::new(Mutex::new(conn));
         Ok(Spool {
             inner: Arc::new(Inner {
-                conn: Mutex::new(conn),
+                writer: Some(writer::Writer::new(&conn, None)),
+                conn,
                 file_id: Mutex::new(None),
                 path,
                 _lock: None,
                 new_data: tokio::sync::Notify::new(),
                 recovery: Mutex::new(None),
                 background_check: Arc::new(Mutex::new(None)),
+                check_gate: CheckGate::new(),
                 marker: None,
                 min_free_bytes: std::sync::atomic::AtomicU64::new(0),
             }),
@@ -1123,15 +1288,18 @@ impl Spool {
             .query_row("PRAGMA page_size", [], |r| r.get::<_, i64>(0))? as u64)
     }
 
-    /// Fault injection for tests and drills: makes every write fail (as on a filesystem
-    /// remounted read-only) until switched off.
+    /// Fault injection for tests (feature `fault-injection`, which only the crate's own tests
+    /// enable): makes every write fail (as on a filesystem remounted read-only) until switched
+    /// off.
+    #[cfg(any(test, feature = "fault-injection"))]
     pub fn set_read_only(&self, on: bool) -> Result<(), SpoolError> {
         self.conn().pragma_update(None, "query_only", on)?;
         Ok(())
     }
 
-    /// Fault injection for tests and drills: caps the database at `pages` pages, so writes past it
-    /// fail with "database or disk is full" exactly as on a full disk.
+    /// Fault injection for tests (feature `fault-injection`): caps the database at `pages`
+    /// pages, so writes past it fail with "database or disk is full" exactly as on a full disk.
+    #[cfg(any(test, feature = "fault-injection"))]
     pub fn set_max_page_count(&self, pages: u64) -> Result<(), SpoolError> {
         self.conn()
             .pragma_update(None, "max_page_count", pages as i64)?;
@@ -1143,16 +1311,38 @@ impl Spool {
         &self.inner.path
     }
 
-    /// Runs blocking spool work off the async runtime.
+    /// Runs blocking spool work off the async runtime, one closure at a time (`spool/writer.rs`):
+    /// callers wait for their turn as tasks, not threads, however many call at once. A panic in
+    /// `f` is resumed in the caller; `f` runs even if the caller stops waiting. Called from a
+    /// closure that is itself a spool job, `f` runs inline.
     pub async fn run<R, F>(&self, f: F) -> R
     where
         F: FnOnce(&Spool) -> R + Send + 'static,
         R: Send + 'static,
     {
+        if writer::in_job() {
+            return f(self);
+        }
         let this = self.clone();
-        match tokio::task::spawn_blocking(move || f(&this)).await {
-            Ok(r) => r,
-            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        let job = tokio::spawn(async move {
+            let turn = match &this.inner.writer {
+                Some(w) => Some(w.turn().await),
+                None => None,
+            };
+            let spool = this.clone();
+            let result = tokio::task::spawn_blocking(move || writer::as_job(|| f(&spool))).await;
+            drop(turn);
+            if let Some(w) = &this.inner.writer {
+                w.purge_when_idle();
+            }
+            result
+        });
+        match job.await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) | Err(e) => match e.try_into_panic() {
+                Ok(panic) => std::panic::resume_unwind(panic),
+                Err(e) => panic!("a spool job did not run: {e} (the runtime is shutting down)"),
+            },
         }
     }
 
@@ -1264,6 +1454,8 @@ impl Spool {
         max_bytes: usize,
     ) -> Result<Vec<Spooled>, SpoolError> {
         let conn = self.conn();
+        // Rows at or below the `delivered` marker are settled, whether deleted yet or not.
+        let after_seq = after_seq.max(delivered_upto(&conn)?);
         let mut stmt = conn.prepare_cached(
             "SELECT seq, account, record_id, event FROM outbox WHERE seq > ?1 ORDER BY seq LIMIT ?2",
         )?;
@@ -1289,6 +1481,7 @@ impl Spool {
     /// The events still spooled with `first <= seq <= last` (a batch to send again).
     pub fn read_range(&self, first: i64, last: i64) -> Result<Vec<Spooled>, SpoolError> {
         let conn = self.conn();
+        let first = first.max(delivered_upto(&conn)? + 1);
         let mut stmt = conn.prepare_cached(
             "SELECT seq, account, record_id, event FROM outbox WHERE seq BETWEEN ?1 AND ?2 ORDER BY seq",
         )?;
@@ -1318,7 +1511,7 @@ impl Spool {
         accepted: Option<(i64, i64)>,
         dead: &[DeadLetter],
     ) -> Result<(), SpoolError> {
-        match self.settle_once(accepted, dead) {
+        let settled = match self.settle_once(accepted, dead) {
             Err(SpoolError::Sqlite(e))
                 if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull)
                     && self.release_reserve() =>
@@ -1329,7 +1522,9 @@ impl Spool {
                 Ok(())
             }
             other => other,
-        }
+        };
+        self.inner.check_gate.nudge();
+        settled
     }
 
     fn settle_once(
@@ -1340,21 +1535,10 @@ impl Spool {
         let now = now_ms();
         let mut conn = self.conn();
         let tx = conn.transaction()?;
+        let upto = delivered_upto(&tx)?;
         let mut removed: std::collections::HashMap<String, i64> = Default::default();
-        let mut count = |rows: &mut rusqlite::Rows<'_>| -> rusqlite::Result<()> {
-            while let Some(row) = rows.next()? {
-                *removed.entry(row.get(0)?).or_default() -= 1;
-            }
-            Ok(())
-        };
-        if let Some((first, last)) = accepted {
-            let mut del = tx.prepare_cached(
-                "DELETE FROM outbox WHERE seq BETWEEN ?1 AND ?2 RETURNING account",
-            )?;
-            count(&mut del.query(params![first, last])?)?;
-        }
         let mut dead_added = 0;
-        for d in dead {
+        for d in dead.iter().filter(|d| d.seq > upto) {
             dead_added += tx.execute(
                 "INSERT INTO dead_letters(account, record_id, event, reason, hec_code, dead_at_ms)
                  SELECT account, record_id, event, ?2, ?3, ?4 FROM outbox WHERE seq = ?1",
@@ -1362,11 +1546,75 @@ impl Spool {
             )? as i64;
             let mut del =
                 tx.prepare_cached("DELETE FROM outbox WHERE seq = ?1 RETURNING account")?;
-            count(&mut del.query([d.seq])?)?;
+            let mut rows = del.query([d.seq])?;
+            while let Some(row) = rows.next()? {
+                *removed.entry(row.get(0)?).or_default() -= 1;
+            }
+        }
+        if let Some((first, last)) = accepted {
+            // Rows at or below the marker were settled already (a late ack for a resent copy).
+            let first = first.max(upto + 1);
+            if first <= last {
+                {
+                    // By rowid range (never the account index): the rows the batch just read.
+                    let mut accounts = tx.prepare_cached(
+                        "SELECT account FROM outbox WHERE seq BETWEEN ?1 AND ?2 ORDER BY seq",
+                    )?;
+                    let mut rows = accounts.query(params![first, last])?;
+                    let mut run: Option<(String, i64)> = None;
+                    while let Some(row) = rows.next()? {
+                        let account = row.get_ref(0)?.as_str().map_err(rusqlite::Error::from)?;
+                        match &mut run {
+                            Some((a, n)) if a == account => *n += 1,
+                            _ => {
+                                if let Some((a, n)) = run.take() {
+                                    *removed.entry(a).or_default() -= n;
+                                }
+                                run = Some((account.to_string(), 1));
+                            }
+                        }
+                    }
+                    if let Some((a, n)) = run {
+                        *removed.entry(a).or_default() -= n;
+                    }
+                }
+                // The marker may only cover the range when nothing unsettled lies below it
+                // (with acks, batches can be confirmed out of order): otherwise the range's
+                // rows are deleted now, as before the marker existed.
+                let below: bool = tx
+                    .prepare_cached(
+                        "SELECT EXISTS(SELECT 1 FROM outbox WHERE seq > ?1 AND seq < ?2)",
+                    )?
+                    .query_row(params![upto, first], |r| r.get(0))?;
+                if below {
+                    tx.prepare_cached("DELETE FROM outbox WHERE seq BETWEEN ?1 AND ?2")?
+                        .execute(params![first, last])?;
+                } else {
+                    tx.prepare_cached("UPDATE delivered SET upto_seq = ?1 WHERE id = 1")?
+                        .execute([last])?;
+                }
+            }
         }
         add_tallies(&tx, &removed, dead_added)?;
         tx.commit()?;
         Ok(())
+    }
+
+    /// Deletes up to `max_rows` of the settled rows the `delivered` marker hides, oldest first,
+    /// without waiting for the disk ([`durability::relaxed`]); returns how many went. The
+    /// spool's writer thread calls it between jobs while none waits, so the bulk deletes of a
+    /// drain stay off the sink's critical path; on a full filesystem it releases the reserve
+    /// like [`Spool::settle`].
+    pub fn purge_delivered(&self, max_rows: usize) -> Result<usize, SpoolError> {
+        purge_delivered(&self.inner.conn, self.reserve_dir(), max_rows)
+    }
+
+    /// The state directory when this handle owns it (and so its delivery reserve).
+    fn reserve_dir(&self) -> Option<&Path> {
+        self.inner
+            ._lock
+            .as_ref()
+            .map(|_| self.inner.path.parent().unwrap_or(Path::new(".")))
     }
 
     /// Events waiting for delivery (a running count: O(1) in the backlog).
@@ -1385,64 +1633,18 @@ impl Spool {
 
     /// `(page_count, freelist_count, page_size)`.
     fn page_counts(&self) -> Result<(i64, i64, u64), SpoolError> {
-        let conn = self.conn();
-        let get = |p: &str| conn.query_row(&format!("PRAGMA {p}"), [], |r| r.get::<_, i64>(0));
-        Ok((
-            get("page_count")?,
-            get("freelist_count")?,
-            get("page_size")?.max(0) as u64,
-        ))
+        Ok(reader::page_counts(&self.conn())?)
     }
 
     /// Depth, size, age, dead letters and cursors; cheap whatever the backlog (see
     /// [`STATUS_QUERIES`]), as `/metrics` calls it on every scrape.
     pub fn status(&self) -> Result<Status, SpoolError> {
-        let used_bytes = self.used_bytes()?;
-        let conn = self.conn();
-        let count = |sql: &str| conn.query_row(sql, [], |r| r.get::<_, i64>(0));
-        let depth = count(STATUS_QUERIES[0])?;
-        let oldest: Option<i64> = conn
-            .query_row(STATUS_QUERIES[1], [], |r| r.get(0))
-            .optional()?;
-        let dead = count(STATUS_QUERIES[2])?;
-        let mut stmt = conn.prepare("SELECT account, cursor_ms FROM cursors ORDER BY account")?;
-        let cursors = stmt
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<Result<Vec<_>, _>>()?;
-        let mut stmt = conn.prepare(STATUS_QUERIES[3])?;
-        let depth_by_account = stmt
-            .query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Status {
-            depth: depth.max(0) as u64,
-            used_bytes,
-            oldest_spooled_ms: oldest,
-            dead_letters: dead.max(0) as u64,
-            cursors,
-            depth_by_account,
-        })
+        Ok(reader::status(&self.conn())?)
     }
 
     /// Dead letters, oldest first.
     pub fn dead_letters(&self) -> Result<Vec<DeadLetterRow>, SpoolError> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare(
-            "SELECT id, dead_at_ms, account, record_id, reason, hec_code, event FROM dead_letters ORDER BY id",
-        )?;
-        let rows = stmt
-            .query_map([], |r| {
-                Ok(DeadLetterRow {
-                    id: r.get(0)?,
-                    dead_at_ms: r.get(1)?,
-                    account: r.get(2)?,
-                    record_id: r.get(3)?,
-                    reason: r.get(4)?,
-                    hec_code: r.get(5)?,
-                    event: r.get(6)?,
-                })
-            })?
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(rows)
+        Ok(reader::dead_letters(&self.conn())?)
     }
 
     /// Moves dead letters back to the end of the outbox (all of them, or those with the given
@@ -1719,15 +1921,25 @@ mod tests {
     #[test]
     fn a_corrupted_page_is_detected_and_readable_rows_are_salvaged() {
         let dir = tempfile::tempdir().unwrap();
-        {
+        let index_page = {
             let s = Spool::open(dir.path()).unwrap();
             let recs: Vec<_> = (0..50).map(|i| rec(&format!("r{i}"))).collect();
             s.enqueue_page("acme", &recs, Some(77)).unwrap();
+            // Delivered: the background check waits for an empty backlog.
+            let batch = s.read_batch(50, usize::MAX).unwrap();
+            s.settle(Some((batch[0].seq, batch[49].seq)), &[]).unwrap();
             // Checkpoint so the data lives in the main file, then damage an index page.
             s.conn()
                 .execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
                 .unwrap();
-        }
+            s.conn()
+                .query_row(
+                    "SELECT rootpage FROM sqlite_master WHERE name = 'seen_by_seen_at'",
+                    [],
+                    |r| r.get::<_, i64>(0),
+                )
+                .unwrap() as usize
+        };
         let path = dir.path().join("spool.db");
         let mut bytes = std::fs::read(&path).unwrap();
         // The page size is in the header (bytes 16-17, big-endian; 1 means 65536).
@@ -1735,8 +1947,8 @@ mod tests {
             1 => 65536,
             n => n as usize,
         };
-        // Scribble over the last page (an index page of `seen`), keeping the header intact.
-        let last = bytes.len() - page;
+        // Scribble over an index page of `seen`, keeping the page header intact.
+        let last = (index_page - 1) * page;
         for b in &mut bytes[last + 8..last + 200] {
             *b = 0xA5;
         }
@@ -1756,20 +1968,18 @@ mod tests {
         );
         // Whatever was readable came over; what did not is in the kept file, never deleted.
         assert!(r.aside.exists());
-        assert_eq!(r.salvaged[0], ("outbox", Some(50)), "{:?}", r.salvaged);
+        // Delivered rows (hidden by the marker, maybe not yet purged) stay behind.
+        assert_eq!(r.salvaged[0], ("outbox", Some(0)), "{:?}", r.salvaged);
         assert!(s.integrity_problem().is_none());
         assert!(s.file_problem().is_none(), "{:?}", s.file_problem());
-        assert_eq!(ids(&s).len(), 50);
+        assert!(ids(&s).is_empty());
+        assert_eq!(s.depth().unwrap(), 0);
         assert_eq!(s.cursor("acme").unwrap(), Some(77));
-        // Same seqs: a batch read before the recovery settles the same rows after it.
-        let batch = s.read_batch(10, usize::MAX).unwrap();
-        s.settle(Some((batch[0].seq, batch[9].seq)), &[]).unwrap();
-        assert_eq!(s.depth().unwrap(), 40);
         s.enqueue_page("acme", &[rec("new")], Some(78)).unwrap();
         drop(s);
         let s = Spool::open(dir.path()).unwrap();
         assert!(s.recovery().is_none(), "healthy after the recovery");
-        assert_eq!(ids(&s).len(), 41);
+        assert_eq!(ids(&s), ["new"]);
         assert_eq!(s.cursor("acme").unwrap(), Some(78));
     }
 
@@ -1866,7 +2076,10 @@ mod tests {
             let conn = s.conn();
             let n = |sql: &str| conn.query_row(sql, [], |r| r.get::<_, i64>(0)).unwrap() as u64;
             let mut stmt = conn
-                .prepare("SELECT account, count(*) FROM outbox GROUP BY account ORDER BY account")
+                .prepare(
+                    "SELECT account, count(*) FROM outbox
+                     WHERE seq > (SELECT upto_seq FROM delivered) GROUP BY account ORDER BY account",
+                )
                 .unwrap();
             let by = stmt
                 .query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))
@@ -1876,14 +2089,16 @@ mod tests {
             // The head of the outbox (what the sink sends next).
             let oldest = conn
                 .query_row(
-                    "SELECT spooled_at_ms FROM outbox ORDER BY seq LIMIT 1",
+                    "SELECT spooled_at_ms FROM outbox
+                     WHERE seq > (SELECT upto_seq FROM delivered) ORDER BY seq LIMIT 1",
                     [],
                     |r| r.get(0),
                 )
                 .optional()
                 .unwrap();
             (
-                n("SELECT count(*) FROM outbox"),
+                // What waits: rows the `delivered` marker hides are settled.
+                n("SELECT count(*) FROM outbox WHERE seq > (SELECT upto_seq FROM delivered)"),
                 n("SELECT count(*) FROM dead_letters"),
                 by,
                 oldest,
@@ -2274,5 +2489,316 @@ mod tests {
         // Seen like any other: a re-poll does not dead-letter it twice.
         assert_eq!(s.enqueue_page("acme", &[bad], None).unwrap().duplicates, 1);
         assert_eq!(s.dead_letters().unwrap().len(), 1);
+    }
+
+    /// Rows physically in the outbox, hidden or not.
+    fn stored(s: &Spool) -> i64 {
+        s.conn()
+            .query_row("SELECT count(*) FROM outbox", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    fn upto(s: &Spool) -> i64 {
+        delivered_upto(&s.conn()).unwrap()
+    }
+
+    #[test]
+    fn a_settle_moves_the_marker_and_settled_rows_vanish_for_readers_before_they_are_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Spool::open(dir.path()).unwrap();
+        let recs: Vec<_> = (0..10).map(|i| rec(&format!("r{i}"))).collect();
+        s.enqueue_page("acme", &recs, None).unwrap();
+        let batch = s.read_batch(4, 1 << 20).unwrap();
+        s.settle(Some((batch[0].seq, batch[3].seq)), &[]).unwrap();
+        assert_eq!(upto(&s), batch[3].seq, "one marker update");
+        assert_eq!(stored(&s), 10, "the settle itself deletes nothing");
+        assert_eq!(ids(&s), ["r4", "r5", "r6", "r7", "r8", "r9"]);
+        assert!(s.read_range(batch[0].seq, batch[3].seq).unwrap().is_empty());
+        let st = s.status().unwrap();
+        assert_eq!(st.depth, 6);
+        assert_eq!(st.depth_by_account, vec![("acme".to_string(), 6)]);
+        // Settling the same range again (a late ack for a resent copy) changes nothing.
+        s.settle(Some((batch[0].seq, batch[3].seq)), &[]).unwrap();
+        assert_eq!(s.depth().unwrap(), 6);
+        // The purge deletes the hidden rows in chunks, and only those.
+        assert_eq!(s.purge_delivered(3).unwrap(), 3);
+        assert_eq!(s.purge_delivered(3).unwrap(), 1);
+        assert_eq!(s.purge_delivered(3).unwrap(), 0);
+        assert_eq!(stored(&s), 6);
+        assert_eq!(ids(&s), ["r4", "r5", "r6", "r7", "r8", "r9"]);
+        assert_eq!(s.depth().unwrap(), 6);
+    }
+
+    #[test]
+    fn a_batch_settled_before_an_older_one_is_deleted_and_the_marker_hides_nothing_waiting() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Spool::open(dir.path()).unwrap();
+        let recs: Vec<_> = (0..10).map(|i| rec(&format!("r{i}"))).collect();
+        s.enqueue_page("acme", &recs, None).unwrap();
+        let all = s.read_batch(10, 1 << 20).unwrap();
+        // With acks, the second batch can be confirmed first.
+        s.settle(Some((all[5].seq, all[9].seq)), &[]).unwrap();
+        assert_eq!(
+            upto(&s),
+            0,
+            "r0..r4 still wait: the marker must not pass them"
+        );
+        assert_eq!(ids(&s), ["r0", "r1", "r2", "r3", "r4"]);
+        assert_eq!(s.depth().unwrap(), 5);
+        s.settle(Some((all[0].seq, all[4].seq)), &[]).unwrap();
+        assert_eq!(upto(&s), all[4].seq);
+        assert!(ids(&s).is_empty());
+        assert_eq!(s.depth().unwrap(), 0);
+        // New records come after the marker (AUTOINCREMENT never reuses a seq).
+        s.enqueue_page("acme", &[rec("new")], None).unwrap();
+        assert_eq!(ids(&s), ["new"]);
+    }
+
+    #[test]
+    fn a_400_settles_the_head_dead_letters_one_event_and_keeps_the_rest_visible() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Spool::open(dir.path()).unwrap();
+        let recs: Vec<_> = (0..6).map(|i| rec(&format!("r{i}"))).collect();
+        s.enqueue_page("acme", &recs, None).unwrap();
+        let all = s.read_batch(6, 1 << 20).unwrap();
+        let dead = DeadLetter {
+            seq: all[2].seq,
+            reason: "bad".into(),
+            hec_code: Some(6),
+        };
+        s.settle(Some((all[0].seq, all[1].seq)), &[dead]).unwrap();
+        assert_eq!(ids(&s), ["r3", "r4", "r5"]);
+        assert_eq!(s.dead_letters().unwrap()[0].record_id, "r2");
+        let st = s.status().unwrap();
+        assert_eq!((st.depth, st.dead_letters), (3, 1));
+        // The rest settles by the marker across the dead letter's gap.
+        s.settle(Some((all[3].seq, all[5].seq)), &[]).unwrap();
+        assert_eq!(upto(&s), all[5].seq);
+        assert_eq!(s.depth().unwrap(), 0);
+        assert_eq!(s.dead_letters().unwrap().len(), 1, "the dead letter stays");
+    }
+
+    #[test]
+    fn a_crash_between_the_marker_and_the_purge_resends_nothing_and_loses_nothing() {
+        let live = tempfile::tempdir().unwrap();
+        let s = Spool::open(live.path()).unwrap();
+        let recs: Vec<_> = (0..10).map(|i| rec(&format!("r{i}"))).collect();
+        s.enqueue_page("acme", &recs, Some(7)).unwrap();
+        let batch = s.read_batch(6, 1 << 20).unwrap();
+        s.settle(Some((batch[0].seq, batch[5].seq)), &[]).unwrap();
+        assert_eq!(stored(&s), 10, "the purge has not run");
+        // The files as a SIGKILL right after the marker's commit leaves them.
+        let crashed = tempfile::tempdir().unwrap();
+        for f in ["spool.db", "spool.db-wal"] {
+            std::fs::copy(live.path().join(f), crashed.path().join(f)).unwrap();
+        }
+        let s2 = Spool::open(crashed.path()).unwrap();
+        assert_eq!(
+            ids(&s2),
+            ["r6", "r7", "r8", "r9"],
+            "nothing resent, nothing lost"
+        );
+        assert_eq!(s2.depth().unwrap(), 4);
+        assert_eq!(s2.cursor("acme").unwrap(), Some(7));
+        // The next start's purge finishes the deletes.
+        while s2.purge_delivered(4).unwrap() > 0 {}
+        assert_eq!(stored(&s2), 4);
+        assert_eq!(ids(&s2), ["r6", "r7", "r8", "r9"]);
+        assert_eq!(s2.depth().unwrap(), 4);
+    }
+
+    #[test]
+    fn recovery_does_not_bring_back_delivered_rows_the_marker_hides() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Spool::open(dir.path()).unwrap();
+        let recs: Vec<_> = (0..8).map(|i| rec(&format!("r{i}"))).collect();
+        s.enqueue_page("acme", &recs, None).unwrap();
+        let batch = s.read_batch(5, 1 << 20).unwrap();
+        s.settle(Some((batch[0].seq, batch[4].seq)), &[]).unwrap();
+        s.recover_in_place("test".into()).unwrap();
+        assert_eq!(ids(&s), ["r5", "r6", "r7"]);
+        assert_eq!(s.depth().unwrap(), 3);
+        assert_eq!(stored(&s), 3);
+    }
+
+    #[test]
+    fn a_version_3_spool_is_migrated_to_the_marker_and_keeps_its_outbox() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let conn = Connection::open(dir.path().join("spool.db")).unwrap();
+            for (_, sql) in &MIGRATIONS[..3] {
+                conn.execute_batch(sql).unwrap();
+            }
+            conn.execute_batch(
+                "INSERT INTO outbox(account, record_id, event, spooled_at_ms) VALUES
+                     ('acme', 'a', x'7b7d', 1), ('acme', 'b', x'7b7d', 2), ('beta', 'c', x'7b7d', 3);
+                 DELETE FROM outbox WHERE record_id = 'a';",
+            )
+            .unwrap();
+            conn.execute_batch(RECOUNT_TALLIES).unwrap();
+            conn.execute_batch("PRAGMA user_version = 3").unwrap();
+        }
+        let s = Spool::open(dir.path()).unwrap();
+        let v: i64 = s
+            .conn()
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, 4);
+        assert_eq!(upto(&s), 0);
+        assert_eq!(ids(&s), ["b", "c"]);
+        assert_eq!(s.depth().unwrap(), 2);
+        let batch = s.read_batch(1, 1 << 20).unwrap();
+        s.settle(Some((batch[0].seq, batch[0].seq)), &[]).unwrap();
+        assert_eq!(ids(&s), ["c"]);
+        assert_eq!(
+            s.status().unwrap().depth_by_account,
+            vec![("beta".to_string(), 1)]
+        );
+    }
+
+    /// Threads of this process named `name` (other tests run threads in the same process).
+    fn threads(name: &str) -> usize {
+        std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .filter(|comm| comm.trim_end() == name)
+            .count()
+    }
+
+    #[test]
+    fn five_hundred_concurrent_runs_use_a_handful_of_threads() {
+        // Every thread of this runtime, workers and blocking pool, carries this name.
+        const NAME: &str = "spool-500";
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name(NAME)
+            .enable_all()
+            .build()
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let s = Spool::open(dir.path()).unwrap();
+        let before = threads(NAME);
+        let most = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        rt.block_on(async {
+            let mut tasks = Vec::new();
+            for i in 0..500 {
+                let (s, most) = (s.clone(), most.clone());
+                tasks.push(tokio::spawn(async move {
+                    s.run(move |s| {
+                        // Slow enough that the calls pile up.
+                        std::thread::sleep(Duration::from_micros(200));
+                        most.fetch_max(threads(NAME), std::sync::atomic::Ordering::Relaxed);
+                        s.enqueue_page("acme", &[rec(&format!("r{i}"))], None)
+                    })
+                    .await
+                }));
+            }
+            for t in tasks {
+                assert_eq!(t.await.unwrap().unwrap().inserted, 1);
+            }
+        });
+        let most = most.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(
+            most <= before + 4,
+            "{most} threads during 500 concurrent calls, {before} before"
+        );
+        assert_eq!(s.depth().unwrap(), 500);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn run_keeps_order_survives_a_panic_and_a_nested_run_does_not_deadlock() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Spool::open(dir.path()).unwrap();
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let calls: Vec<_> = (0..50)
+            .map(|i| {
+                let order = order.clone();
+                s.run(move |_| order.lock().unwrap().push(i))
+            })
+            .collect();
+        for c in calls {
+            c.await;
+        }
+        assert_eq!(*order.lock().unwrap(), (0..50).collect::<Vec<_>>());
+        let panicked = tokio::spawn({
+            let s = s.clone();
+            async move { s.run(|_| -> () { panic!("boom in a spool job") }).await }
+        })
+        .await
+        .expect_err("the panic reaches the caller");
+        assert!(panicked.is_panic());
+        // The writer survives it, and a closure that runs `run` again (blocking on it) is served
+        // inline instead of waiting for itself.
+        let handle = tokio::runtime::Handle::current();
+        let nested = s
+            .run(move |s| {
+                let s = s.clone();
+                handle.block_on(async move { s.run(|s| s.depth()).await })
+            })
+            .await
+            .unwrap();
+        assert_eq!(nested, 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn runs_purge_settled_rows_between_jobs_and_the_directory_is_free_once_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Spool::open(dir.path()).unwrap();
+        let recs: Vec<_> = (0..2500).map(|i| rec(&format!("r{i}"))).collect();
+        s.enqueue_page("acme", &recs, None).unwrap();
+        let batch = s.run(|s| s.read_batch(2500, usize::MAX)).await.unwrap();
+        let (first, last) = (batch[0].seq, batch[2499].seq);
+        s.run(move |s| s.settle(Some((first, last)), &[]))
+            .await
+            .unwrap();
+        // The purge runs between jobs, a chunk at a time.
+        for _ in 0..10_000 {
+            if stored(&s) == 0 {
+                break;
+            }
+            s.run(|_| ()).await;
+        }
+        assert_eq!(stored(&s), 0);
+        drop(s);
+        Spool::open(dir.path()).expect("the writer thread holds no lock");
+    }
+
+    #[test]
+    fn the_background_check_waits_until_the_backlog_is_drained() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = Spool::open(dir.path()).unwrap();
+            let recs: Vec<_> = (0..3).map(|i| rec(&format!("r{i}"))).collect();
+            s.enqueue_page("acme", &recs, None).unwrap();
+        }
+        // A clean start: the check runs in the background, once nothing waits.
+        let s = Spool::open(dir.path()).unwrap();
+        let gate = s.inner.check_gate.clone();
+        let wait_for = |done: &dyn Fn(CheckState) -> bool| {
+            let mut state = gate.lock();
+            while !done(*state) {
+                let (next, timeout) = gate
+                    .wake
+                    .wait_timeout(state, Duration::from_secs(30))
+                    .unwrap();
+                assert!(!timeout.timed_out(), "stuck at {:?}", *next);
+                state = next;
+            }
+            *state
+        };
+        // It looked, found events waiting, and went back to sleep without checking.
+        let state = wait_for(&|s| !matches!(s, CheckState::Waiting { seen_backlog: 0 }));
+        assert!(
+            matches!(state, CheckState::Waiting { .. }),
+            "checked with a backlog: {state:?}"
+        );
+        let batch = s.read_batch(3, 1 << 20).unwrap();
+        s.settle(Some((batch[0].seq, batch[1].seq)), &[]).unwrap();
+        let state = wait_for(&|s| matches!(s, CheckState::Waiting { seen_backlog: n } if n >= 2));
+        assert!(matches!(state, CheckState::Waiting { .. }), "{state:?}");
+        // The last settle drains it: the check runs and finds nothing wrong.
+        s.settle(Some((batch[2].seq, batch[2].seq)), &[]).unwrap();
+        assert_eq!(wait_for(&|s| s == CheckState::Done), CheckState::Done);
+        assert!(s.integrity_problem().is_none());
     }
 }
