@@ -14,7 +14,8 @@
 //! process, so its CPU time, peak RSS and time to READY are its own, read from `/proc`.
 //! Output is Markdown rows for BENCHMARKS.md. `BENCH_BASELINE_BIN=<older release binary>`
 //! makes `drain` drain the same backlog with that binary too, alternating per run, for a
-//! before/after table from one run on one machine.
+//! before/after table from one run on one machine; `BENCH_HEC_LATENCY_MS=N` gives the HEC
+//! simulator N ms per request (a receiver slower than the forwarder).
 
 use std::hint::black_box;
 use std::io::Write;
@@ -463,6 +464,16 @@ async fn drain_and_footprint(
     .await?;
     let mut hec_cfg = HecSimConfig::new(TOKEN);
     hec_cfg.fast = true;
+    // `BENCH_HEC_LATENCY_MS=N`: the receiver takes N ms per request (a real indexer parses and
+    // writes every event; the fast simulator only counts), so the drain is bound by the
+    // receiver and the forwarder's serial work per batch shows.
+    hec_cfg.fast_latency = std::env::var("BENCH_HEC_LATENCY_MS")
+        .ok()
+        .and_then(|ms| ms.parse().ok())
+        .map(Duration::from_millis);
+    if let Some(l) = hec_cfg.fast_latency {
+        eprintln!("HEC simulator: {} ms per request", l.as_millis());
+    }
     let hec = HecSim::start(hec_cfg).await?;
     let pool = events(10_000)?;
 
