@@ -11,6 +11,8 @@
 //! release binary (`target/release/rc-audit-hec`) as a child process, so its CPU time, peak RSS,
 //! threads and time to READY are its own, read from `/proc`. Output is Markdown rows for
 //! BENCHMARKS.md.
+//! `drain` options `--baseline-bin` (drain the same backlog with an older binary too, alternating
+//! per run) and `--hec-latency-ms` (a receiver slower than the forwarder) are described in `--help`.
 
 use std::hint::black_box;
 use std::io::Write;
@@ -58,10 +60,16 @@ struct Cli {
     /// accounts: the forwarder binary to measure (default: target/release/rc-audit-hec).
     #[arg(long, global = true, value_name = "PATH")]
     binary: Option<PathBuf>,
-    /// accounts: a second forwarder binary measured side by side with the release binary,
-    /// run for run (e.g. the main branch's release build, to compare before and after).
+    /// drain, accounts: a second forwarder binary measured side by side with the release
+    /// binary, run for run (e.g. the main branch's release build, to compare before and after;
+    /// the drain hands it the same backlog).
     #[arg(long, global = true, value_name = "PATH")]
     baseline: Option<PathBuf>,
+    /// drain: the HEC simulator takes this long per request (a receiver slower than the
+    /// forwarder, as a real indexer that parses and writes every event is), so the drain is
+    /// bound by the receiver and the forwarder's serial work per batch shows.
+    #[arg(long, global = true, value_name = "MS")]
+    hec_latency_ms: Option<u64>,
     /// accounts: `poll.interval` of every account, in seconds. Each run lasts until every
     /// account has polled twice (or 3 intervals and 2 minutes have passed).
     #[arg(long, global = true, default_value_t = 60)]
@@ -97,6 +105,10 @@ enum What {
 struct Opts {
     runs: usize,
     records: usize,
+    /// `--baseline`: an older binary measured side by side (drain, accounts).
+    baseline: Option<PathBuf>,
+    /// `--hec-latency-ms`: the HEC simulator's time per request in the drain.
+    hec_latency: Option<Duration>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -105,6 +117,8 @@ fn main() -> anyhow::Result<()> {
     let opts = Opts {
         runs: cli.runs.max(1),
         records: cli.records,
+        baseline: cli.baseline.clone(),
+        hec_latency: cli.hec_latency_ms.map(Duration::from_millis),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -513,6 +527,11 @@ async fn drain_and_footprint(
     .await?;
     let mut hec_cfg = HecSimConfig::new(TOKEN);
     hec_cfg.fast = true;
+    // `--hec-latency-ms`: the receiver takes that long per request.
+    hec_cfg.fast_latency = opts.hec_latency;
+    if let Some(l) = hec_cfg.fast_latency {
+        eprintln!("HEC simulator: {} ms per request", l.as_millis());
+    }
     let hec = HecSim::start(hec_cfg).await?;
     let pool = events(10_000)?;
 
@@ -547,10 +566,17 @@ async fn drain_and_footprint(
         row("RSS idle (run, nothing to do)", "MB", idle);
     }
 
-    let mut drain_rates = Vec::new();
-    let (mut mbps, mut cpu, mut rss, mut ready_full, mut capacity) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    // Before/after in one run: `--baseline <an older release binary>` drains the same backlog
+    // with it too, alternating per run (its spool is handed over as schema 3).
+    let baseline = opts.baseline.clone();
+    let mut now = DrainSamples::default();
+    let mut before = DrainSamples::default();
+    let mut ready_full = Vec::new();
+    let mut capacity = Vec::new();
     let avg = pool.iter().map(Vec::len).sum::<usize>() as f64 / pool.len() as f64;
+    // The ideal sender's batches: the forwarder's (default `batch_max_events` 1000,
+    // `batch_max_bytes` 1 MB) over the same events in the same order, built beforehand.
+    let bodies = ideal_batches(&pool, opts.records)?;
     for run in 0..opts.runs {
         let dir = bench_dir("drain")?;
         {
@@ -584,60 +610,23 @@ async fn drain_and_footprint(
             &cfg,
             config_toml(&rc.url(), &acct, &hec.url(), &dir.join("state"), ""),
         )?;
-        let before = hec.accepted();
-        let start = Instant::now();
-        let mut child = Command::new(&bin)
-            .arg("--config")
-            .arg(&cfg)
-            .args(["once", "--max-wait", "30m"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?;
-        let pid = child.id();
-        let (mut peak, mut cpu_s) = (0u64, 0.0f64);
-        loop {
-            if let Some(status) = child.try_wait()? {
-                anyhow::ensure!(status.success(), "the drain exited with {status}");
-                break;
-            }
-            peak = peak.max(proc_kb(pid, "VmHWM:").unwrap_or(0));
-            cpu_s = proc_cpu(pid).unwrap_or(cpu_s);
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        if let Some(old) = &baseline {
+            // The same backlog for the older binary, as the schema-3 file it knows.
+            let old_dir = bench_dir("drain-baseline")?;
+            std::fs::create_dir_all(old_dir.join("state"))?;
+            std::fs::copy(dir.join("state/spool.db"), old_dir.join("state/spool.db"))?;
+            let conn = rusqlite::Connection::open(old_dir.join("state/spool.db"))?;
+            conn.execute_batch("DROP TABLE IF EXISTS delivered; PRAGMA user_version = 3;")?;
+            drop(conn);
+            let old_cfg = old_dir.join("config.toml");
+            std::fs::write(
+                &old_cfg,
+                config_toml(&rc.url(), &acct, &hec.url(), &old_dir.join("state"), ""),
+            )?;
+            before.push(drain_once(old, &old_cfg, &hec, opts.records, avg).await?);
         }
-        let secs = start.elapsed().as_secs_f64();
-        let delivered = hec.accepted() - before;
-        anyhow::ensure!(
-            delivered == opts.records,
-            "delivered {delivered} of {}",
-            opts.records
-        );
-        drain_rates.push(delivered as f64 / secs);
-        mbps.push(delivered as f64 * avg / secs / 1e6);
-        cpu.push(cpu_s);
-        rss.push(peak as f64 / 1024.0);
-
-        // The receiver alone: pre-built gzip batches of 1000, one request in flight, as the
-        // forwarder sends them.
-        let bodies: Vec<bytes::Bytes> = pool
-            .chunks(1000)
-            .map(|c| build_body(c.iter().map(Vec::as_slice), true).map(bytes::Bytes::from))
-            .collect::<Result<_, _>>()?;
-        let http = reqwest::Client::new();
-        let url = format!("{}/services/collector/event", hec.url());
-        let n_batches = (opts.records / 1000).min(300);
-        let start = Instant::now();
-        for i in 0..n_batches {
-            let resp = http
-                .post(&url)
-                .header("Authorization", format!("Splunk {TOKEN}"))
-                .header("Content-Encoding", "gzip")
-                .body(bodies[i % bodies.len()].clone())
-                .send()
-                .await?;
-            anyhow::ensure!(resp.status() == 200, "simulator refused a batch");
-            resp.bytes().await?;
-        }
-        capacity.push(n_batches as f64 * 1000.0 / start.elapsed().as_secs_f64());
+        now.push(drain_once(&bin, &cfg, &hec, opts.records, avg).await?);
+        capacity.push(ideal_sender(&hec, &bodies).await?);
     }
     if do_footprint {
         row(
@@ -648,29 +637,171 @@ async fn drain_and_footprint(
     }
     if do_drain {
         row(
-            &format!("drain {} events, gzip on", opts.records),
-            "events/s",
-            drain_rates.clone(),
-        );
-        row("drain throughput (uncompressed)", "MB/s", mbps);
-        row("drain CPU time of the forwarder", "s", cpu);
-        row("drain peak RSS of the forwarder", "MB", rss);
-        row(
-            "HEC simulator alone (pre-built batches, 1 in flight)",
+            "HEC simulator alone (the same batches, prebuilt, 1 in flight, no spool)",
             "events/s",
             capacity.clone(),
         );
-        row(
-            "drain / simulator capacity (target >= 0.8)",
-            "ratio",
-            drain_rates
-                .iter()
-                .zip(&capacity)
-                .map(|(d, c)| d / c)
-                .collect(),
+        if baseline.is_some() {
+            before.rows("before", opts.records, &capacity);
+        }
+        now.rows(
+            if baseline.is_some() { "after" } else { "" },
+            opts.records,
+            &capacity,
         );
     }
     Ok(())
+}
+
+/// One binary's drain measurements, one sample per run.
+#[derive(Default)]
+struct DrainSamples {
+    rate: Vec<f64>,
+    mbps: Vec<f64>,
+    cpu_s: Vec<f64>,
+    cpu_us_per_event: Vec<f64>,
+    rss_mb: Vec<f64>,
+}
+
+impl DrainSamples {
+    fn push(&mut self, d: DrainSample) {
+        self.rate.push(d.rate);
+        self.mbps.push(d.mbps);
+        self.cpu_s.push(d.cpu_s);
+        self.cpu_us_per_event.push(d.cpu_us_per_event);
+        self.rss_mb.push(d.rss_mb);
+    }
+
+    fn rows(&self, label: &str, records: usize, capacity: &[f64]) {
+        let l = if label.is_empty() {
+            String::new()
+        } else {
+            format!(" ({label})")
+        };
+        row(
+            &format!("drain {records} events, gzip on{l}"),
+            "events/s",
+            self.rate.clone(),
+        );
+        row(
+            &format!("drain throughput (uncompressed){l}"),
+            "MB/s",
+            self.mbps.clone(),
+        );
+        row(
+            &format!("drain CPU time of the forwarder{l}"),
+            "s",
+            self.cpu_s.clone(),
+        );
+        row(
+            &format!("drain CPU per event (target <= 5){l}"),
+            "us",
+            self.cpu_us_per_event.clone(),
+        );
+        row(
+            &format!("drain peak RSS of the forwarder{l}"),
+            "MB",
+            self.rss_mb.clone(),
+        );
+        row(
+            &format!("drain / receiver capacity (target >= 0.9){l}"),
+            "ratio",
+            self.rate.iter().zip(capacity).map(|(d, c)| d / c).collect(),
+        );
+    }
+}
+
+/// One drain by one binary.
+struct DrainSample {
+    rate: f64,
+    mbps: f64,
+    cpu_s: f64,
+    cpu_us_per_event: f64,
+    rss_mb: f64,
+}
+
+/// Drains the spool of `cfg` with `bin once` into `hec`, watching its CPU and peak RSS.
+async fn drain_once(
+    bin: &Path,
+    cfg: &Path,
+    hec: &HecSim,
+    records: usize,
+    avg_event: f64,
+) -> anyhow::Result<DrainSample> {
+    let before = hec.accepted();
+    let start = Instant::now();
+    let mut child = Command::new(bin)
+        .arg("--config")
+        .arg(cfg)
+        .args(["once", "--max-wait", "30m"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let pid = child.id();
+    let (mut peak, mut cpu_s) = (0u64, 0.0f64);
+    loop {
+        if let Some(status) = child.try_wait()? {
+            anyhow::ensure!(status.success(), "the drain exited with {status}");
+            break;
+        }
+        peak = peak.max(proc_kb(pid, "VmHWM:").unwrap_or(0));
+        cpu_s = proc_cpu(pid).unwrap_or(cpu_s);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let delivered = hec.accepted() - before;
+    anyhow::ensure!(delivered == records, "delivered {delivered} of {records}");
+    Ok(DrainSample {
+        rate: delivered as f64 / secs,
+        mbps: delivered as f64 * avg_event / secs / 1e6,
+        cpu_s,
+        cpu_us_per_event: cpu_s * 1e6 / delivered as f64,
+        rss_mb: peak as f64 / 1024.0,
+    })
+}
+
+/// The drain's batches, gzipped beforehand: the spooled events in spool order (`fill` cycles
+/// over `pool`), cut as the sink cuts them (at most 1000 events and 1 MB of events, at least
+/// one).
+fn ideal_batches(pool: &[Vec<u8>], records: usize) -> anyhow::Result<Vec<bytes::Bytes>> {
+    let mut bodies = Vec::new();
+    let mut batch: Vec<&[u8]> = Vec::new();
+    let mut bytes = 0;
+    for k in 0..records {
+        let e = pool[k % pool.len()].as_slice();
+        if batch.len() == 1000 || (!batch.is_empty() && bytes + e.len() > 1_000_000) {
+            bodies.push(bytes::Bytes::from(build_body(batch.drain(..), true)?));
+            bytes = 0;
+        }
+        bytes += e.len();
+        batch.push(e);
+    }
+    if !batch.is_empty() {
+        bodies.push(bytes::Bytes::from(build_body(batch.drain(..), true)?));
+    }
+    Ok(bodies)
+}
+
+/// The receiver's capacity: every batch of the drain sent by an ideal sender (one request in
+/// flight, bodies built beforehand, no spool); events per second.
+async fn ideal_sender(hec: &HecSim, bodies: &[bytes::Bytes]) -> anyhow::Result<f64> {
+    let http = reqwest::Client::new();
+    let url = format!("{}/services/collector/event", hec.url());
+    let before = hec.accepted();
+    let start = Instant::now();
+    for body in bodies {
+        let resp = http
+            .post(&url)
+            .header("Authorization", format!("Splunk {TOKEN}"))
+            .header("Content-Encoding", "gzip")
+            .body(body.clone())
+            .send()
+            .await?;
+        anyhow::ensure!(resp.status() == 200, "simulator refused a batch");
+        resp.bytes().await?;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    Ok((hec.accepted() - before) as f64 / secs)
 }
 
 /// Drains `records` spooled events with the release binary's `once` against `hec_url`; events

@@ -212,7 +212,7 @@ async fn sigkill_at_random_moments_loses_nothing_with_indexer_ack() {
 }
 
 /// Start-up recovery of a damaged spool, killed at each of its steps in turn (the real binary,
-/// stopped by the test-only hook `RC_AUDIT_HEC_TEST_ABORT_RECOVERY_AT`, as SIGKILL or systemd's
+/// stopped by the test-only hook `TEST_RC_AUDIT_HEC_ABORT_RECOVERY_AT`, as SIGKILL or systemd's
 /// start timeout would stop it), then started cleanly: every event is delivered once and the
 /// cursor is kept. (Recovery used to set the damaged file aside first and salvage afterwards:
 /// a kill in between left an empty spool, and the next start forgot the set-aside file.)
@@ -264,9 +264,16 @@ async fn a_recovery_killed_at_every_step_loses_nothing() {
     std::fs::write(&db, &bytes).unwrap();
     std::fs::remove_file(state.join("spool.clean")).unwrap();
 
+    // `spool requeue` opens the spool as its owner when no service runs (and so recovers it);
+    // `spool status` only reads (spool::reader), and recovers nothing.
     let status = |abort_at: Option<u32>| {
         let mut c = common::bin();
-        c.arg("spool").arg("--dir").arg(&state).arg("status");
+        c.arg("--config")
+            .arg(&cfg)
+            .arg("spool")
+            .arg("--dir")
+            .arg(&state);
+        c.args(["requeue", "--all"]);
         if let Some(n) = abort_at {
             c.env(ABORT_RECOVERY_ENV, n.to_string());
         }

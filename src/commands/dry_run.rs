@@ -23,7 +23,7 @@ use crate::hec::batch::validate_event;
 use crate::ringcentral::RcClient;
 use crate::ringcentral::poller::{Pager, PollError, new_records, next_window};
 use crate::spool::SpoolError;
-use crate::spool::peek::Peek;
+use crate::spool::reader::Reader;
 use crate::telemetry::Stats;
 use crate::transform::Transformer;
 
@@ -93,7 +93,13 @@ pub async fn run(
     options: &Options,
     out: Box<dyn Write + Send>,
 ) -> Result<DryRunReport, DryRunError> {
-    let peek = Arc::new(Mutex::new(Peek::open(&config.spool.dir)?));
+    // No spool yet (first run): no cursor, nothing seen.
+    let peek = match Reader::open(&config.spool.dir) {
+        Ok(reader) => Some(reader),
+        Err(SpoolError::Missing(_)) => None,
+        Err(e) => return Err(e.into()),
+    };
+    let peek = Arc::new(Mutex::new(peek));
     let http = ringcentral_http(options.rc_timeout)?;
     let out = Arc::new(Mutex::new(out));
     let stats = Arc::new(Stats::default());
@@ -145,7 +151,7 @@ struct Job {
     client: RcClient,
     transformer: Transformer,
     config: Config,
-    peek: Arc<Mutex<Peek>>,
+    peek: Arc<Mutex<Option<Reader>>>,
     out: Arc<Mutex<Box<dyn Write + Send>>>,
     stats: Arc<Stats>,
 }
@@ -159,7 +165,10 @@ impl Job {
 
     async fn poll(&mut self) -> Result<DryRunReport, PollError> {
         let mut report = DryRunReport::default();
-        let cursor = self.lock_peek().cursor(&self.name)?;
+        let cursor = match &*self.lock_peek() {
+            Some(reader) => reader.cursor(&self.name)?,
+            None => None,
+        };
         let Some((from, to)) = next_window(cursor, Utc::now(), &self.config.poll) else {
             return Ok(report);
         };
@@ -169,9 +178,10 @@ impl Job {
             let mut buf = Vec::new();
             for r in new_records(&self.transformer, &page) {
                 if printed_ids.contains(&r.record_id)
-                    || self
-                        .lock_peek()
-                        .seen(&self.name, r.event_time_ms, &r.record_id)?
+                    || match &*self.lock_peek() {
+                        Some(reader) => reader.seen(&self.name, r.event_time_ms, &r.record_id)?,
+                        None => false,
+                    }
                 {
                     report.already_spooled += 1;
                     continue;
@@ -195,7 +205,7 @@ impl Job {
         Ok(report)
     }
 
-    fn lock_peek(&self) -> std::sync::MutexGuard<'_, Peek> {
+    fn lock_peek(&self) -> std::sync::MutexGuard<'_, Option<Reader>> {
         self.peek.lock().unwrap_or_else(|p| p.into_inner())
     }
 }

@@ -19,6 +19,7 @@ use serde::Serialize;
 use super::{Error, Report};
 use crate::config::{Config, HecConfig, LoadEnv, RawEnv, parse_byte_size};
 use crate::exit::{self, Code};
+use crate::spool::reader::Reader;
 use crate::spool::{Spool, SpoolError, Status, now_ms};
 use crate::telemetry::HealthDoc;
 use crate::transform::Transformer;
@@ -157,8 +158,8 @@ fn time(ms: i64) -> String {
 pub async fn status(settings: &Settings) -> Result<StatusReport, SpoolError> {
     let dir = settings.dir.clone();
     let (path, st): (PathBuf, Status) = tokio::task::spawn_blocking(move || {
-        let spool = Spool::open_for_inspection(&dir)?;
-        Ok::<_, SpoolError>((spool.path().to_path_buf(), spool.status()?))
+        let reader = Reader::open(&dir)?;
+        Ok::<_, SpoolError>((reader.path().to_path_buf(), reader.status()?))
     })
     .await
     .map_err(|e| SpoolError::Dir {
@@ -391,8 +392,12 @@ pub async fn command(
             json,
         },
         Action::DeadLetters { json } => {
-            let spool = open(settings.dir.clone()).await?;
-            let rows = spool.run(|s| s.dead_letters()).await?;
+            // Read-only, without the lock: works while the service runs.
+            let dir = settings.dir.clone();
+            let rows = tokio::task::spawn_blocking(move || Reader::open(&dir)?.dead_letters())
+                .await
+                .map_err(|e| Error::Other(anyhow::Error::new(e).context("the spool task failed")))?
+                .map_err(Error::Spool)?;
             SpoolReport::DeadLetters { rows, json }
         }
         Action::Requeue { all, id } => {

@@ -67,6 +67,9 @@ pub struct HecSimConfig {
     /// costs at the least, so the forwarder's throughput can be compared with it. Never use it
     /// to test behaviour: that is what the strict (default) mode is for.
     pub fast: bool,
+    /// Benchmark mode only: how long each request of events takes before its answer, as a
+    /// receiver that parses and indexes would (requests still overlap as the client sends them).
+    pub fast_latency: Option<std::time::Duration>,
     /// Serve HTTPS with this certificate (the URL then starts with `https://`).
     pub tls: Option<crate::sim::tls::SimTls>,
 }
@@ -80,6 +83,7 @@ impl HecSimConfig {
             output: None,
             ack: false,
             fast: false,
+            fast_latency: None,
             tls: None,
         }
     }
@@ -163,6 +167,7 @@ impl HecSim {
         let shared = Arc::new(Shared {
             allowed_indexes: config.allowed_indexes,
             fast: config.fast,
+            fast_latency: config.fast_latency,
             fast_token: format!("Splunk {}", config.token),
             accepted: std::sync::atomic::AtomicUsize::new(0),
             ack: std::sync::atomic::AtomicBool::new(config.ack),
@@ -240,6 +245,8 @@ struct Shared {
     allowed_indexes: Option<Vec<String>>,
     /// Fixed: benchmark mode ([`HecSimConfig::fast`]).
     fast: bool,
+    /// Fixed: [`HecSimConfig::fast_latency`].
+    fast_latency: Option<std::time::Duration>,
     /// The token, for the fast path (which takes no lock).
     fast_token: String,
     /// Events accepted so far (both modes).
@@ -459,6 +466,9 @@ async fn event(
     body: Bytes,
 ) -> Response {
     if shared.fast {
+        if let Some(latency) = shared.fast_latency {
+            tokio::time::sleep(latency).await;
+        }
         return fast_events(&shared, &headers, &body);
     }
     let mut record = Record::new(&uri, &headers, body.len());

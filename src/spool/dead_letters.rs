@@ -1,0 +1,129 @@
+//! Dead letters: events HEC refused permanently, listed and requeued.
+
+use rusqlite::params;
+
+use super::*;
+
+/// An event that HEC refused permanently.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    /// The outbox row.
+    pub seq: i64,
+    /// Why (HEC's text and code, or the local validation failure).
+    pub reason: String,
+    /// HEC code, when HEC said it.
+    pub hec_code: Option<i64>,
+}
+
+/// A stored dead letter.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DeadLetterRow {
+    /// Its id, for `spool requeue --id`.
+    pub id: i64,
+    /// When it was dead-lettered (ms since epoch).
+    pub dead_at_ms: i64,
+    /// Account name.
+    pub account: String,
+    /// Record id.
+    pub record_id: String,
+    /// Why HEC (or local validation) refused it.
+    pub reason: String,
+    /// HEC code, when HEC said it.
+    pub hec_code: Option<i64>,
+    /// The serialized HEC event, as it was spooled.
+    #[serde(serialize_with = "as_json")]
+    pub event: Vec<u8>,
+}
+
+/// Writes spooled event bytes as the JSON they are (or as a string if they are not JSON).
+pub(super) fn as_json<S: serde::Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+    use serde::Serialize;
+    match serde_json::from_slice::<&serde_json::value::RawValue>(bytes) {
+        Ok(raw) => raw.serialize(s),
+        Err(_) => String::from_utf8_lossy(bytes).serialize(s),
+    }
+}
+
+/// What [`Spool::requeue`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Requeued {
+    /// Dead letters moved back to the outbox.
+    pub moved: usize,
+    /// Requested ids that are not dead letters (then nothing moved).
+    pub missing: Vec<i64>,
+}
+
+impl Spool {
+    /// Dead letters, oldest first.
+    pub fn dead_letters(&self) -> Result<Vec<DeadLetterRow>, SpoolError> {
+        Ok(reader::dead_letters(&self.conn())?)
+    }
+
+    /// Moves dead letters back to the end of the outbox (all of them, or those with the given
+    /// ids), in one transaction, each event passed through `render(account, stored_event)` on
+    /// the way: the cause of a dead letter is usually the envelope (an index HEC refuses), so the
+    /// requeued event is rendered again with the current routes rather than resent as stored.
+    /// An id that is not a dead letter moves nothing at all (the operator mistyped, or another
+    /// requeue came first), and is reported in [`Requeued::missing`].
+    pub fn requeue(
+        &self,
+        ids: Option<&[i64]>,
+        render: &dyn Fn(&str, &[u8]) -> Vec<u8>,
+    ) -> Result<Requeued, SpoolError> {
+        let now = now_ms();
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let rows: Vec<(i64, String, String, Vec<u8>)> = {
+            let mut stmt = tx.prepare(
+                "SELECT id, account, record_id, event FROM dead_letters
+                 WHERE ?1 IS NULL OR id = ?1 ORDER BY id",
+            )?;
+            let mut read = |id: Option<i64>| {
+                stmt.query_map([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+                    .collect::<Result<Vec<_>, _>>()
+            };
+            match ids {
+                None => read(None)?,
+                Some(ids) => {
+                    // An id named twice moves once.
+                    let ids: std::collections::BTreeSet<i64> = ids.iter().copied().collect();
+                    let mut rows = Vec::with_capacity(ids.len());
+                    for id in ids {
+                        rows.extend(read(Some(id))?);
+                    }
+                    rows
+                }
+            }
+        };
+        let missing: Vec<i64> = ids
+            .unwrap_or_default()
+            .iter()
+            .copied()
+            .filter(|id| !rows.iter().any(|r| r.0 == *id))
+            .collect();
+        if !missing.is_empty() {
+            return Ok(Requeued { moved: 0, missing });
+        }
+        // What moves, per account, for the running counts.
+        let mut by_account: std::collections::HashMap<String, i64> = Default::default();
+        for (id, account, record_id, event) in &rows {
+            tx.execute(
+                "INSERT INTO outbox(account, record_id, event, spooled_at_ms) VALUES (?1, ?2, ?3, ?4)",
+                params![account, record_id, render(account, event), now],
+            )?;
+            tx.execute("DELETE FROM dead_letters WHERE id = ?1", [id])?;
+            *by_account.entry(account.clone()).or_default() += 1;
+        }
+        let moving: i64 = by_account.values().sum();
+        add_tallies(&tx, &by_account, -moving)?;
+        tx.commit()?;
+        drop(conn);
+        if !rows.is_empty() {
+            self.inner.new_data.notify_one();
+        }
+        Ok(Requeued {
+            moved: rows.len(),
+            missing,
+        })
+    }
+}

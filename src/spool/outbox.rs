@@ -1,0 +1,373 @@
+//! The outbox: enqueueing pages (with dedup and the window's cursor), reading batches,
+//! settling them (the `delivered` marker) and purging the rows the marker hides.
+
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::*;
+
+/// How long a record id is remembered: longer than the 180 days RingCentral keeps.
+pub const SEEN_RETENTION: Duration = Duration::from_secs(181 * 24 * 3600);
+
+/// One record to enqueue.
+#[derive(Debug, Clone)]
+pub struct NewRecord {
+    /// RingCentral record id (or derived id); with the event time, the dedup key within an
+    /// account.
+    pub record_id: String,
+    /// The record's `eventTime` (ms), or 0 when it has none: part of the dedup key, so it must
+    /// be a property of the record (never the poll time).
+    pub event_time_ms: i64,
+    /// The serialized HEC event.
+    pub event: Vec<u8>,
+    /// Why HEC would refuse the event, when local validation says so: it goes straight to the
+    /// dead letters (checked once, when spooled, so the drain after an outage does not parse
+    /// every event again).
+    pub invalid: Option<String>,
+}
+
+impl NewRecord {
+    /// A record to enqueue, valid.
+    pub fn new(record_id: impl Into<String>, event: Vec<u8>) -> Self {
+        NewRecord {
+            record_id: record_id.into(),
+            event_time_ms: 0,
+            event,
+            invalid: None,
+        }
+    }
+}
+
+/// What [`Spool::enqueue_page`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Enqueued {
+    /// Records new to the spool.
+    pub inserted: usize,
+    /// Records already seen (overlap or re-poll).
+    pub duplicates: usize,
+    /// New records that failed local validation and went to the dead letters.
+    pub dead_lettered: usize,
+}
+
+/// A spooled event read for delivery.
+#[derive(Debug, Clone)]
+pub struct Spooled {
+    /// Position in the outbox.
+    pub seq: i64,
+    /// Account name.
+    pub account: String,
+    /// Record id.
+    pub record_id: String,
+    /// Serialized HEC event.
+    pub event: Vec<u8>,
+}
+
+/// See [`Spool::purge_delivered`]; a free function so the background purge can run without
+/// holding the spool itself (a handle held there would keep the state directory locked after
+/// the owner dropped its last one).
+pub(super) fn purge_delivered(
+    conn: &Mutex<Connection>,
+    reserve_dir: Option<&Path>,
+    max_rows: usize,
+) -> Result<usize, SpoolError> {
+    let conn = conn.lock().unwrap_or_else(|p| p.into_inner());
+    let once = |conn: &Connection| -> rusqlite::Result<usize> {
+        let upto = delivered_upto(conn)?;
+        let head: Option<i64> = conn
+            .prepare_cached("SELECT min(seq) FROM outbox")?
+            .query_row([], |r| r.get(0))?;
+        let Some(head) = head.filter(|h| *h <= upto) else {
+            return Ok(0);
+        };
+        let end = upto.min(head.saturating_add(max_rows.max(1) as i64 - 1));
+        durability::relaxed(conn, |c| {
+            c.prepare_cached("DELETE FROM outbox WHERE seq BETWEEN ?1 AND ?2")?
+                .execute(params![head, end])
+        })
+    };
+    match once(&conn) {
+        Err(e)
+            if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull)
+                && reserve_dir.is_some_and(release_reserve) =>
+        {
+            let n = once(&conn)?;
+            let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+            Ok(n)
+        }
+        other => Ok(other?),
+    }
+}
+
+/// Rows one purge step deletes at most: about one batch, a few milliseconds, so a job that
+/// arrives meanwhile waits little.
+pub(super) const PURGE_CHUNK: usize = 1000;
+
+impl Spool {
+    /// Enqueues a page of records for `account`, skipping ids already seen, and, when `cursor_ms`
+    /// is given (the last page of a window), moves the account's cursor, all in one transaction.
+    pub fn enqueue_page(
+        &self,
+        account: &str,
+        records: &[NewRecord],
+        cursor_ms: Option<i64>,
+    ) -> Result<Enqueued, SpoolError> {
+        let now = now_ms();
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let mut done = Enqueued::default();
+        {
+            let mut seen = tx.prepare_cached(
+                "INSERT OR IGNORE INTO seen(account, event_time_ms, record_id, seen_at_ms) VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            let mut outbox = tx.prepare_cached(
+                "INSERT INTO outbox(account, record_id, event, spooled_at_ms) VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            let mut dead = tx.prepare_cached(
+                "INSERT INTO dead_letters(account, record_id, event, reason, hec_code, dead_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, NULL, ?5)",
+            )?;
+            for r in records {
+                if seen.execute(params![account, r.event_time_ms, r.record_id, now])? == 1 {
+                    match &r.invalid {
+                        None => {
+                            outbox.execute(params![account, r.record_id, r.event, now])?;
+                            done.inserted += 1;
+                        }
+                        Some(reason) => {
+                            let reason = format!("failed local validation: {reason}");
+                            dead.execute(params![account, r.record_id, r.event, reason, now])?;
+                            done.dead_lettered += 1;
+                        }
+                    }
+                } else {
+                    done.duplicates += 1;
+                }
+            }
+        }
+        let added = std::collections::HashMap::from([(account.to_string(), done.inserted as i64)]);
+        add_tallies(&tx, &added, done.dead_lettered as i64)?;
+        if let Some(cursor) = cursor_ms {
+            tx.execute(
+                "INSERT INTO cursors(account, cursor_ms, updated_at_ms) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(account) DO UPDATE SET cursor_ms = excluded.cursor_ms, updated_at_ms = excluded.updated_at_ms",
+                params![account, cursor, now],
+            )?;
+            let horizon = now - SEEN_RETENTION.as_millis() as i64;
+            tx.execute(
+                "DELETE FROM seen WHERE seen_at_ms < ?2 AND account = ?1",
+                params![account, horizon],
+            )?;
+        }
+        tx.commit()?;
+        drop(conn);
+        if done.inserted > 0 {
+            self.inner.new_data.notify_one();
+        }
+        Ok(done)
+    }
+
+    /// The account's cursor (end of its last complete window), if it has one.
+    pub fn cursor(&self, account: &str) -> Result<Option<i64>, SpoolError> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT cursor_ms FROM cursors WHERE account = ?1",
+                [account],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    /// The oldest waiting events, at most `max_events` of them and at most `max_bytes` in total
+    /// (but always at least one, so an over-size event is still attempted).
+    pub fn read_batch(
+        &self,
+        max_events: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Spooled>, SpoolError> {
+        self.read_batch_after(0, max_events, max_bytes)
+    }
+
+    /// Like [`Spool::read_batch`], but only events after `after_seq` (batches already in flight
+    /// awaiting acknowledgement come before it).
+    pub fn read_batch_after(
+        &self,
+        after_seq: i64,
+        max_events: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Spooled>, SpoolError> {
+        let conn = self.conn();
+        // Rows at or below the `delivered` marker are settled, whether deleted yet or not.
+        let after_seq = after_seq.max(delivered_upto(&conn)?);
+        let mut stmt = conn.prepare_cached(
+            "SELECT seq, account, record_id, event FROM outbox WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+        )?;
+        let mut rows = stmt.query(params![after_seq, max_events as i64])?;
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        while let Some(row) = rows.next()? {
+            let event: Vec<u8> = row.get(3)?;
+            if !out.is_empty() && bytes + event.len() > max_bytes {
+                break;
+            }
+            bytes += event.len();
+            out.push(Spooled {
+                seq: row.get(0)?,
+                account: row.get(1)?,
+                record_id: row.get(2)?,
+                event,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The events still spooled with `first <= seq <= last` (a batch to send again).
+    pub fn read_range(&self, first: i64, last: i64) -> Result<Vec<Spooled>, SpoolError> {
+        let conn = self.conn();
+        let first = first.max(delivered_upto(&conn)? + 1);
+        let mut stmt = conn.prepare_cached(
+            "SELECT seq, account, record_id, event FROM outbox WHERE seq BETWEEN ?1 AND ?2 ORDER BY seq",
+        )?;
+        let rows = stmt
+            .query_map(params![first, last], |row| {
+                Ok(Spooled {
+                    seq: row.get(0)?,
+                    account: row.get(1)?,
+                    record_id: row.get(2)?,
+                    event: row.get(3)?,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    /// Settles the outcome of a delivery in one transaction: deletes the events HEC accepted
+    /// (`accepted`, an inclusive `seq` range at the head) and moves `dead` events to the
+    /// dead-letter table with their reason.
+    ///
+    /// On a full filesystem (`SQLITE_FULL`: the deletes need WAL frames, a checkpoint may grow
+    /// the database) the reserve (`spool.reserve`) is released and the settle retried, then the
+    /// WAL checkpointed and truncated, so delivery always makes progress; [`Spool::room_to_poll`]
+    /// keeps polling paused until the reserve could be re-created.
+    pub fn settle(
+        &self,
+        accepted: Option<(i64, i64)>,
+        dead: &[DeadLetter],
+    ) -> Result<(), SpoolError> {
+        let settled = match self.settle_once(accepted, dead) {
+            Err(SpoolError::Sqlite(e))
+                if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull)
+                    && self.release_reserve() =>
+            {
+                self.settle_once(accepted, dead)?;
+                let conn = self.conn();
+                let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+                Ok(())
+            }
+            other => other,
+        };
+        self.inner.check_gate.nudge();
+        settled
+    }
+
+    pub(super) fn settle_once(
+        &self,
+        accepted: Option<(i64, i64)>,
+        dead: &[DeadLetter],
+    ) -> Result<(), SpoolError> {
+        let now = now_ms();
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let upto = delivered_upto(&tx)?;
+        let mut removed: std::collections::HashMap<String, i64> = Default::default();
+        let mut dead_added = 0;
+        for d in dead.iter().filter(|d| d.seq > upto) {
+            dead_added += tx.execute(
+                "INSERT INTO dead_letters(account, record_id, event, reason, hec_code, dead_at_ms)
+                 SELECT account, record_id, event, ?2, ?3, ?4 FROM outbox WHERE seq = ?1",
+                params![d.seq, d.reason, d.hec_code, now],
+            )? as i64;
+            let mut del =
+                tx.prepare_cached("DELETE FROM outbox WHERE seq = ?1 RETURNING account")?;
+            let mut rows = del.query([d.seq])?;
+            while let Some(row) = rows.next()? {
+                *removed.entry(row.get(0)?).or_default() -= 1;
+            }
+        }
+        if let Some((first, last)) = accepted {
+            // Rows at or below the marker were settled already (a late ack for a resent copy).
+            let first = first.max(upto + 1);
+            if first <= last {
+                {
+                    // By rowid range (never the account index): the rows the batch just read.
+                    let mut accounts = tx.prepare_cached(
+                        "SELECT account FROM outbox WHERE seq BETWEEN ?1 AND ?2 ORDER BY seq",
+                    )?;
+                    let mut rows = accounts.query(params![first, last])?;
+                    let mut run: Option<(String, i64)> = None;
+                    while let Some(row) = rows.next()? {
+                        let account = row.get_ref(0)?.as_str().map_err(rusqlite::Error::from)?;
+                        match &mut run {
+                            Some((a, n)) if a == account => *n += 1,
+                            _ => {
+                                if let Some((a, n)) = run.take() {
+                                    *removed.entry(a).or_default() -= n;
+                                }
+                                run = Some((account.to_string(), 1));
+                            }
+                        }
+                    }
+                    if let Some((a, n)) = run {
+                        *removed.entry(a).or_default() -= n;
+                    }
+                }
+                // The marker may only cover the range when nothing unsettled lies below it
+                // (with acks, batches can be confirmed out of order): otherwise the range's
+                // rows are deleted now, as before the marker existed.
+                let below: bool = tx
+                    .prepare_cached(
+                        "SELECT EXISTS(SELECT 1 FROM outbox WHERE seq > ?1 AND seq < ?2)",
+                    )?
+                    .query_row(params![upto, first], |r| r.get(0))?;
+                if below {
+                    tx.prepare_cached("DELETE FROM outbox WHERE seq BETWEEN ?1 AND ?2")?
+                        .execute(params![first, last])?;
+                } else {
+                    tx.prepare_cached("UPDATE delivered SET upto_seq = ?1 WHERE id = 1")?
+                        .execute([last])?;
+                }
+            }
+        }
+        add_tallies(&tx, &removed, dead_added)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Deletes up to `max_rows` of the settled rows the `delivered` marker hides, oldest first,
+    /// without waiting for the disk ([`durability::relaxed`]); returns how many went. The
+    /// spool's writer runs it between jobs while none waits (`writer.rs`), so the bulk deletes of a
+    /// drain stay off the sink's critical path; on a full filesystem it releases the reserve
+    /// like [`Spool::settle`].
+    pub fn purge_delivered(&self, max_rows: usize) -> Result<usize, SpoolError> {
+        purge_delivered(&self.inner.conn, self.reserve_dir(), max_rows)
+    }
+
+    /// The state directory when this handle owns it (and so its delivery reserve).
+    pub(super) fn reserve_dir(&self) -> Option<&Path> {
+        self.inner
+            ._lock
+            .as_ref()
+            .map(|_| self.inner.path.parent().unwrap_or(Path::new(".")))
+    }
+
+    /// Events waiting for delivery (a running count: O(1) in the backlog).
+    pub fn depth(&self) -> Result<u64, SpoolError> {
+        Ok(self
+            .conn()
+            .query_row(STATUS_QUERIES[0], [], |r| r.get::<_, i64>(0))?
+            .max(0) as u64)
+    }
+}

@@ -1,0 +1,1075 @@
+//! The spool's unit tests (the storage contract in `spool.rs`'s docs).
+
+use super::*;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension};
+
+fn rec(id: &str) -> NewRecord {
+    NewRecord {
+        invalid: None,
+        event_time_ms: 0,
+        record_id: id.to_string(),
+        event: format!("{{\"event\":{{\"id\":\"{id}\"}}}}").into_bytes(),
+    }
+}
+
+#[test]
+fn a_second_instance_on_the_same_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = Spool::open(dir.path()).unwrap();
+    let e = Spool::open(dir.path())
+        .err()
+        .expect("second open must fail");
+    let msg = e.to_string();
+    assert!(msg.contains("in use by another rc-audit-hec"), "{msg}");
+    assert!(
+        msg.contains(&format!("pid {}", std::process::id())),
+        "{msg}"
+    );
+    drop(first);
+    Spool::open(dir.path()).expect("lock is released with the spool");
+}
+
+#[test]
+fn records_and_cursor_commit_together_and_dedup_by_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Spool::open(dir.path()).unwrap();
+    let page1 = [rec("a"), rec("b")];
+    assert_eq!(s.enqueue_page("acme", &page1, None).unwrap().inserted, 2);
+    assert_eq!(
+        s.cursor("acme").unwrap(),
+        None,
+        "no cursor before the window ends"
+    );
+    let page2 = [rec("b"), rec("c")];
+    let e = s.enqueue_page("acme", &page2, Some(1234)).unwrap();
+    assert_eq!(
+        e,
+        Enqueued {
+            inserted: 1,
+            duplicates: 1,
+            dead_lettered: 0,
+        }
+    );
+    assert_eq!(s.cursor("acme").unwrap(), Some(1234));
+    // The same id in another account is another record.
+    assert_eq!(
+        s.enqueue_page("other", &[rec("a")], None).unwrap().inserted,
+        1
+    );
+    let ids: Vec<_> = s
+        .read_batch(100, 1 << 20)
+        .unwrap()
+        .into_iter()
+        .map(|r| r.record_id)
+        .collect();
+    assert_eq!(ids, ["a", "b", "c", "a"]);
+}
+
+#[test]
+fn a_failed_transaction_moves_neither_records_nor_cursor() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Spool::open(dir.path()).unwrap();
+    s.enqueue_page("acme", &[rec("a")], Some(1)).unwrap();
+    // Make the outbox insert fail after `seen` accepted the id.
+    s.conn()
+        .execute_batch(
+            "CREATE TRIGGER boom BEFORE INSERT ON outbox WHEN NEW.record_id = 'bad'
+             BEGIN SELECT RAISE(ABORT, 'disk full (simulated)'); END;",
+        )
+        .unwrap();
+    let err = s.enqueue_page("acme", &[rec("b"), rec("bad")], Some(2));
+    assert!(err.is_err());
+    assert_eq!(s.cursor("acme").unwrap(), Some(1), "cursor must not move");
+    assert_eq!(s.depth().unwrap(), 1, "no record of the failed page stays");
+    s.conn().execute_batch("DROP TRIGGER boom").unwrap();
+    // The ids were not remembered either: the retry enqueues them.
+    assert_eq!(
+        s.enqueue_page("acme", &[rec("b"), rec("bad")], Some(2))
+            .unwrap()
+            .inserted,
+        2
+    );
+}
+
+#[test]
+fn batches_respect_limits_and_settle_deletes_and_dead_letters() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Spool::open(dir.path()).unwrap();
+    let recs: Vec<_> = (0..10).map(|i| rec(&format!("r{i}"))).collect();
+    s.enqueue_page("acme", &recs, None).unwrap();
+    let size = recs[0].event.len();
+    assert_eq!(s.read_batch(4, 1 << 20).unwrap().len(), 4);
+    assert_eq!(s.read_batch(100, size * 3).unwrap().len(), 3);
+    assert_eq!(
+        s.read_batch(100, 1).unwrap().len(),
+        1,
+        "an over-size event goes alone"
+    );
+    let batch = s.read_batch(5, 1 << 20).unwrap();
+    s.settle(
+        Some((batch[0].seq, batch[2].seq)),
+        &[DeadLetter {
+            seq: batch[3].seq,
+            reason: "bad".into(),
+            hec_code: Some(6),
+        }],
+    )
+    .unwrap();
+    let rest: Vec<_> = s
+        .read_batch(100, 1 << 20)
+        .unwrap()
+        .into_iter()
+        .map(|r| r.record_id)
+        .collect();
+    assert_eq!(rest, ["r4", "r5", "r6", "r7", "r8", "r9"]);
+    let dl = s.dead_letters().unwrap();
+    assert_eq!(dl.len(), 1);
+    assert_eq!(
+        (dl[0].record_id.as_str(), dl[0].reason.as_str()),
+        ("r3", "bad")
+    );
+    assert_eq!(dl[0].hec_code, Some(6));
+    let st = s.status().unwrap();
+    assert_eq!((st.depth, st.dead_letters), (6, 1));
+}
+
+#[test]
+fn contents_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = Spool::open(dir.path()).unwrap();
+        s.enqueue_page("acme", &[rec("a")], Some(99)).unwrap();
+    }
+    let s = Spool::open(dir.path()).unwrap();
+    assert_eq!(s.depth().unwrap(), 1);
+    assert_eq!(s.cursor("acme").unwrap(), Some(99));
+    assert_eq!(
+        s.enqueue_page("acme", &[rec("a")], None).unwrap().inserted,
+        0
+    );
+}
+
+fn ids(s: &Spool) -> Vec<String> {
+    s.read_batch(10_000, usize::MAX)
+        .unwrap()
+        .into_iter()
+        .map(|r| r.record_id)
+        .collect()
+}
+
+#[test]
+fn a_file_that_is_not_a_database_is_set_aside_and_a_fresh_spool_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("spool.db"),
+        b"this is not sqlite at all, just garbage bytes....",
+    )
+    .unwrap();
+    let s = Spool::open(dir.path()).expect("starts anyway");
+    let r = s.recovery().expect("recovery reported");
+    assert!(r.aside.exists(), "the damaged file is kept");
+    assert!(
+        r.aside
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("spool.db.damaged-")
+    );
+    assert_eq!(
+        std::fs::read(&r.aside).unwrap(),
+        b"this is not sqlite at all, just garbage bytes...."
+    );
+    s.enqueue_page("acme", &[rec("a")], Some(1)).unwrap();
+    drop(s);
+    // The next start finds a healthy spool: no further recovery, no crash loop.
+    let s = Spool::open(dir.path()).unwrap();
+    assert!(s.recovery().is_none());
+    assert_eq!(ids(&s), ["a"]);
+}
+
+#[test]
+fn a_corrupted_page_is_detected_and_readable_rows_are_salvaged() {
+    let dir = tempfile::tempdir().unwrap();
+    let index_page = {
+        let s = Spool::open(dir.path()).unwrap();
+        let recs: Vec<_> = (0..50).map(|i| rec(&format!("r{i}"))).collect();
+        s.enqueue_page("acme", &recs, Some(77)).unwrap();
+        // Delivered: the background check waits for an empty backlog.
+        let batch = s.read_batch(50, usize::MAX).unwrap();
+        s.settle(Some((batch[0].seq, batch[49].seq)), &[]).unwrap();
+        // Checkpoint so the data lives in the main file, then damage an index page.
+        s.conn()
+            .execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
+            .unwrap();
+        s.conn()
+            .query_row(
+                "SELECT rootpage FROM sqlite_master WHERE name = 'seen_by_seen_at'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .unwrap() as usize
+    };
+    let path = dir.path().join("spool.db");
+    let mut bytes = std::fs::read(&path).unwrap();
+    // The page size is in the header (bytes 16-17, big-endian; 1 means 65536).
+    let page = match u16::from_be_bytes([bytes[16], bytes[17]]) {
+        1 => 65536,
+        n => n as usize,
+    };
+    // Scribble over an index page of `seen`, keeping the page header intact.
+    let last = (index_page - 1) * page;
+    for b in &mut bytes[last + 8..last + 200] {
+        *b = 0xA5;
+    }
+    std::fs::write(&path, &bytes).unwrap();
+    // The spool was closed cleanly, so this start checks in the background, finds the
+    // damage and recovers it in place: no restart needed.
+    let s = Spool::open(dir.path()).unwrap();
+    let recovered = (0..500).find_map(|_| {
+        std::thread::sleep(Duration::from_millis(10));
+        s.recovery()
+    });
+    let r = recovered.expect("damage found and recovered without a restart");
+    assert!(
+        r.detail.contains("integrity") || r.detail.contains("malformed"),
+        "{}",
+        r.detail
+    );
+    // Whatever was readable came over; what did not is in the kept file, never deleted.
+    assert!(r.aside.exists());
+    // Delivered rows (hidden by the marker, maybe not yet purged) stay behind.
+    assert_eq!(r.salvaged[0], ("outbox", Some(0)), "{:?}", r.salvaged);
+    assert!(s.integrity_problem().is_none());
+    assert!(s.file_problem().is_none(), "{:?}", s.file_problem());
+    assert!(ids(&s).is_empty());
+    assert_eq!(s.depth().unwrap(), 0);
+    assert_eq!(s.cursor("acme").unwrap(), Some(77));
+    s.enqueue_page("acme", &[rec("new")], Some(78)).unwrap();
+    drop(s);
+    let s = Spool::open(dir.path()).unwrap();
+    assert!(s.recovery().is_none(), "healthy after the recovery");
+    assert_eq!(ids(&s), ["new"]);
+    assert_eq!(s.cursor("acme").unwrap(), Some(78));
+}
+
+#[test]
+fn a_recovery_interrupted_after_its_salvage_is_finished_by_the_next_start() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = Spool::open(dir.path()).unwrap();
+        s.enqueue_page("acme", &[rec("a"), rec("b")], Some(5))
+            .unwrap();
+    }
+    // As a kill between steps 3 and 5 leaves it: the complete salvage beside the damaged
+    // file (here, a copy of the good one stands for the salvage).
+    std::fs::copy(dir.path().join("spool.db"), dir.path().join(SALVAGED)).unwrap();
+    std::fs::write(dir.path().join("spool.db"), b"garbage, not a database").unwrap();
+    std::fs::write(dir.path().join("spool.db-wal"), b"stale wal").unwrap();
+    // An interrupted salvage from an earlier attempt is dropped.
+    std::fs::write(dir.path().join(SALVAGE), b"half a salvage").unwrap();
+    let s = Spool::open(dir.path()).unwrap();
+    assert!(s.recovery().is_some());
+    assert_eq!(ids(&s), ["a", "b"]);
+    assert_eq!(s.cursor("acme").unwrap(), Some(5));
+    let names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        !names.iter().any(|n| n.starts_with("spool.db.salv")),
+        "{names:?}"
+    );
+    let kept = names
+        .iter()
+        .find(|n| n.starts_with("spool.db.damaged-") && !n.ends_with("-wal"))
+        .expect("damaged file kept");
+    assert_eq!(
+        std::fs::read(dir.path().join(kept)).unwrap(),
+        b"garbage, not a database"
+    );
+    assert!(
+        names
+            .iter()
+            .any(|n| n.starts_with("spool.db.damaged-") && n.ends_with("-wal"))
+    );
+}
+
+#[test]
+fn status_queries_never_scan_the_outbox() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Spool::open(dir.path()).unwrap();
+    let steps = |s: &Spool| -> Vec<i32> {
+        let conn = s.conn();
+        STATUS_QUERIES
+            .iter()
+            .map(|sql| {
+                let mut stmt = conn.prepare(sql).unwrap();
+                let mut rows = stmt.query([]).unwrap();
+                while rows.next().unwrap().is_some() {}
+                drop(rows);
+                stmt.get_status(rusqlite::StatementStatus::VmStep)
+            })
+            .collect()
+    };
+    for account in ["acme", "beta"] {
+        let recs: Vec<_> = (0..2000).map(|i| rec(&format!("{account}{i}"))).collect();
+        s.enqueue_page(account, &recs, None).unwrap();
+    }
+    for sql in STATUS_QUERIES {
+        let conn = s.conn();
+        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let plan: Vec<String> = stmt
+            .query_map([], |r| r.get(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(
+            !plan.iter().any(|p| p.starts_with("SCAN")),
+            "{sql}: {plan:?}"
+        );
+    }
+    let few = steps(&s);
+    let recs: Vec<_> = (0..20_000).map(|i| rec(&format!("more{i}"))).collect();
+    s.enqueue_page("acme", &recs, None).unwrap();
+    let many = steps(&s);
+    // The same work for 4,000 or 24,000 events (a count over the outbox takes a VM step
+    // per row).
+    assert_eq!(few, many, "status work grows with the backlog");
+    assert!(many.iter().all(|&n| n < 100), "{many:?}");
+}
+
+#[test]
+fn running_counts_stay_right_across_enqueue_settle_dead_letter_requeue_and_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let truth = |s: &Spool| -> (u64, u64, Vec<(String, u64)>, Option<i64>) {
+        let conn = s.conn();
+        let n = |sql: &str| conn.query_row(sql, [], |r| r.get::<_, i64>(0)).unwrap() as u64;
+        let mut stmt = conn
+            .prepare(
+                "SELECT account, count(*) FROM outbox
+                 WHERE seq > (SELECT upto_seq FROM delivered) GROUP BY account ORDER BY account",
+            )
+            .unwrap();
+        let by = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        // The head of the outbox (what the sink sends next).
+        let oldest = conn
+            .query_row(
+                "SELECT spooled_at_ms FROM outbox
+                 WHERE seq > (SELECT upto_seq FROM delivered) ORDER BY seq LIMIT 1",
+                [],
+                |r| r.get(0),
+            )
+            .optional()
+            .unwrap();
+        (
+            // What waits: rows the `delivered` marker hides are settled.
+            n("SELECT count(*) FROM outbox WHERE seq > (SELECT upto_seq FROM delivered)"),
+            n("SELECT count(*) FROM dead_letters"),
+            by,
+            oldest,
+        )
+    };
+    let check = |s: &Spool, what: &str| {
+        let st = s.status().unwrap();
+        let t = truth(s);
+        assert_eq!(
+            (
+                st.depth,
+                st.dead_letters,
+                st.depth_by_account,
+                st.oldest_spooled_ms
+            ),
+            t,
+            "after {what}"
+        );
+        assert_eq!(s.depth().unwrap(), t.0);
+    };
+    let s = Spool::open(dir.path()).unwrap();
+    check(&s, "open");
+    let recs: Vec<_> = (0..10).map(|i| rec(&format!("r{i}"))).collect();
+    s.enqueue_page("acme", &recs, Some(1)).unwrap();
+    s.enqueue_page("beta", &recs[..3], None).unwrap();
+    s.enqueue_page("acme", &recs, None).unwrap(); // duplicates only
+    check(&s, "enqueue");
+    let batch = s.read_batch(5, usize::MAX).unwrap();
+    s.settle(
+        Some((batch[0].seq, batch[2].seq)),
+        &[DeadLetter {
+            seq: batch[3].seq,
+            reason: "bad".into(),
+            hec_code: Some(6),
+        }],
+    )
+    .unwrap();
+    check(&s, "settle with a dead letter");
+    let invalid = NewRecord {
+        invalid: Some("empty".into()),
+        ..rec("inv")
+    };
+    s.enqueue_page("beta", &[invalid], None).unwrap();
+    check(&s, "a locally invalid record");
+    assert_eq!(s.requeue(None, &|_, e| e.to_vec()).unwrap().moved, 2);
+    check(&s, "requeue");
+    // Another process (`spool requeue` beside the service) writes through its own
+    // connection: the counts follow, as they live in the database.
+    let dl = s.read_batch(1, usize::MAX).unwrap();
+    s.settle(
+        None,
+        &[DeadLetter {
+            seq: dl[0].seq,
+            reason: "again".into(),
+            hec_code: None,
+        }],
+    )
+    .unwrap();
+    check(&s, "another dead letter");
+    let other = Spool::open_for_inspection(dir.path()).unwrap();
+    let id = other.dead_letters().unwrap()[0].id;
+    assert_eq!(
+        other
+            .requeue(Some(&[id, id]), &|_, e| e.to_vec())
+            .unwrap()
+            .moved,
+        1
+    );
+    check(&s, "a write by another connection");
+    drop(s);
+    let s = Spool::open(dir.path()).unwrap();
+    check(&s, "reopen");
+    let all = s.read_batch(1000, usize::MAX).unwrap();
+    s.settle(Some((all[0].seq, all[all.len() - 1].seq)), &[])
+        .unwrap();
+    check(&s, "draining everything");
+    assert_eq!(s.status().unwrap().depth_by_account, vec![]);
+}
+
+#[test]
+fn a_version_2_spool_gets_its_counts_from_its_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let conn = Connection::open(dir.path().join("spool.db")).unwrap();
+        conn.execute_batch(MIGRATIONS[0].1).unwrap();
+        conn.execute_batch(MIGRATIONS[1].1).unwrap();
+        conn.execute_batch(
+            "PRAGMA user_version = 2;
+             INSERT INTO outbox(account, record_id, event, spooled_at_ms) VALUES
+                 ('acme', 'a', x'7b7d', 5), ('acme', 'b', x'7b7d', 6), ('beta', 'c', x'7b7d', 7);
+             INSERT INTO dead_letters(account, record_id, event, reason, dead_at_ms)
+                 VALUES ('acme', 'd', x'7b7d', 'bad', 1);",
+        )
+        .unwrap();
+    }
+    let s = Spool::open(dir.path()).unwrap();
+    let st = s.status().unwrap();
+    assert_eq!(
+        (st.depth, st.dead_letters, st.oldest_spooled_ms),
+        (3, 1, Some(5))
+    );
+    assert_eq!(
+        st.depth_by_account,
+        vec![("acme".to_string(), 2), ("beta".to_string(), 1)]
+    );
+}
+
+#[test]
+fn deleting_spool_lock_does_not_let_a_second_instance_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = Spool::open(dir.path()).unwrap();
+    std::fs::remove_file(dir.path().join(LOCK_FILE)).unwrap();
+    let e = Spool::open(dir.path())
+        .err()
+        .expect("second open must fail");
+    let msg = e.to_string();
+    assert!(msg.contains("in use by another rc-audit-hec"), "{msg}");
+    assert!(
+        msg.contains(&format!("pid {}", std::process::id())),
+        "the holder is named from /proc/locks: {msg}"
+    );
+    drop(first);
+    Spool::open(dir.path()).expect("lock is released with the spool");
+}
+
+#[test]
+fn a_deleted_spool_file_is_noticed_and_pauses_polling() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Spool::open(dir.path()).unwrap();
+    s.set_min_free_bytes(0);
+    assert_eq!(s.room_to_poll(u64::MAX).unwrap(), None);
+    assert!(s.file_problem().is_none());
+    std::fs::remove_file(dir.path().join("spool.db")).unwrap();
+    let p = s.file_problem().expect("noticed");
+    assert!(p.contains("deleted"), "{p}");
+    let no = s.room_to_poll(u64::MAX).unwrap().expect("polling paused");
+    assert!(no.0.contains("deleted"), "{}", no.0);
+    // The open file still serves delivery.
+    s.enqueue_page("acme", &[rec("a")], None).unwrap();
+    assert_eq!(ids(&s), ["a"]);
+}
+
+#[test]
+fn the_delivery_reserve_is_real_blocks_and_polling_leaves_min_free_bytes() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let s = Spool::open(dir.path()).unwrap();
+    let reserve = dir.path().join(RESERVE);
+    let m = std::fs::metadata(&reserve).expect("reserve created at open");
+    assert_eq!(m.len(), RESERVE_BYTES);
+    assert!(
+        m.blocks() * 512 >= RESERVE_BYTES,
+        "not sparse: {} blocks",
+        m.blocks()
+    );
+    s.set_min_free_bytes(u64::MAX / 4);
+    let no = s.room_to_poll(u64::MAX).unwrap().expect("no room");
+    assert!(no.0.contains("spool.min_free_bytes"), "{}", no.0);
+    s.set_min_free_bytes(0);
+    assert_eq!(s.room_to_poll(u64::MAX).unwrap(), None);
+    assert!(s.release_reserve());
+    assert!(!reserve.exists());
+    // Re-created on the next check, as there is room again.
+    assert_eq!(s.room_to_poll(u64::MAX).unwrap(), None);
+    assert!(reserve.exists());
+}
+
+#[test]
+fn without_a_readable_outbox_no_cursor_or_seen_id_is_carried_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = dir.path().join("old.db");
+    {
+        let conn = Connection::open(&old).unwrap();
+        conn.execute_batch(MIGRATIONS[0].1).unwrap();
+        conn.execute_batch(
+            "INSERT INTO cursors VALUES ('acme', 42, 1);
+             INSERT INTO seen VALUES ('acme', 'gone', 1);
+             DROP TABLE outbox;",
+        )
+        .unwrap();
+    }
+    let s = Spool::open(&dir.path().join("new")).unwrap();
+    let salvaged = salvage(&s.conn(), &old);
+    assert_eq!(
+        &salvaged[..3],
+        &[("outbox", None), ("cursors", None), ("seen", None)]
+    );
+    // The account re-polls from scratch, so the record whose outbox row was lost comes back.
+    assert_eq!(s.cursor("acme").unwrap(), None);
+    assert_eq!(
+        s.enqueue_page("acme", &[rec("gone")], None)
+            .unwrap()
+            .inserted,
+        1
+    );
+}
+
+#[test]
+fn a_torn_wal_tail_loses_only_the_uncommitted_transaction() {
+    let live = tempfile::tempdir().unwrap();
+    let s = Spool::open(live.path()).unwrap();
+    s.enqueue_page("acme", &[rec("a"), rec("b")], Some(10))
+        .unwrap();
+    s.enqueue_page("acme", &[rec("c")], Some(20)).unwrap();
+    // Snapshot the files while the process "runs" (as a crash would leave them)...
+    let crashed = tempfile::tempdir().unwrap();
+    for f in ["spool.db", "spool.db-wal"] {
+        std::fs::copy(live.path().join(f), crashed.path().join(f)).unwrap();
+    }
+    // ...and tear the last transaction's frames: its commit never reached the disk.
+    let wal = crashed.path().join("spool.db-wal");
+    let len = std::fs::metadata(&wal).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&wal)
+        .unwrap()
+        .set_len(len - 100)
+        .unwrap();
+    let s2 = Spool::open(crashed.path()).unwrap();
+    assert!(
+        s2.recovery().is_none(),
+        "a torn tail is normal crash recovery, not damage"
+    );
+    assert_eq!(ids(&s2), ["a", "b"]);
+    assert_eq!(
+        s2.cursor("acme").unwrap(),
+        Some(10),
+        "cursor and records agree"
+    );
+}
+
+#[test]
+fn a_version_1_spool_is_migrated_with_its_contents() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let conn = Connection::open(dir.path().join("spool.db")).unwrap();
+        conn.execute_batch(MIGRATIONS[0].1).unwrap();
+        conn.execute_batch(
+            "PRAGMA user_version = 1;
+             INSERT INTO outbox(account, record_id, event, spooled_at_ms) VALUES ('acme', 'old', x'7b7d', 1);
+             INSERT INTO seen VALUES ('acme', 'old', 1);
+             INSERT INTO cursors VALUES ('acme', 42, 1);",
+        )
+        .unwrap();
+    }
+    let s = Spool::open(dir.path()).unwrap();
+    let v: i64 = s
+        .conn()
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(v, SCHEMA_VERSION);
+    assert_eq!(ids(&s), ["old"]);
+    assert_eq!(s.cursor("acme").unwrap(), Some(42));
+    assert_eq!(
+        s.status().unwrap().depth_by_account,
+        vec![("acme".to_string(), 1)]
+    );
+    // Re-polled, the record comes with the event time v1 stored for it: still a duplicate.
+    let old = NewRecord {
+        event_time_ms: 1,
+        ..rec("old")
+    };
+    assert_eq!(s.enqueue_page("acme", &[old], None).unwrap().inserted, 0);
+}
+
+#[test]
+fn a_spool_from_a_newer_version_is_refused_not_touched() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let conn = Connection::open(dir.path().join("spool.db")).unwrap();
+        conn.execute_batch("PRAGMA user_version = 99;").unwrap();
+    }
+    let e = Spool::open(dir.path()).err().unwrap();
+    assert!(
+        matches!(e, SpoolError::NewerSchema { found: 99, .. }),
+        "{e}"
+    );
+    assert!(
+        !std::fs::read_dir(dir.path()).unwrap().any(|f| f
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .contains("damaged"))
+    );
+}
+
+#[test]
+fn a_stale_lock_file_from_a_killed_process_does_not_block() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("spool.lock"), "999999\n").unwrap();
+    Spool::open(dir.path()).expect("only a held lock blocks");
+}
+
+#[test]
+fn inspection_works_beside_a_running_instance() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = Spool::open(dir.path()).unwrap();
+    running
+        .enqueue_page("acme", &[rec("a"), rec("b")], None)
+        .unwrap();
+    let batch = running.read_batch(1, usize::MAX).unwrap();
+    running
+        .settle(
+            None,
+            &[DeadLetter {
+                seq: batch[0].seq,
+                reason: "code 7".into(),
+                hec_code: Some(7),
+            }],
+        )
+        .unwrap();
+    let inspect = Spool::open_for_inspection(dir.path()).unwrap();
+    assert_eq!(inspect.status().unwrap().depth, 1);
+    let dead = inspect.dead_letters().unwrap();
+    assert_eq!(dead[0].record_id, "a");
+    let keep = |_: &str, e: &[u8]| e.to_vec();
+    assert_eq!(
+        inspect.requeue(Some(&[dead[0].id + 1]), &keep).unwrap(),
+        Requeued {
+            moved: 0,
+            missing: vec![dead[0].id + 1]
+        },
+        "an unknown id moves nothing"
+    );
+    assert_eq!(
+        inspect.requeue(Some(&[dead[0].id]), &keep).unwrap().moved,
+        1
+    );
+    assert_eq!(
+        ids(&running),
+        ["b", "a"],
+        "the running instance sees the requeued event"
+    );
+    assert!(running.dead_letters().unwrap().is_empty());
+    let missing = tempfile::tempdir().unwrap();
+    assert!(matches!(
+        Spool::open_for_inspection(missing.path()),
+        Err(SpoolError::Missing(_))
+    ));
+}
+
+#[test]
+fn a_full_disk_fails_the_page_and_leaves_cursor_and_records_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Spool::open(dir.path()).unwrap();
+    s.enqueue_page("acme", &[rec("a")], Some(5)).unwrap();
+    let pages: i64 = s
+        .conn()
+        .query_row("PRAGMA page_count", [], |r| r.get(0))
+        .unwrap();
+    s.set_max_page_count(pages as u64).unwrap();
+    let big: Vec<_> = (0..200)
+        .map(|i| NewRecord {
+            invalid: None,
+            event_time_ms: 0,
+            record_id: format!("big{i}"),
+            event: vec![b'x'; 2000],
+        })
+        .collect();
+    let e = s.enqueue_page("acme", &big, Some(6)).unwrap_err();
+    assert!(e.to_string().contains("full"), "{e}");
+    assert_eq!(s.cursor("acme").unwrap(), Some(5));
+    assert_eq!(ids(&s), ["a"]);
+    s.set_max_page_count(1 << 30).unwrap();
+    assert_eq!(
+        s.enqueue_page("acme", &big, Some(6)).unwrap().inserted,
+        200,
+        "recovers when space returns"
+    );
+}
+
+#[test]
+fn an_event_that_fails_local_validation_goes_straight_to_dead_letters() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Spool::open(dir.path()).unwrap();
+    let bad = NewRecord {
+        invalid: Some("`event` is null or empty (HEC code 13)".into()),
+        ..rec("bad")
+    };
+    let e = s
+        .enqueue_page("acme", &[rec("a"), bad.clone()], Some(7))
+        .unwrap();
+    assert_eq!((e.inserted, e.dead_lettered), (1, 1));
+    assert_eq!(ids(&s), ["a"], "never in the outbox");
+    let dead = s.dead_letters().unwrap();
+    assert_eq!(dead[0].record_id, "bad");
+    assert!(dead[0].reason.contains("code 13"), "{}", dead[0].reason);
+    // Seen like any other: a re-poll does not dead-letter it twice.
+    assert_eq!(s.enqueue_page("acme", &[bad], None).unwrap().duplicates, 1);
+    assert_eq!(s.dead_letters().unwrap().len(), 1);
+}
+
+/// Rows physically in the outbox, hidden or not.
+fn stored(s: &Spool) -> i64 {
+    s.conn()
+        .query_row("SELECT count(*) FROM outbox", [], |r| r.get(0))
+        .unwrap()
+}
+
+fn upto(s: &Spool) -> i64 {
+    delivered_upto(&s.conn()).unwrap()
+}
+
+#[test]
+fn a_settle_moves_the_marker_and_settled_rows_vanish_for_readers_before_they_are_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Spool::open(dir.path()).unwrap();
+    let recs: Vec<_> = (0..10).map(|i| rec(&format!("r{i}"))).collect();
+    s.enqueue_page("acme", &recs, None).unwrap();
+    let batch = s.read_batch(4, 1 << 20).unwrap();
+    s.settle(Some((batch[0].seq, batch[3].seq)), &[]).unwrap();
+    assert_eq!(upto(&s), batch[3].seq, "one marker update");
+    assert_eq!(stored(&s), 10, "the settle itself deletes nothing");
+    assert_eq!(ids(&s), ["r4", "r5", "r6", "r7", "r8", "r9"]);
+    assert!(s.read_range(batch[0].seq, batch[3].seq).unwrap().is_empty());
+    let st = s.status().unwrap();
+    assert_eq!(st.depth, 6);
+    assert_eq!(st.depth_by_account, vec![("acme".to_string(), 6)]);
+    // Settling the same range again (a late ack for a resent copy) changes nothing.
+    s.settle(Some((batch[0].seq, batch[3].seq)), &[]).unwrap();
+    assert_eq!(s.depth().unwrap(), 6);
+    // The purge deletes the hidden rows in chunks, and only those.
+    assert_eq!(s.purge_delivered(3).unwrap(), 3);
+    assert_eq!(s.purge_delivered(3).unwrap(), 1);
+    assert_eq!(s.purge_delivered(3).unwrap(), 0);
+    assert_eq!(stored(&s), 6);
+    assert_eq!(ids(&s), ["r4", "r5", "r6", "r7", "r8", "r9"]);
+    assert_eq!(s.depth().unwrap(), 6);
+}
+
+#[test]
+fn a_batch_settled_before_an_older_one_is_deleted_and_the_marker_hides_nothing_waiting() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Spool::open(dir.path()).unwrap();
+    let recs: Vec<_> = (0..10).map(|i| rec(&format!("r{i}"))).collect();
+    s.enqueue_page("acme", &recs, None).unwrap();
+    let all = s.read_batch(10, 1 << 20).unwrap();
+    // With acks, the second batch can be confirmed first.
+    s.settle(Some((all[5].seq, all[9].seq)), &[]).unwrap();
+    assert_eq!(
+        upto(&s),
+        0,
+        "r0..r4 still wait: the marker must not pass them"
+    );
+    assert_eq!(ids(&s), ["r0", "r1", "r2", "r3", "r4"]);
+    assert_eq!(s.depth().unwrap(), 5);
+    s.settle(Some((all[0].seq, all[4].seq)), &[]).unwrap();
+    assert_eq!(upto(&s), all[4].seq);
+    assert!(ids(&s).is_empty());
+    assert_eq!(s.depth().unwrap(), 0);
+    // New records come after the marker (AUTOINCREMENT never reuses a seq).
+    s.enqueue_page("acme", &[rec("new")], None).unwrap();
+    assert_eq!(ids(&s), ["new"]);
+}
+
+#[test]
+fn a_400_settles_the_head_dead_letters_one_event_and_keeps_the_rest_visible() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Spool::open(dir.path()).unwrap();
+    let recs: Vec<_> = (0..6).map(|i| rec(&format!("r{i}"))).collect();
+    s.enqueue_page("acme", &recs, None).unwrap();
+    let all = s.read_batch(6, 1 << 20).unwrap();
+    let dead = DeadLetter {
+        seq: all[2].seq,
+        reason: "bad".into(),
+        hec_code: Some(6),
+    };
+    s.settle(Some((all[0].seq, all[1].seq)), &[dead]).unwrap();
+    assert_eq!(ids(&s), ["r3", "r4", "r5"]);
+    assert_eq!(s.dead_letters().unwrap()[0].record_id, "r2");
+    let st = s.status().unwrap();
+    assert_eq!((st.depth, st.dead_letters), (3, 1));
+    // The rest settles by the marker across the dead letter's gap.
+    s.settle(Some((all[3].seq, all[5].seq)), &[]).unwrap();
+    assert_eq!(upto(&s), all[5].seq);
+    assert_eq!(s.depth().unwrap(), 0);
+    assert_eq!(s.dead_letters().unwrap().len(), 1, "the dead letter stays");
+}
+
+#[test]
+fn a_crash_between_the_marker_and_the_purge_resends_nothing_and_loses_nothing() {
+    let live = tempfile::tempdir().unwrap();
+    let s = Spool::open(live.path()).unwrap();
+    let recs: Vec<_> = (0..10).map(|i| rec(&format!("r{i}"))).collect();
+    s.enqueue_page("acme", &recs, Some(7)).unwrap();
+    let batch = s.read_batch(6, 1 << 20).unwrap();
+    s.settle(Some((batch[0].seq, batch[5].seq)), &[]).unwrap();
+    assert_eq!(stored(&s), 10, "the purge has not run");
+    // The files as a SIGKILL right after the marker's commit leaves them.
+    let crashed = tempfile::tempdir().unwrap();
+    for f in ["spool.db", "spool.db-wal"] {
+        std::fs::copy(live.path().join(f), crashed.path().join(f)).unwrap();
+    }
+    let s2 = Spool::open(crashed.path()).unwrap();
+    assert_eq!(
+        ids(&s2),
+        ["r6", "r7", "r8", "r9"],
+        "nothing resent, nothing lost"
+    );
+    assert_eq!(s2.depth().unwrap(), 4);
+    assert_eq!(s2.cursor("acme").unwrap(), Some(7));
+    // The next start's purge finishes the deletes.
+    while s2.purge_delivered(4).unwrap() > 0 {}
+    assert_eq!(stored(&s2), 4);
+    assert_eq!(ids(&s2), ["r6", "r7", "r8", "r9"]);
+    assert_eq!(s2.depth().unwrap(), 4);
+}
+
+#[test]
+fn recovery_does_not_bring_back_delivered_rows_the_marker_hides() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Spool::open(dir.path()).unwrap();
+    let recs: Vec<_> = (0..8).map(|i| rec(&format!("r{i}"))).collect();
+    s.enqueue_page("acme", &recs, None).unwrap();
+    let batch = s.read_batch(5, 1 << 20).unwrap();
+    s.settle(Some((batch[0].seq, batch[4].seq)), &[]).unwrap();
+    s.recover_in_place("test".into()).unwrap();
+    assert_eq!(ids(&s), ["r5", "r6", "r7"]);
+    assert_eq!(s.depth().unwrap(), 3);
+    assert_eq!(stored(&s), 3);
+}
+
+#[test]
+fn a_version_3_spool_is_migrated_to_the_marker_and_keeps_its_outbox() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let conn = Connection::open(dir.path().join("spool.db")).unwrap();
+        for (_, sql) in &MIGRATIONS[..3] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.execute_batch(
+            "INSERT INTO outbox(account, record_id, event, spooled_at_ms) VALUES
+                 ('acme', 'a', x'7b7d', 1), ('acme', 'b', x'7b7d', 2), ('beta', 'c', x'7b7d', 3);
+             DELETE FROM outbox WHERE record_id = 'a';",
+        )
+        .unwrap();
+        conn.execute_batch(RECOUNT_TALLIES).unwrap();
+        conn.execute_batch("PRAGMA user_version = 3").unwrap();
+    }
+    let s = Spool::open(dir.path()).unwrap();
+    let v: i64 = s
+        .conn()
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(v, 4);
+    assert_eq!(upto(&s), 0);
+    assert_eq!(ids(&s), ["b", "c"]);
+    assert_eq!(s.depth().unwrap(), 2);
+    let batch = s.read_batch(1, 1 << 20).unwrap();
+    s.settle(Some((batch[0].seq, batch[0].seq)), &[]).unwrap();
+    assert_eq!(ids(&s), ["c"]);
+    assert_eq!(
+        s.status().unwrap().depth_by_account,
+        vec![("beta".to_string(), 1)]
+    );
+}
+
+/// Threads of this process named `name` (other tests run threads in the same process).
+fn threads(name: &str) -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|comm| comm.trim_end() == name)
+        .count()
+}
+
+#[test]
+fn five_hundred_concurrent_runs_use_a_handful_of_threads() {
+    // Every thread of this runtime, workers and blocking pool, carries this name.
+    const NAME: &str = "spool-500";
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name(NAME)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let s = Spool::open(dir.path()).unwrap();
+    let before = threads(NAME);
+    let most = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    rt.block_on(async {
+        let mut tasks = Vec::new();
+        for i in 0..500 {
+            let (s, most) = (s.clone(), most.clone());
+            tasks.push(tokio::spawn(async move {
+                s.run(move |s| {
+                    // Slow enough that the calls pile up.
+                    std::thread::sleep(Duration::from_micros(200));
+                    most.fetch_max(threads(NAME), std::sync::atomic::Ordering::Relaxed);
+                    s.enqueue_page("acme", &[rec(&format!("r{i}"))], None)
+                })
+                .await
+            }));
+        }
+        for t in tasks {
+            assert_eq!(t.await.unwrap().unwrap().inserted, 1);
+        }
+    });
+    let most = most.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        most <= before + 4,
+        "{most} threads during 500 concurrent calls, {before} before"
+    );
+    assert_eq!(s.depth().unwrap(), 500);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_keeps_order_survives_a_panic_and_a_nested_run_does_not_deadlock() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Spool::open(dir.path()).unwrap();
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let calls: Vec<_> = (0..50)
+        .map(|i| {
+            let order = order.clone();
+            s.run(move |_| order.lock().unwrap().push(i))
+        })
+        .collect();
+    for c in calls {
+        c.await;
+    }
+    assert_eq!(*order.lock().unwrap(), (0..50).collect::<Vec<_>>());
+    let panicked = tokio::spawn({
+        let s = s.clone();
+        async move { s.run(|_| -> () { panic!("boom in a spool job") }).await }
+    })
+    .await
+    .expect_err("the panic reaches the caller");
+    assert!(panicked.is_panic());
+    // The writer survives it, and a closure that runs `run` again (blocking on it) is served
+    // inline instead of waiting for itself.
+    let handle = tokio::runtime::Handle::current();
+    let nested = s
+        .run(move |s| {
+            let s = s.clone();
+            handle.block_on(async move { s.run(|s| s.depth()).await })
+        })
+        .await
+        .unwrap();
+    assert_eq!(nested, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_purge_settled_rows_between_jobs_and_the_directory_is_free_once_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Spool::open(dir.path()).unwrap();
+    let recs: Vec<_> = (0..2500).map(|i| rec(&format!("r{i}"))).collect();
+    s.enqueue_page("acme", &recs, None).unwrap();
+    let batch = s.run(|s| s.read_batch(2500, usize::MAX)).await.unwrap();
+    let (first, last) = (batch[0].seq, batch[2499].seq);
+    s.run(move |s| s.settle(Some((first, last)), &[]))
+        .await
+        .unwrap();
+    // The purge runs between jobs, a chunk at a time.
+    for _ in 0..10_000 {
+        if stored(&s) == 0 {
+            break;
+        }
+        s.run(|_| ()).await;
+    }
+    assert_eq!(stored(&s), 0);
+    drop(s);
+    Spool::open(dir.path()).expect("the writer thread holds no lock");
+}
+
+#[test]
+fn the_background_check_waits_until_the_backlog_is_drained() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = Spool::open(dir.path()).unwrap();
+        let recs: Vec<_> = (0..3).map(|i| rec(&format!("r{i}"))).collect();
+        s.enqueue_page("acme", &recs, None).unwrap();
+    }
+    // A clean start: the check runs in the background, once nothing waits.
+    let s = Spool::open(dir.path()).unwrap();
+    let gate = s.inner.check_gate.clone();
+    let wait_for = |done: &dyn Fn(CheckState) -> bool| {
+        let mut state = gate.lock();
+        while !done(*state) {
+            let (next, timeout) = gate
+                .wake
+                .wait_timeout(state, Duration::from_secs(30))
+                .unwrap();
+            assert!(!timeout.timed_out(), "stuck at {:?}", *next);
+            state = next;
+        }
+        *state
+    };
+    // It looked, found events waiting, and went back to sleep without checking.
+    let state = wait_for(&|s| !matches!(s, CheckState::Waiting { seen_backlog: 0 }));
+    assert!(
+        matches!(state, CheckState::Waiting { .. }),
+        "checked with a backlog: {state:?}"
+    );
+    let batch = s.read_batch(3, 1 << 20).unwrap();
+    s.settle(Some((batch[0].seq, batch[1].seq)), &[]).unwrap();
+    let state = wait_for(&|s| matches!(s, CheckState::Waiting { seen_backlog: n } if n >= 2));
+    assert!(matches!(state, CheckState::Waiting { .. }), "{state:?}");
+    // The last settle drains it: the check runs and finds nothing wrong.
+    s.settle(Some((batch[2].seq, batch[2].seq)), &[]).unwrap();
+    assert_eq!(wait_for(&|s| s == CheckState::Done), CheckState::Done);
+    assert!(s.integrity_problem().is_none());
+}
