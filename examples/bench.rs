@@ -345,7 +345,7 @@ fn bench_dir(name: &str) -> anyhow::Result<PathBuf> {
 /// UUIDs like RingCentral's (so dedup inserts land all over its index, as in production).
 fn fill(spool: &Spool, n: usize, pool: &[Vec<u8>]) -> anyhow::Result<()> {
     // Event times a few ms apart, as in a busy account's audit trail.
-    let start = rc_audit_hec::spool::now_ms() - n as i64 * 7;
+    let start = rc_audit_hec::time::now_ms() - n as i64 * 7;
     let mut i = 0;
     while i < n {
         let page: Vec<NewRecord> = (i..(i + 1000).min(n))

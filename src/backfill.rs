@@ -111,15 +111,15 @@ pub fn plan_range(
     let to = to.unwrap_or(now - settle).min(now);
     if to <= oldest {
         return Err(BackfillError::TooOld {
-            to: crate::transform::rfc3339_millis(to),
+            to: crate::time::rfc3339_millis(to),
         });
     }
     let clamped = from < oldest;
     let from = from.max(oldest);
     if from >= to {
         return Err(BackfillError::Empty {
-            from: crate::transform::rfc3339_millis(from),
-            to: crate::transform::rfc3339_millis(to),
+            from: crate::time::rfc3339_millis(from),
+            to: crate::time::rfc3339_millis(to),
         });
     }
     Ok(Range { from, to, clamped })

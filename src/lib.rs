@@ -29,7 +29,8 @@
 //!   progress bar, `check`, `spool`, `demo`, `config`, `actions`, `completions`/`man`,
 //!   `healthcheck`), each returning a report that prints itself and knows its exit code
 //!   ([`exit`], the one mapping); [`cli`] holds the clap types and dispatches.
-//! - [`config`], [`telemetry`] (counters, health, logging), [`retry`]: shared by every layer;
+//! - [`config`], [`telemetry`] (counters, health, logging), [`retry`], [`time`] (milliseconds
+//!   and RFC 3339, the one conversion): shared by every layer;
 //!   [`runtime`] is the async runtime every command runs on, with its threads bounded.
 //! - `sim`: RingCentral and HEC simulators with fault injection, for the demo, the tests and
 //!   the benchmarks; a leaf that imports nothing of the forwarder, hidden from these docs and
@@ -44,7 +45,7 @@
 //!
 //! | layer | modules | role |
 //! | --- | --- | --- |
-//! | leaves | `exit`, `notify`, `retry`, `runtime`, `signals`, `watchdog`, `sim` | import nothing of the crate |
+//! | leaves | `exit`, `notify`, `retry`, `runtime`, `signals`, `time`, `watchdog`, `sim` | import nothing of the crate |
 //! | shared | `config`, `telemetry` | settings; counters, health, logging |
 //! | storage | `transform`, `spool` | record to event; the durable outbox |
 //! | endpoints | `ringcentral`, `hec` | the source (pollers) and the destination (sink) |
@@ -89,5 +90,6 @@ pub mod signals;
 pub mod sim;
 pub mod spool;
 pub mod telemetry;
+pub mod time;
 pub mod transform;
 pub mod watchdog;

@@ -167,8 +167,3 @@ pub struct Status {
     /// `(account, events waiting)` per account with any.
     pub depth_by_account: Vec<(String, u64)>,
 }
-
-/// Milliseconds since the epoch, now.
-pub fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
-}

@@ -10,7 +10,7 @@
 //! its bytes (stable, so a re-poll of the same record dedups); a record without a parseable
 //! `eventTime` gets the time of the poll that fetched it. Neither is dropped.
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
@@ -112,11 +112,6 @@ pub fn parse_hec_time(text: &str) -> Option<i64> {
     let millis: i64 = frac.get(..3)?.parse().ok()?;
     let ms = secs.checked_mul(1000)?.checked_add(millis)?;
     Some(if neg { -ms } else { ms })
-}
-
-/// A time as RingCentral wants it in a search: RFC 3339 UTC with milliseconds.
-pub fn rfc3339_millis(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
 /// Glob over ASCII, case-insensitive: `*` any run, `?` one character.

@@ -48,7 +48,7 @@ pub use self::metrics::{MetricsInput, render_metrics};
 use self::wire::{BackfillJobs, BackfillRequest, ErrorDoc, Livez};
 use crate::spool::Spool;
 use crate::telemetry::{Health, State, Stats, render_health};
-use crate::transform::rfc3339_millis;
+use crate::time::rfc3339_millis;
 
 /// What the endpoint reads and, for `POST /backfill`, writes.
 #[derive(Clone)]
@@ -282,7 +282,7 @@ async fn metrics(AxumState(s): AxumState<AdminState>) -> impl axum::response::In
         health: &s.health,
         spool: status.as_ref(),
         backfill: &jobs,
-        now_ms: crate::spool::now_ms(),
+        now_ms: crate::time::now_ms(),
     });
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }

@@ -4,11 +4,9 @@
 
 use std::path::PathBuf;
 
-use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::spool::backfill::Job;
-use crate::transform::rfc3339_millis;
 
 /// The body of `POST /backfill`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -50,7 +48,7 @@ pub struct BackfillJob {
 impl BackfillJobs {
     /// The document of the spool's jobs.
     pub fn from_jobs(jobs: &[Job]) -> BackfillJobs {
-        let t = |ms| DateTime::<Utc>::from_timestamp_millis(ms).map(rfc3339_millis);
+        let t = crate::time::ms_rfc3339;
         BackfillJobs {
             jobs: jobs
                 .iter()

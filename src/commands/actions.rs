@@ -31,7 +31,7 @@ use crate::exit::{Code, Outcome};
 use crate::ringcentral::poller::{API_RECORD_LIMIT, Pager};
 use crate::ringcentral::{RcClient, RcError};
 use crate::telemetry::Stats;
-use crate::transform::rfc3339_millis;
+use crate::time::rfc3339_millis;
 
 /// The Splunk app's action lookup, as shipped (`splunk-app/.../lookups/ringcentral_audit_actions.csv`).
 pub const SHIPPED_LOOKUP: &str =

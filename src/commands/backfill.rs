@@ -49,7 +49,7 @@ use crate::ringcentral::poller::{PollError, WindowOutcome};
 use crate::signals::cancel_on_signals;
 use crate::spool::SpoolError;
 use crate::spool::backfill::gaps;
-use crate::transform::rfc3339_millis;
+use crate::time::rfc3339_millis;
 
 /// One account's result.
 #[derive(Debug, Clone, Default)]
@@ -405,7 +405,7 @@ pub async fn run(
         plans.len(),
     ));
     progress.set_done(u64::try_from(already).unwrap_or(0));
-    info!(from = %crate::transform::rfc3339_millis(range.from), to = %crate::transform::rfc3339_millis(range.to),
+    info!(from = %crate::time::rfc3339_millis(range.from), to = %crate::time::rfc3339_millis(range.to),
         accounts = plans.len(), "backfill starting");
 
     let sink = pipeline.sink()?;

@@ -22,7 +22,7 @@ use crate::hec::client::HecClient;
 use crate::ringcentral::model::SearchRequest;
 use crate::ringcentral::{RcClient, RcError};
 use crate::telemetry::Stats;
-use crate::transform::rfc3339_millis;
+use crate::time::rfc3339_millis;
 
 /// One line of the table.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -11,7 +11,6 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use figment::Figment;
 use figment::providers::{Format, Toml};
 use serde::Serialize;
@@ -20,8 +19,9 @@ use super::{Error, Report};
 use crate::config::{Config, HecConfig, LoadEnv, RawEnv, parse_byte_size};
 use crate::exit::{self, Code};
 use crate::spool::reader::Reader;
-use crate::spool::{Spool, SpoolError, Status, now_ms};
+use crate::spool::{Spool, SpoolError, Status};
 use crate::telemetry::HealthDoc;
+use crate::time::now_ms;
 use crate::transform::Transformer;
 
 /// What the inspection commands take from the configuration.
@@ -149,9 +149,7 @@ pub struct CursorReport {
 }
 
 fn time(ms: i64) -> String {
-    DateTime::<Utc>::from_timestamp_millis(ms)
-        .map(crate::transform::rfc3339_millis)
-        .unwrap_or_else(|| ms.to_string())
+    crate::time::ms_rfc3339(ms).unwrap_or_else(|| ms.to_string())
 }
 
 /// Builds the status report, asking the running service for its health when possible.

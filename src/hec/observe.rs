@@ -98,7 +98,7 @@ impl Sink {
         if delivered {
             self.stats
                 .last_delivery_ms
-                .store(crate::spool::now_ms(), Ordering::Relaxed);
+                .store(crate::time::now_ms(), Ordering::Relaxed);
         }
         let component = Component::HecUrl(url.to_string());
         let (state, reason) = match outcome {

@@ -33,7 +33,8 @@ use super::model::{SearchPage, SearchRequest};
 use crate::config::{MAX_LOOKBACK, PollConfig};
 use crate::spool::{NewRecord, Spool, SpoolError};
 use crate::telemetry::{AccountStats, Component, Health, State, Stats};
-use crate::transform::{Transformer, inspect_record, rfc3339_millis};
+use crate::time::rfc3339_millis;
+use crate::transform::{Transformer, inspect_record};
 
 /// The largest backfill piece polled (and recorded as done) at a time, by the service's pollers
 /// and by the `backfill` command alike (re-exported as `backfill::CHUNK`): a piece interrupted
@@ -172,7 +173,7 @@ impl Poller {
             return cursor;
         }
         Stats::add(&self.acct.cursors_pulled_back, 1);
-        warn!(account = %self.account, cursor = %DateTime::<Utc>::from_timestamp_millis(cursor).map(rfc3339_millis).unwrap_or_default(), ringcentral_now = %rfc3339_millis(now),
+        warn!(account = %self.account, cursor = %crate::time::ms_rfc3339(cursor).unwrap_or_default(), ringcentral_now = %rfc3339_millis(now),
             "the cursor is {}s ahead of RingCentral's clock (this host's clock was ahead when it was saved); pulling it back so no record is skipped",
             (cursor - end) / 1000);
         end

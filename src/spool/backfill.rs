@@ -138,7 +138,7 @@ impl Spool {
         conn.execute(
             "INSERT OR IGNORE INTO backfill_jobs(account, from_ms, to_ms, requested_at_ms)
              VALUES (?1, ?2, ?3, ?4)",
-            params![account, from_ms, to_ms, super::now_ms()],
+            params![account, from_ms, to_ms, crate::time::now_ms()],
         )?;
         Ok(())
     }

@@ -3,6 +3,7 @@
 use rusqlite::params;
 
 use super::*;
+use crate::time::now_ms;
 
 /// An event that HEC refused permanently.
 #[derive(Debug, Clone)]

@@ -8,6 +8,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::*;
+use crate::time::now_ms;
 
 /// How long a record id is remembered: longer than the 180 days RingCentral keeps.
 pub const SEEN_RETENTION: Duration = Duration::from_secs(181 * 24 * 3600);
