@@ -436,7 +436,7 @@ async fn poll(opts: &Opts) -> anyhow::Result<()> {
         let toml = config_toml(&rc.url(), &acct, "http://127.0.0.1:1", &dir, "");
         let mut cfg = Config::from_toml_str(&toml, &LoadEnv::default())?;
         cfg.poll.initial_lookback = Duration::from_secs(11 * 86400);
-        let p = rc_audit_hec::app::Pipeline::open(cfg, Default::default())?;
+        let p = rc_audit_hec::pipeline::Pipeline::open(cfg, Default::default())?;
         let mut poller = p.pollers(None).remove(0);
         let start = Instant::now();
         poller.poll_window().await?;

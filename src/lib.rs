@@ -16,7 +16,7 @@
 //! - [`transform`]: pure functions turning a raw record into a HEC envelope.
 //! - [`spool`]: the only channel between source and sink; every record passes through it.
 //! - [`hec`]: batching, the HTTP client, the one response classifier, the delivery loop.
-//! - [`app`]: the pipeline: the wired [`app::Pipeline`] (spool, pollers, sink) and `once`.
+//! - [`pipeline`]: the wired [`pipeline::Pipeline`] (spool, pollers, sink) and `once`.
 //!   Shutdown is a `CancellationToken` parameter everywhere; [`signals`] turns SIGTERM/SIGINT
 //!   into it (and SIGHUP into `run`'s reload requests).
 //! - [`backfill`]: planning a past range (the `backfill` command polls it, the admin endpoint
@@ -49,7 +49,7 @@
 //! | shared | `config`, `telemetry` | settings; counters, health, logging |
 //! | storage | `transform`, `spool` | record to event; the durable outbox |
 //! | endpoints | `ringcentral`, `hec` | the source (pollers) and the destination (sink) |
-//! | pipeline | `app` | wires spool, pollers and sink; `once` |
+//! | pipeline | `pipeline` | wires spool, pollers and sink; `once` |
 //! | planning | `backfill` | a past range cut into pieces |
 //! | admin | `admin` | the admin endpoint, `/metrics` rendering |
 //! | service | `service` | `run`: supervisor, reload, watchdog, sd-notify |
@@ -73,7 +73,6 @@
 #![warn(missing_docs)]
 
 pub mod admin;
-pub mod app;
 pub mod backfill;
 pub mod cli;
 pub mod commands;
@@ -81,6 +80,7 @@ pub mod config;
 pub mod exit;
 pub mod hec;
 pub mod notify;
+pub mod pipeline;
 pub mod retry;
 pub mod ringcentral;
 pub mod runtime;

@@ -28,8 +28,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
-use crate::app::{AppError, Pipeline};
 use crate::config::{Config, ConfigError, HecConfig};
+use crate::pipeline::{AppError, Pipeline};
 use crate::telemetry::{Component, State, Stats};
 use crate::watchdog::{self, Watchdog};
 
@@ -65,7 +65,7 @@ impl Default for ServiceOptions {
 
 impl Pipeline {
     /// The service: every poller, the sink and the admin endpoint until `shutdown` (see
-    /// [`run`]; this entry point does not reload). Defined here, not in [`crate::app`], so the
+    /// [`run`]; this entry point does not reload). Defined here, not in [`crate::pipeline`], so the
     /// pipeline does not depend on the service that runs it.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), AppError> {
         run(self, ServiceOptions::default(), shutdown, None).await
@@ -249,7 +249,7 @@ impl Service {
         *self.accounts.write().unwrap_or_else(|p| p.into_inner()) = new_names.clone();
         let (spool, config) = (self.pipeline.spool.clone(), self.pipeline.config.clone());
         let adopted = spool
-            .run(move |s| crate::app::adopt_renamed_accounts(s, &config))
+            .run(move |s| crate::pipeline::adopt_renamed_accounts(s, &config))
             .await;
         if let Err(e) = adopted {
             warn!(

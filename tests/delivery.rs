@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::{World, assert_each_once, eventually};
-use rc_audit_hec::app::{Options, Pipeline};
+use rc_audit_hec::pipeline::{Options, Pipeline};
 use rc_audit_hec::sim::hec::{HecSim, HecSimConfig};
 use rc_audit_hec::telemetry::Stats;
 use tokio_util::sync::CancellationToken;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use chrono::{TimeDelta, Utc};
 use common::*;
-use rc_audit_hec::app::{Options, Pipeline};
+use rc_audit_hec::pipeline::{Options, Pipeline};
 use rc_audit_hec::ringcentral::RcError;
 use rc_audit_hec::ringcentral::clock::LocalClock;
 use rc_audit_hec::ringcentral::poller::{PollError, WindowOutcome};

@@ -8,8 +8,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use common::{World, bin, eventually, fast};
-use rc_audit_hec::app::Pipeline;
 use rc_audit_hec::config::{Config, LoadEnv};
+use rc_audit_hec::pipeline::Pipeline;
 use rc_audit_hec::ringcentral::http::MAX_IN_FLIGHT_PER_SERVER;
 use rc_audit_hec::ringcentral::poller::WindowOutcome;
 use rc_audit_hec::runtime::{MAX_BLOCKING_THREADS, MAX_WORKERS};

@@ -439,7 +439,7 @@ async fn a_full_spool_pauses_polling_without_moving_the_cursor() {
     let mut cfg = w.config("", "");
     cfg.spool.max_bytes = 1 << 20;
     drop(p);
-    let p = rc_audit_hec::app::Pipeline::open(cfg, common::fast()).unwrap();
+    let p = rc_audit_hec::pipeline::Pipeline::open(cfg, common::fast()).unwrap();
     let mut poller = p.pollers(None).remove(0);
     assert!(matches!(
         poller.poll_window().await.unwrap(),
@@ -767,8 +767,8 @@ impl Drop for Tmpfs {
 /// batch.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_filesystem_never_stops_delivery_even_across_a_restart() {
-    use rc_audit_hec::app::Pipeline;
     use rc_audit_hec::config::{Config, LoadEnv};
+    use rc_audit_hec::pipeline::Pipeline;
     const FS_MIB: u64 = 96;
     let w = World::new(1).await;
     let mnt = w.dir.path().join("small");

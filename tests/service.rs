@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use chrono::{TimeDelta, Utc};
 use common::{World, assert_each_once, eventually};
-use rc_audit_hec::app::Pipeline;
 use rc_audit_hec::config::{Config, LoadEnv};
+use rc_audit_hec::pipeline::Pipeline;
 use rc_audit_hec::service::{Notifier, ServiceOptions};
 use rc_audit_hec::telemetry::{State, Stats};
 use tokio_util::sync::CancellationToken;

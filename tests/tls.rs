@@ -9,8 +9,8 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use common::{HEC_TOKEN, World, drain};
-use rc_audit_hec::app::Pipeline;
 use rc_audit_hec::config::{Config, LoadEnv};
+use rc_audit_hec::pipeline::Pipeline;
 use rc_audit_hec::sim::hec::{HecSim, HecSimConfig};
 use rc_audit_hec::sim::tls::SimTls;
 use rc_audit_hec::telemetry::State;

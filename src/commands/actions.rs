@@ -24,10 +24,10 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::{Error, Report, load_config};
-use crate::app::{AccountError, Options, ringcentral_http};
 use crate::backfill::{parse_time, plan_range, select_accounts};
 use crate::config::{AccountConfig, Config};
 use crate::exit::{Code, Outcome};
+use crate::pipeline::{AccountError, Options, ringcentral_http};
 use crate::ringcentral::poller::{API_RECORD_LIMIT, Pager};
 use crate::ringcentral::{RcClient, RcError};
 use crate::telemetry::Stats;

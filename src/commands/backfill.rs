@@ -40,10 +40,10 @@ use tracing::{info, warn};
 
 use super::{Error, Report, load_config};
 use crate::admin::wire::{BackfillJobs, BackfillRequest, ErrorDoc, Livez};
-use crate::app::{AccountError, AppError, Options, Pipeline};
 use crate::backfill::{CHUNK, DAY_MS, Range, parse_time, plan_range, select_accounts};
 use crate::config::{Config, LoadEnv};
 use crate::exit::Code;
+use crate::pipeline::{AccountError, AppError, Options, Pipeline};
 use crate::ringcentral::Poller;
 use crate::ringcentral::poller::{PollError, WindowOutcome};
 use crate::signals::cancel_on_signals;

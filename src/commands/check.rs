@@ -15,10 +15,10 @@ use std::time::Duration;
 use chrono::Utc;
 
 use super::{Error, Report, load_config};
-use crate::app::{AppError, ringcentral_http};
 use crate::config::Config;
 use crate::exit::{Code, Outcome};
 use crate::hec::client::HecClient;
+use crate::pipeline::{AppError, ringcentral_http};
 use crate::ringcentral::model::SearchRequest;
 use crate::ringcentral::{RcClient, RcError};
 use crate::telemetry::Stats;

@@ -16,8 +16,8 @@ use chrono::{TimeDelta, Utc};
 use tokio_util::sync::CancellationToken;
 
 use super::Error;
-use crate::app::{Options, Pipeline};
 use crate::config::{Config, ConfigError, LoadEnv, LogFormat};
+use crate::pipeline::{Options, Pipeline};
 use crate::retry::RetryPolicy;
 use crate::sim::hec::{HecSim, HecSimConfig};
 use crate::sim::records::generate_records;

@@ -17,9 +17,9 @@ use tokio::task::JoinSet;
 use tracing::{error, warn};
 
 use super::{Error, Report, load_config};
-use crate::app::{AccountError, AppError, Options, ringcentral_http};
 use crate::config::Config;
 use crate::hec::batch::validate_event;
+use crate::pipeline::{AccountError, AppError, Options, ringcentral_http};
 use crate::ringcentral::RcClient;
 use crate::ringcentral::poller::{Pager, PollError, new_records, next_window};
 use crate::spool::SpoolError;

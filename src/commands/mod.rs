@@ -15,10 +15,10 @@ pub mod packaging;
 pub mod run;
 pub mod spool;
 
-use crate::app::AppError;
 use crate::backfill::BackfillError;
 use crate::config::{Config, ConfigError, LoadEnv};
 use crate::exit::{self, Code};
+use crate::pipeline::AppError;
 use crate::spool::SpoolError;
 use dry_run::DryRunError;
 

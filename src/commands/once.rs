@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::{Error, Report, load_config};
-use crate::app::{OnceReport, Options, Pipeline};
+use crate::pipeline::{OnceReport, Options, Pipeline};
 use crate::signals::{cancel_on_signals, ignore_sighup};
 
 /// Runs `once` with the config at `path`.

@@ -6,8 +6,8 @@ use std::path::Path;
 use tokio_util::sync::CancellationToken;
 
 use super::{Done, Error, load_config};
-use crate::app::{Options, Pipeline};
 use crate::config::{Config, LoadEnv};
+use crate::pipeline::{Options, Pipeline};
 use crate::service::{Reload, ServiceOptions};
 use crate::signals::{cancel_on_signals, sighup_requests};
 

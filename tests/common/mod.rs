@@ -4,8 +4,8 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use rc_audit_hec::app::{Options, Pipeline};
 use rc_audit_hec::config::{Config, LoadEnv};
+use rc_audit_hec::pipeline::{Options, Pipeline};
 use rc_audit_hec::retry::RetryPolicy;
 use rc_audit_hec::sim::hec::{HecSim, HecSimConfig};
 use rc_audit_hec::sim::ringcentral::{RcSim, RcSimConfig, SimAccount};

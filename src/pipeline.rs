@@ -1,5 +1,5 @@
-//! The supervisor: opens the spool, builds one poller per account and the sink, runs them until
-//! shutdown (`run`) or for one cycle (`once`), and tells systemd what is going on.
+//! The pipeline: opens the spool, builds one poller per account and the sink, and runs them for
+//! one cycle (`once`); the `run` service ([`crate::service`]) runs them until shutdown.
 //!
 //! Shutdown is a [`CancellationToken`] parameter, so tests drive it. On shutdown every poller stops
 //! where it is (a page not yet committed is simply polled again next time: its window's cursor
