@@ -916,6 +916,8 @@ struct AccountsRun {
     first_max_s: f64,
     /// The longest time between two searches of one account, s.
     gap_max_s: f64,
+    /// TCP connections the forwarder opened to the RingCentral simulator.
+    connections: u64,
 }
 
 /// The config of `n` accounts on one simulator: inline secrets, as a config file holds them
@@ -1058,6 +1060,7 @@ async fn accounts_run(bin: &Path, n: usize, interval: u64) -> anyhow::Result<Acc
         cpu_s,
         first_max_s: first_max.as_secs_f64(),
         gap_max_s: gap_max.as_secs_f64(),
+        connections: rc.connections(),
     })
 }
 
@@ -1079,7 +1082,7 @@ async fn accounts(opts: &Opts, cli: &Cli) -> anyhow::Result<()> {
                 eprintln!("accounts {n}, run {}, {label}...", run + 1);
                 let r = accounts_run(bin, n, cli.interval).await?;
                 eprintln!(
-                    "  RSS {:.1} MB, {} threads, {} of {n} on time ({} polled twice; latest first poll {:.1} s, longest gap {:.1} s), {} 429s, {} delivered, CPU {:.1} s",
+                    "  RSS {:.1} MB, {} threads, {} of {n} on time ({} polled twice; latest first poll {:.1} s, longest gap {:.1} s), {} 429s, {} delivered, CPU {:.1} s, {} connections",
                     r.rss_mb,
                     r.threads,
                     r.on_time,
@@ -1088,7 +1091,8 @@ async fn accounts(opts: &Opts, cli: &Cli) -> anyhow::Result<()> {
                     r.gap_max_s,
                     r.limited,
                     r.delivered,
-                    r.cpu_s
+                    r.cpu_s,
+                    r.connections
                 );
                 results[k].push(r);
             }
@@ -1124,6 +1128,11 @@ async fn accounts(opts: &Opts, cli: &Cli) -> anyhow::Result<()> {
                 &name("longest time between two polls of one account"),
                 "s",
                 rs.iter().map(|r| r.gap_max_s).collect(),
+            );
+            row(
+                &name("connections opened to RingCentral"),
+                "connections",
+                rs.iter().map(|r| r.connections as f64).collect(),
             );
             row(
                 &name("CPU time of the forwarder"),

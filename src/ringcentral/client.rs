@@ -348,6 +348,13 @@ impl RcClient {
                 self.acct.rate_limit_wait(waited);
                 debug!(account = %self.name, ?group, waited_ms = waited.as_millis() as u64, "paced by RingCentral rate limit");
             }
+            // The slot is held from building the request until the body is read, never across
+            // a wait of the account's own (token, rate limit, backoff). Taken before the request
+            // is built, so thousands of accounts waiting for a slot hold no built requests.
+            let slot = match &self.slots {
+                Some(server) => Some(server.slot().await),
+                None => None,
+            };
             let request = match (&body, &bearer) {
                 (Body::Token, _) => self
                     .http
@@ -368,11 +375,6 @@ impl RcClient {
                         .json(req)
                 }
                 (Body::Search(_), None) => unreachable!("searches always carry a token"),
-            };
-            // The slot is held from sending until the body is read, never across a wait.
-            let slot = match &self.slots {
-                Some(server) => Some(server.slot().await),
-                None => None,
             };
             Stats::add(&self.stats.rc_requests, 1);
             let started = std::time::Instant::now();
