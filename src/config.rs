@@ -490,6 +490,16 @@ impl figment::Provider for RawEnv {
     }
 }
 
+/// Where a value came from, for people. A file is named by the path it was loaded from:
+/// figment's own display shortens it relative to the working directory when that is shorter
+/// (`../.tmpX/config.toml` from `/tmp/ci`), which reads differently from every directory.
+fn source_text(src: &figment::Source) -> String {
+    match src {
+        figment::Source::File(path) => path.display().to_string(),
+        other => other.to_string(),
+    }
+}
+
 /// Figment's own message plus the exact environment variable when the value came from there.
 fn describe_figment_error(e: &figment::Error) -> String {
     let key = e.path.join(".");
@@ -498,7 +508,7 @@ fn describe_figment_error(e: &figment::Error) -> String {
             format!("environment variable {}", env_var_name(&key))
         } else {
             match &m.source {
-                Some(src) => format!("{src}"),
+                Some(src) => source_text(src),
                 None => m.name.to_string(),
             }
         }
@@ -535,7 +545,7 @@ fn origin_of(figment: &Figment, key: &str) -> Option<String> {
         format!("environment variable {}", env_var_name(key))
     } else {
         match &meta.source {
-            Some(src) => format!("file {src}"),
+            Some(src) => format!("file {}", source_text(src)),
             None => meta.name.to_string(),
         }
     })
@@ -618,7 +628,7 @@ impl Validator<'_> {
                 format!("environment variable {}", env_var_name(key))
             }
             Some(m) => match &m.source {
-                Some(src) => format!("{src}"),
+                Some(src) => source_text(src),
                 None => m.name.to_string(),
             },
             None => "default".to_string(),

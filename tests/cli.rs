@@ -759,9 +759,12 @@ async fn config_shows_where_each_value_came_from() {
     );
     let cfg = write_config(w.dir.path(), &toml);
     let mut cmd = bin();
+    // From the config's parent directory: a file is named by its full path whatever the
+    // working directory (figment's display shortened it to `.tmpX/config.toml` here).
     cmd.arg("--config")
         .arg(&cfg)
         .arg("config")
+        .current_dir(w.dir.path().parent().unwrap())
         .env("RC_AUDIT_HEC_HEC__BATCH_MAX_EVENTS", "77");
     let out = run(cmd).await;
     let t = text(&out);
