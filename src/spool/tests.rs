@@ -15,21 +15,25 @@ fn rec(id: &str) -> NewRecord {
     }
 }
 
-#[test]
-fn a_second_instance_on_the_same_directory_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let first = Spool::open(dir.path()).unwrap();
-    let e = Spool::open(dir.path())
-        .err()
-        .expect("second open must fail");
+/// A second open of `dir` while `first` holds it is refused, naming this process (read from
+/// /proc/locks); once `first` is dropped, the directory opens again.
+fn assert_second_open_refused(dir: &std::path::Path, first: Spool) {
+    let e = Spool::open(dir).err().expect("second open must fail");
     let msg = e.to_string();
     assert!(msg.contains("in use by another rc-audit-hec"), "{msg}");
     assert!(
         msg.contains(&format!("pid {}", std::process::id())),
-        "{msg}"
+        "the holder is named from /proc/locks: {msg}"
     );
     drop(first);
-    Spool::open(dir.path()).expect("lock is released with the spool");
+    Spool::open(dir).expect("lock is released with the spool");
+}
+
+#[test]
+fn a_second_instance_on_the_same_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = Spool::open(dir.path()).unwrap();
+    assert_second_open_refused(dir.path(), first);
 }
 
 #[test]
@@ -483,17 +487,7 @@ fn deleting_spool_lock_does_not_let_a_second_instance_in() {
     let dir = tempfile::tempdir().unwrap();
     let first = Spool::open(dir.path()).unwrap();
     std::fs::remove_file(dir.path().join(LOCK_FILE)).unwrap();
-    let e = Spool::open(dir.path())
-        .err()
-        .expect("second open must fail");
-    let msg = e.to_string();
-    assert!(msg.contains("in use by another rc-audit-hec"), "{msg}");
-    assert!(
-        msg.contains(&format!("pid {}", std::process::id())),
-        "the holder is named from /proc/locks: {msg}"
-    );
-    drop(first);
-    Spool::open(dir.path()).expect("lock is released with the spool");
+    assert_second_open_refused(dir.path(), first);
 }
 
 #[test]
