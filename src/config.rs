@@ -111,6 +111,36 @@ pub struct Config {
     pub admin: AdminConfig,
     /// Logging.
     pub log: LogConfig,
+    /// Reconciliation: each closed period's count at RingCentral against the spool's.
+    pub reconcile: ReconcileConfig,
+}
+
+/// Reconciliation (see [`crate::reconcile`]): for each account and closed period, RingCentral's
+/// count against the distinct record ids spooled, with a repair when RingCentral holds more.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReconcileConfig {
+    /// Off: no counts are asked for and no reconciliation events are sent.
+    pub enabled: bool,
+    /// Length of a period; periods are aligned to the Unix epoch, so `1d` is a UTC day.
+    #[serde(serialize_with = "ser_duration")]
+    pub period: Duration,
+    /// How long after a period closes it is counted, so records RingCentral shows late are in.
+    #[serde(serialize_with = "ser_duration")]
+    pub delay: Duration,
+    /// How far back closed periods are checked (at start, and after an outage).
+    #[serde(serialize_with = "ser_duration")]
+    pub lookback: Duration,
+}
+
+impl Default for ReconcileConfig {
+    fn default() -> Self {
+        ReconcileConfig {
+            enabled: true,
+            period: Duration::from_secs(86_400),
+            delay: Duration::from_secs(2 * 3600),
+            lookback: Duration::from_secs(7 * 86_400),
+        }
+    }
 }
 
 /// One RingCentral account to poll.
@@ -932,6 +962,29 @@ impl Validator<'_> {
             ));
         }
 
+        let r = raw.reconcile;
+        if r.period < Duration::from_secs(60) || r.period > Duration::from_secs(7 * 86_400) {
+            self.flag(self.invalid(
+                "reconcile.period",
+                "must be between 1m and 7d, e.g. \"1d\" (a UTC day)",
+            ));
+        }
+        if r.delay > Duration::from_secs(7 * 86_400) {
+            self.flag(self.invalid("reconcile.delay", "must be at most 7d, e.g. \"2h\""));
+        }
+        if r.lookback < r.period || r.lookback > MAX_LOOKBACK {
+            self.flag(self.invalid(
+                "reconcile.lookback",
+                "must be at least reconcile.period and at most 180d (RingCentral keeps no more), e.g. \"7d\"",
+            ));
+        }
+        let reconcile = ReconcileConfig {
+            enabled: r.enabled,
+            period: r.period,
+            delay: r.delay,
+            lookback: r.lookback,
+        };
+
         let problems = self.problems.take();
         if problems.len() > 1 {
             return Err(ConfigError::Several(problems));
@@ -956,6 +1009,7 @@ impl Validator<'_> {
                 format: raw.log.format,
                 level: raw.log.level,
             },
+            reconcile,
         })
     }
 
@@ -1095,6 +1149,32 @@ struct RawConfig {
     admin: RawAdmin,
     #[serde(default)]
     log: RawLog,
+    #[serde(default)]
+    reconcile: RawReconcile,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawReconcile {
+    enabled: bool,
+    #[serde(deserialize_with = "de_duration")]
+    period: Duration,
+    #[serde(deserialize_with = "de_duration")]
+    delay: Duration,
+    #[serde(deserialize_with = "de_duration")]
+    lookback: Duration,
+}
+
+impl Default for RawReconcile {
+    fn default() -> Self {
+        let d = ReconcileConfig::default();
+        RawReconcile {
+            enabled: d.enabled,
+            period: d.period,
+            delay: d.delay,
+            lookback: d.lookback,
+        }
+    }
 }
 
 #[derive(Deserialize)]

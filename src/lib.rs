@@ -29,6 +29,8 @@
 //!   progress bar, `check`, `spool`, `demo`, `config`, `actions`, `completions`/`man`,
 //!   `healthcheck`), each returning a report that prints itself and knows its exit code
 //!   ([`exit`], the one mapping); [`cli`] holds the clap types and dispatches.
+//! - [`reconcile`]: per account and closed period, RingCentral's count against the spool's
+//!   (the poller asks and repairs between live windows; the spool keeps results and the ledger).
 //! - [`config`], [`telemetry`] (counters, health, logging), [`retry`], [`time`] (milliseconds
 //!   and RFC 3339, the one conversion): shared by every layer;
 //!   [`runtime`] is the async runtime every command runs on, with its threads bounded.
@@ -46,7 +48,7 @@
 //! | layer | modules | role |
 //! | --- | --- | --- |
 //! | leaves | `exit`, `notify`, `retry`, `runtime`, `signals`, `time`, `watchdog`, `sim` | import nothing of the crate |
-//! | shared | `config`, `telemetry` | settings; counters, health, logging |
+//! | shared | `config`, `telemetry`, `reconcile` | settings; counters, health, logging; which period is due for reconciliation, its verdict and event |
 //! | storage | `transform`, `spool` | record to event; the durable outbox |
 //! | endpoints | `ringcentral`, `hec` | the source (pollers) and the destination (sink) |
 //! | pipeline | `pipeline` | wires spool, pollers and sink; `once` |
@@ -81,6 +83,7 @@ pub mod exit;
 pub mod hec;
 pub mod notify;
 pub mod pipeline;
+pub mod reconcile;
 pub mod retry;
 pub mod ringcentral;
 pub mod runtime;

@@ -121,6 +121,7 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary, Error> {
         auth_window: Duration::from_secs(2),
         penalty: Duration::from_secs(1),
         rate_limits: true,
+        ..RcSimConfig::default()
     })
     .await
     .context("starting the RingCentral simulator")?;

@@ -115,6 +115,19 @@ impl Spool {
         records: &[NewRecord],
         cursor_ms: Option<i64>,
     ) -> Result<Enqueued, SpoolError> {
+        self.enqueue_window_page(account, records, cursor_ms, None)
+    }
+
+    /// [`Spool::enqueue_page`] for a window's pages: with `window` (its last page), the
+    /// window's ledger row is written in the same transaction, with this page's counts added
+    /// ([`super::ledger`]), so a window is in the ledger exactly when its records are spooled.
+    pub fn enqueue_window_page(
+        &self,
+        account: &str,
+        records: &[NewRecord],
+        cursor_ms: Option<i64>,
+        window: Option<&LedgerEntry>,
+    ) -> Result<Enqueued, SpoolError> {
         let now = now_ms();
         let mut conn = self.conn();
         let tx = conn.transaction()?;
@@ -150,17 +163,32 @@ impl Spool {
         }
         let added = std::collections::HashMap::from([(account.to_string(), done.inserted as i64)]);
         add_tallies(&tx, &added, done.dead_lettered as i64)?;
+        if let Some(w) = window {
+            let entry = LedgerEntry {
+                inserted: w.inserted + (done.inserted + done.dead_lettered) as u64,
+                duplicates: w.duplicates + done.duplicates as u64,
+                ..*w
+            };
+            super::ledger::record_window(&tx, account, &entry, now)?;
+        }
         if let Some(cursor) = cursor_ms {
+            // A live window's start is where the account's coverage begins, if nothing
+            // said so before (reconciliation looks no earlier; see [`super::ledger`]).
+            let since = window
+                .filter(|w| w.kind == WindowKind::Live)
+                .map(|w| w.from_ms);
             tx.execute(
-                "INSERT INTO cursors(account, cursor_ms, updated_at_ms) VALUES (?1, ?2, ?3)
-                 ON CONFLICT(account) DO UPDATE SET cursor_ms = excluded.cursor_ms, updated_at_ms = excluded.updated_at_ms",
-                params![account, cursor, now],
+                "INSERT INTO cursors(account, cursor_ms, updated_at_ms, since_ms) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(account) DO UPDATE SET cursor_ms = excluded.cursor_ms, updated_at_ms = excluded.updated_at_ms,
+                     since_ms = coalesce(cursors.since_ms, excluded.since_ms)",
+                params![account, cursor, now, since],
             )?;
             let horizon = now - SEEN_RETENTION.as_millis() as i64;
             tx.execute(
                 "DELETE FROM seen WHERE seen_at_ms < ?2 AND account = ?1",
                 params![account, horizon],
             )?;
+            super::ledger::prune(&tx, account, horizon)?;
         }
         tx.commit()?;
         drop(conn);

@@ -909,7 +909,7 @@ fn a_version_3_spool_is_migrated_to_the_marker_and_keeps_its_outbox() {
         .conn()
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(v, 4);
+    assert_eq!(v, SCHEMA_VERSION);
     assert_eq!(upto(&s), 0);
     assert_eq!(ids(&s), ["b", "c"]);
     assert_eq!(s.depth().unwrap(), 2);
@@ -1066,4 +1066,67 @@ fn the_background_check_waits_until_the_backlog_is_drained() {
     s.settle(Some((batch[2].seq, batch[2].seq)), &[]).unwrap();
     assert_eq!(wait_for(&|s| s == CheckState::Done), CheckState::Done);
     assert!(s.integrity_problem().is_none());
+}
+
+#[test]
+fn a_version_4_spool_gains_the_ledger_and_its_accounts_are_covered_from_their_oldest_record() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let conn = Connection::open(dir.path().join("spool.db")).unwrap();
+        for (_, sql) in &MIGRATIONS[..4] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.execute_batch(
+            "INSERT INTO seen VALUES ('acme', 0, 'no-time', 1), ('acme', 5000, 'a', 1),
+                 ('acme', 9000, 'b', 1), ('beta', 7000, 'c', 1);
+             INSERT INTO cursors VALUES ('acme', 20000, 1), ('beta', 30000, 1), ('gamma', 40000, 1);
+             PRAGMA user_version = 4;",
+        )
+        .unwrap();
+    }
+    let s = Spool::open(dir.path()).unwrap();
+    let v: i64 = s
+        .conn()
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(v, 5);
+    let since = |a: &str| s.reconcile_state(a, 0, i64::MAX).unwrap().since_ms;
+    assert_eq!(since("acme"), Some(5000), "its oldest record with a time");
+    assert_eq!(since("beta"), Some(7000));
+    assert_eq!(since("gamma"), Some(40000), "no record: its cursor");
+    assert_eq!(since("new"), None, "unknown until its first live window");
+    assert_eq!(s.forwarded_count("acme", 5000, 9000).unwrap(), 2);
+    assert_eq!(s.forwarded_count("acme", 5001, 9000).unwrap(), 1);
+    // The ledger fills from the next window on, and a live window starts coverage only once.
+    let w = crate::spool::LedgerEntry {
+        kind: crate::spool::WindowKind::Live,
+        from_ms: 100,
+        to_ms: 200,
+        total_found: Some(1),
+        pages: 1,
+        records: 1,
+        inserted: 0,
+        duplicates: 0,
+    };
+    s.enqueue_window_page("new", &[rec("n1")], Some(200), Some(&w))
+        .unwrap();
+    s.enqueue_window_page(
+        "new",
+        &[rec("n1")],
+        Some(300),
+        Some(&LedgerEntry { from_ms: 150, ..w }),
+    )
+    .unwrap();
+    assert_eq!(since("new"), Some(100));
+    drop(s);
+    let r = crate::spool::reader::Reader::open(dir.path()).unwrap();
+    let rows = r.ledger(Some("new"), 0).unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!((rows[0].inserted, rows[0].duplicates), (1, 0));
+    assert_eq!(
+        (rows[1].inserted, rows[1].duplicates),
+        (0, 1),
+        "the page's own counts are added"
+    );
+    assert!(r.ledger(Some("acme"), 0).unwrap().is_empty());
 }
