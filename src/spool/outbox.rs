@@ -13,6 +13,10 @@ use crate::time::now_ms;
 /// How long a record id is remembered: longer than the 180 days RingCentral keeps.
 pub const SEEN_RETENTION: Duration = Duration::from_secs(181 * 24 * 3600);
 
+/// The outbox `account` of internal events that belong to no account (the heartbeat): a name
+/// no configured account can have (names are letters, digits, '-', '_' and '.').
+pub const INTERNAL_ACCOUNT: &str = "(forwarder)";
+
 /// One record to enqueue.
 #[derive(Debug, Clone)]
 pub struct NewRecord {
@@ -168,6 +172,32 @@ impl Spool {
             self.inner.new_data.notify_one();
         }
         Ok(done)
+    }
+
+    /// Enqueues an event the forwarder made itself (a heartbeat, a reconciliation result: see
+    /// [`crate::transform::internal_event`]) for delivery like any record, under `account` (an
+    /// account's name, or [`INTERNAL_ACCOUNT`] for the forwarder as a whole). It is no record:
+    /// `seen` (dedup) and the cursors are not touched, so it can neither hide a record nor be
+    /// hidden as a duplicate. `record_id` names it in logs and the dead letters.
+    pub fn enqueue_internal(
+        &self,
+        account: &str,
+        record_id: &str,
+        event: Vec<u8>,
+    ) -> Result<(), SpoolError> {
+        let now = now_ms();
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.prepare_cached(
+            "INSERT INTO outbox(account, record_id, event, spooled_at_ms) VALUES (?1, ?2, ?3, ?4)",
+        )?
+        .execute(params![account, record_id, event, now])?;
+        let added = std::collections::HashMap::from([(account.to_string(), 1)]);
+        add_tallies(&tx, &added, 0)?;
+        tx.commit()?;
+        drop(conn);
+        self.inner.new_data.notify_one();
+        Ok(())
     }
 
     /// The account's cursor (end of its last complete window), if it has one.
