@@ -111,6 +111,8 @@ pub struct Config {
     pub admin: AdminConfig,
     /// Logging.
     pub log: LogConfig,
+    /// The periodic heartbeat event.
+    pub heartbeat: HeartbeatConfig,
     /// Reconciliation: each closed period's count at RingCentral against the spool's.
     pub reconcile: ReconcileConfig,
 }
@@ -142,6 +144,22 @@ impl Default for ReconcileConfig {
         }
     }
 }
+
+/// `[heartbeat]`: the event the forwarder sends about itself, through the spool, so Splunk can
+/// tell a quiet tenant from a silent forwarder.
+#[derive(Debug, Clone, Serialize)]
+pub struct HeartbeatConfig {
+    /// How often; zero turns the heartbeat off.
+    #[serde(serialize_with = "ser_duration")]
+    pub interval: Duration,
+}
+
+/// The heartbeat's default interval: often enough for a "forwarder silent" alert within the
+/// hour, rare enough to cost nothing (288 small events a day).
+pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(300);
+
+/// The shortest heartbeat interval accepted (other than zero, off).
+pub const MIN_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
 
 /// One RingCentral account to poll.
 #[derive(Debug, Clone, Serialize)]
@@ -952,6 +970,13 @@ impl Validator<'_> {
                 })
                 .ok(),
         };
+        let beat = raw.heartbeat.interval;
+        if !beat.is_zero() && beat < MIN_HEARTBEAT_INTERVAL {
+            self.flag(self.invalid(
+                "heartbeat.interval",
+                "must be \"0s\" (off) or at least \"10s\"",
+            ));
+        }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&raw.log.level) {
             self.flag(self.invalid(
                 "log.level",
@@ -1008,6 +1033,9 @@ impl Validator<'_> {
             log: LogConfig {
                 format: raw.log.format,
                 level: raw.log.level,
+            },
+            heartbeat: HeartbeatConfig {
+                interval: raw.heartbeat.interval,
             },
             reconcile,
         })
@@ -1149,6 +1177,8 @@ struct RawConfig {
     admin: RawAdmin,
     #[serde(default)]
     log: RawLog,
+    #[serde(default)]
+    heartbeat: RawHeartbeat,
     #[serde(default)]
     reconcile: RawReconcile,
 }
@@ -1299,6 +1329,21 @@ struct RawSpool {
     max_bytes: ByteSize,
     #[serde(default)]
     min_free_bytes: Option<ByteSize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawHeartbeat {
+    #[serde(deserialize_with = "de_duration")]
+    interval: Duration,
+}
+
+impl Default for RawHeartbeat {
+    fn default() -> Self {
+        RawHeartbeat {
+            interval: DEFAULT_HEARTBEAT_INTERVAL,
+        }
+    }
 }
 
 #[derive(Deserialize, Default)]

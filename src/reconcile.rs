@@ -27,10 +27,6 @@ use serde::Serialize;
 use crate::config::ReconcileConfig;
 use crate::time::ms_rfc3339;
 
-/// The sourcetype of reconciliation events (never an audit record: the Splunk app's audit
-/// searches do not count it).
-pub const SOURCETYPE: &str = "ringcentral:audit:reconciliation";
-
 /// RingCentral keeps 180 days; a period starting earlier (plus a margin so the API does not
 /// refuse the bound) cannot be counted.
 const RETENTION_MS: i64 = 180 * 86_400_000 - 5 * 60_000;
@@ -213,7 +209,8 @@ pub fn verdict(
     }
 }
 
-/// The `event` of the reconciliation event: the names the Splunk app's searches read.
+/// The `event` of the reconciliation event (sourcetype
+/// `ringcentral:audit:reconciliation`): the names the Splunk app's searches read.
 pub fn event_body(r: &Reconciliation) -> serde_json::Value {
     let mut e = serde_json::json!({
         "account": r.account,

@@ -7,7 +7,9 @@
 //!
 //! # On-disk format (`<state dir>/spool.db`, `PRAGMA user_version` = [`SCHEMA_VERSION`])
 //! - `outbox(seq, account, record_id, event, spooled_at_ms)`: serialized HEC events waiting for
-//!   delivery, in `seq` order (AUTOINCREMENT, so a seq is never reused).
+//!   delivery, in `seq` order (AUTOINCREMENT, so a seq is never reused). Besides records, the
+//!   forwarder's own events (heartbeats, reconciliation results) wait here too
+//!   ([`Spool::enqueue_internal`]): they pass no dedup and move no cursor.
 //! - `seen(account, event_time_ms, record_id, seen_at_ms)`: every record id ever enqueued, kept for
 //!   [`SEEN_RETENTION`] after it was first seen, so overlapping windows and re-polls after a crash
 //!   enqueue a record once. Pruning goes by when we saw an id, not by its `eventTime`: a record
@@ -95,7 +97,7 @@ mod writer;
 pub use dead_letters::{DeadLetter, DeadLetterRow, Requeued};
 pub use handle::Spool;
 pub use ledger::{LedgerEntry, LedgerRow, WindowKind};
-pub use outbox::{Enqueued, NewRecord, SEEN_RETENTION, Spooled};
+pub use outbox::{Enqueued, INTERNAL_ACCOUNT, NewRecord, SEEN_RETENTION, Spooled};
 pub use recovery::ABORT_RECOVERY_ENV;
 pub use recovery::Recovery;
 pub use schema::SCHEMA_VERSION;

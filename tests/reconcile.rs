@@ -74,6 +74,13 @@ async fn a_period_whose_counts_match_is_complete_and_reported_once() {
     drain(&p).await;
     let events = reconciliation_events(&w);
     assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["source"], "rc-audit-hec", "{}", events[0]);
+    assert_eq!(events[0]["fields"]["rc_account"], "acct0");
+    assert_eq!(
+        events[0]["time"].as_f64().unwrap() as i64,
+        end.timestamp(),
+        "filed at the period's end"
+    );
     let e = &events[0]["event"];
     assert_eq!(e["account"], "acct0");
     assert_eq!(e["status"], "complete");

@@ -658,9 +658,20 @@ impl Poller {
             after,
             crate::time::now_ms(),
         );
+        let body = serde_json::value::RawValue::from_string(
+            crate::reconcile::event_body(&result).to_string(),
+        )
+        .expect("a JSON value's text is JSON");
+        // Timed at the period's end: Splunk files it with the period it speaks for.
+        let event = self.transformer.internal(
+            crate::transform::RECONCILIATION_SOURCETYPE,
+            period.end_ms,
+            &body,
+            Some(&self.account),
+        );
         let stored = result.clone();
         self.spool
-            .run(move |s| s.store_reconciliation(&stored, None))
+            .run(move |s| s.store_reconciliation(&stored, Some(event)))
             .await?;
         Ok(Some(result))
     }

@@ -220,8 +220,9 @@ impl Spool {
         })
     }
 
-    /// Stores a reconciliation result, and spools `event` (its HEC event, already rendered) in
-    /// the same transaction: either both are kept or neither (a period without a stored result
+    /// Stores a reconciliation result, and spools `event` (its HEC event, already rendered by
+    /// [`crate::transform::Transformer::internal`]; an internal event, see
+    /// [`Spool::enqueue_internal`]) in the same transaction: either both are kept or neither (a period without a stored result
     /// is reconciled again).
     pub fn store_reconciliation(
         &self,
@@ -248,12 +249,11 @@ impl Spool {
         )?;
         let queued = event.is_some();
         if let Some(event) = event {
-            tx.prepare_cached(
-                "INSERT INTO outbox(account, record_id, event, spooled_at_ms) VALUES (?1, ?2, ?3, ?4)",
-            )?
-            .execute(params![r.account, "reconciliation", event, r.checked_at_ms])?;
-            let added = std::collections::HashMap::from([(r.account.clone(), 1)]);
-            super::add_tallies(&tx, &added, 0)?;
+            let id = format!(
+                "reconciliation:{}",
+                crate::time::ms_rfc3339(r.period.start_ms).unwrap_or_default()
+            );
+            super::outbox::insert_internal(&tx, &r.account, &id, event)?;
         }
         tx.commit()?;
         drop(conn);

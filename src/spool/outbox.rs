@@ -13,6 +13,10 @@ use crate::time::now_ms;
 /// How long a record id is remembered: longer than the 180 days RingCentral keeps.
 pub const SEEN_RETENTION: Duration = Duration::from_secs(181 * 24 * 3600);
 
+/// The outbox `account` of internal events that belong to no account (the heartbeat): a name
+/// no configured account can have (names are letters, digits, '-', '_' and '.').
+pub const INTERNAL_ACCOUNT: &str = "(forwarder)";
+
 /// One record to enqueue.
 #[derive(Debug, Clone)]
 pub struct NewRecord {
@@ -100,6 +104,22 @@ pub(super) fn purge_delivered(
         }
         other => Ok(other?),
     }
+}
+
+/// [`Spool::enqueue_internal`] within the caller's transaction (a reconciliation result is
+/// stored with its event: [`Spool::store_reconciliation`]).
+pub(super) fn insert_internal(
+    tx: &rusqlite::Transaction<'_>,
+    account: &str,
+    record_id: &str,
+    event: Vec<u8>,
+) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO outbox(account, record_id, event, spooled_at_ms) VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute(params![account, record_id, event, now_ms()])?;
+    let added = std::collections::HashMap::from([(account.to_string(), 1)]);
+    add_tallies(tx, &added, 0)
 }
 
 /// Rows one purge step deletes at most: about one batch, a few milliseconds, so a job that
@@ -196,6 +216,26 @@ impl Spool {
             self.inner.new_data.notify_one();
         }
         Ok(done)
+    }
+
+    /// Enqueues an event the forwarder made itself (a heartbeat, a reconciliation result: see
+    /// [`crate::transform::internal_event`]) for delivery like any record, under `account` (an
+    /// account's name, or [`INTERNAL_ACCOUNT`] for the forwarder as a whole). It is no record:
+    /// `seen` (dedup) and the cursors are not touched, so it can neither hide a record nor be
+    /// hidden as a duplicate. `record_id` names it in logs and the dead letters.
+    pub fn enqueue_internal(
+        &self,
+        account: &str,
+        record_id: &str,
+        event: Vec<u8>,
+    ) -> Result<(), SpoolError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        insert_internal(&tx, account, record_id, event)?;
+        tx.commit()?;
+        drop(conn);
+        self.inner.new_data.notify_one();
+        Ok(())
     }
 
     /// The account's cursor (end of its last complete window), if it has one.

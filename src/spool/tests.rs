@@ -1130,3 +1130,80 @@ fn a_version_4_spool_gains_the_ledger_and_its_accounts_are_covered_from_their_ol
     );
     assert!(r.ledger(Some("acme"), 0).unwrap().is_empty());
 }
+
+/// An internal event (heartbeat, reconciliation) goes through the outbox like a record, but
+/// touches neither `seen` nor the cursors, is delivered as stored (sourcetype kept) and keeps
+/// its sourcetype when dead-lettered and requeued under the current settings.
+#[test]
+fn internal_events_are_spooled_without_dedup_or_cursor_and_keep_their_sourcetype() {
+    use crate::config::{Config, LoadEnv};
+    use crate::transform::{HEARTBEAT_SOURCETYPE, Transformer, internal_event};
+    let c = Config::from_toml_str(
+        r#"
+        [[accounts]]
+        name = "acme"
+        client_id = "c"
+        client_secret = "s"
+        jwt = "j"
+        [hec]
+        url = "https://h:8088"
+        token = "t"
+        [[hec.routes]]
+        action_id = "*"
+        sourcetype = "rc:routed"
+        "#,
+        &LoadEnv::default(),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let s = Spool::open(dir.path()).unwrap();
+    let body = serde_json::json!({"id": "same", "kind": "heartbeat"});
+    let hb = internal_event(&c.hec, None, HEARTBEAT_SOURCETYPE, 1_000, &body);
+    // Twice with one id: both go (no dedup), and no record id is remembered.
+    s.enqueue_internal(INTERNAL_ACCOUNT, "heartbeat:1000", hb.clone())
+        .unwrap();
+    s.enqueue_internal(INTERNAL_ACCOUNT, "heartbeat:1000", hb.clone())
+        .unwrap();
+    let seen: i64 = s
+        .conn()
+        .query_row("SELECT count(*) FROM seen", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(seen, 0, "internal events are not records");
+    assert_eq!(s.cursor(INTERNAL_ACCOUNT).unwrap(), None);
+    let st = s.status().unwrap();
+    assert_eq!(st.depth, 2);
+    assert_eq!(st.depth_by_account, vec![(INTERNAL_ACCOUNT.to_string(), 2)]);
+    assert!(st.cursors.is_empty());
+    // A record with the same id is still new.
+    assert_eq!(
+        s.enqueue_page("acme", &[rec("same")], None)
+            .unwrap()
+            .inserted,
+        1
+    );
+
+    let batch = s.read_batch(10, 1 << 20).unwrap();
+    assert_eq!(batch.len(), 3);
+    assert_eq!(batch[0].event, hb, "delivered as stored");
+    // The first is accepted, the second refused and requeued through the renderer.
+    s.settle(
+        Some((batch[0].seq, batch[0].seq)),
+        &[DeadLetter {
+            seq: batch[1].seq,
+            reason: "incorrect index".into(),
+            hec_code: Some(7),
+        }],
+    )
+    .unwrap();
+    let fallback = Transformer::for_account(&c.hec, INTERNAL_ACCOUNT, None, None);
+    let moved = s
+        .requeue(None, &|_, stored| fallback.rerender(stored).unwrap())
+        .unwrap();
+    assert_eq!(moved.moved, 1);
+    let again = s.read_batch_after(batch[2].seq, 10, 1 << 20).unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].account, INTERNAL_ACCOUNT);
+    let doc: serde_json::Value = serde_json::from_slice(&again[0].event).unwrap();
+    assert_eq!(doc["sourcetype"], HEARTBEAT_SOURCETYPE, "{doc}");
+    assert_eq!(doc["event"], body);
+}
