@@ -186,11 +186,14 @@ async fn a_period_above_the_10000_record_limit_is_counted_in_pieces() {
     assert!(counted.len() >= 3, "counted in pieces: {}", counted.len());
 }
 
+/// One scripted answer: a status and an optional `Retry-After`.
+type Answer = (u16, Option<&'static str>);
+
 /// A fake RingCentral whose searches answer from a script (then a count of `count`), and that
 /// notes the (paused) tokio time of each search.
 #[derive(Clone, Default)]
 struct Fake {
-    script: Arc<Mutex<VecDeque<(u16, Option<&'static str>)>>>,
+    script: Arc<Mutex<VecDeque<Answer>>>,
     count: u64,
     searches: Arc<Mutex<Vec<tokio::time::Instant>>>,
 }
@@ -317,4 +320,78 @@ async fn a_count_refused_with_429_and_5xx_waits_out_the_penalty_and_is_not_lost(
         poller.reconcile_next().await.unwrap().is_none(),
         "done once"
     );
+}
+
+#[tokio::test]
+async fn the_ledger_command_shows_windows_and_reconciliations_while_the_service_runs() {
+    let w = World::new(1).await;
+    let (start, end) = yesterday();
+    w.rc.generate(&w.accounts[0].account_id, 25, start, end, 124);
+    let cfg = w.dir.path().join("config.toml");
+    std::fs::write(&cfg, w.toml(COVER_YESTERDAY, "")).unwrap();
+    let mut child = bin()
+        .arg("--config")
+        .arg(&cfg)
+        .arg("run")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // The service's own loop reconciles yesterday after its first live window.
+    let reconciled = eventually(Duration::from_secs(15), || {
+        !reconciliation_events(&w).is_empty()
+    })
+    .await;
+    let ledger = |args: &[&str]| {
+        let mut c = bin();
+        c.arg("--config")
+            .arg(&cfg)
+            .args(["spool", "ledger"])
+            .args(args);
+        c
+    };
+    let out = output(ledger(&["--json"])).await;
+    let json_text = text(&out);
+    let text_out = output(ledger(&["--account", "acct0", "--since", "3d"])).await;
+    let other = output(ledger(&["--account", "nobody"])).await;
+    let bad = output(ledger(&["--since", "last tuesday"])).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(reconciled, "no reconciliation event reached HEC");
+    assert_eq!(out.status.code(), Some(0), "{json_text}");
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let r = &doc["reconciliations"][0];
+    assert_eq!(r["account"], "acct0", "{doc}");
+    assert_eq!(r["status"], "complete");
+    assert_eq!(r["ringcentral_count"], 25);
+    assert_eq!(r["forwarded_count"], 25);
+    assert_eq!(
+        r["period_start"],
+        rc_audit_hec::time::rfc3339_millis(start).as_str()
+    );
+    let windows = doc["windows"].as_array().unwrap();
+    let first = &windows[0];
+    assert_eq!(first["kind"], "live", "{doc}");
+    assert_eq!(first["total_found"], 25);
+    assert_eq!(first["records"], 25);
+    assert_eq!(first["new"], 25);
+    assert!(first["pages"].as_u64().unwrap() >= 1);
+    assert!(
+        windows.iter().skip(1).all(|w| w["new"] == 0),
+        "later windows found nothing new: {doc}"
+    );
+    let t = text(&text_out);
+    assert_eq!(text_out.status.code(), Some(0), "{t}");
+    assert!(t.contains("account acct0"), "{t}");
+    assert!(
+        t.contains("complete") && t.contains("ringcentral 25  forwarded 25"),
+        "{t}"
+    );
+    assert!(t.contains("live") && t.contains("totalFound 25"), "{t}");
+    assert!(
+        text(&other).contains("nothing recorded for account nobody"),
+        "{}",
+        text(&other)
+    );
+    assert_eq!(bad.status.code(), Some(2), "{}", text(&bad));
 }
