@@ -699,7 +699,10 @@ impl Poller {
                 true
             }
             Ok(None) => {
-                self.reconcile_after = Instant::now() + BACKFILL_CHECK;
+                // A period becomes due as time passes or the cursor moves: look again after a
+                // poll interval (or a period, if shorter), not at every turn of the loop.
+                self.reconcile_after =
+                    Instant::now() + self.poll.interval.min(self.reconcile.period);
                 false
             }
             Err(e) => {

@@ -220,6 +220,16 @@ impl Spool {
         })
     }
 
+    /// Reconciliation results of `account` (every account when `None`) for periods ending
+    /// after `since_ms`, by account and period (the demo's summary; commands use the reader).
+    pub fn reconciliations(
+        &self,
+        account: Option<&str>,
+        since_ms: i64,
+    ) -> Result<Vec<Reconciliation>, SpoolError> {
+        Ok(reconciliation_rows(&self.conn(), account, since_ms)?)
+    }
+
     /// Stores a reconciliation result, and spools `event` (its HEC event, already rendered by
     /// [`crate::transform::Transformer::internal`]; an internal event, see
     /// [`Spool::enqueue_internal`]) in the same transaction: either both are kept or neither (a period without a stored result
