@@ -294,13 +294,26 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary, Error> {
         .iter()
         .map(|a| rc.records(&a.account_id).len())
         .sum();
-    let audit_received = || {
-        hec.events()
+    // Until every record RingCentral holds arrived (counting would not do: the record shown
+    // late arrives only once reconciliation repaired its period, and records beyond the
+    // simulator's cap may arrive too).
+    let missing = || {
+        let received: std::collections::HashSet<String> = hec
+            .events()
             .iter()
-            .filter(|e| e["sourcetype"] != crate::transform::RECONCILIATION_SOURCETYPE)
+            .filter_map(|e| e.pointer("/event/id")?.as_str().map(str::to_string))
+            .collect();
+        accounts
+            .iter()
+            .flat_map(|a| rc.records(&a.account_id))
+            .filter(|r| {
+                r.get("id")
+                    .and_then(|v| v.as_str())
+                    .is_some_and(|id| !received.contains(id))
+            })
             .count()
     };
-    wait_until(deadline, || audit_received() >= generated).await;
+    wait_until(deadline, || missing() == 0).await;
     // Let the pollers make one more pass so any straggler would show up as a duplicate.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let reconciliations = spool
