@@ -120,12 +120,12 @@ impl World {
         Pipeline::open(self.config(poll, hec), fast()).unwrap()
     }
 
-    /// Record ids HEC received, with how often each arrived (the forwarder's own events, such
-    /// as reconciliation results, are not records and are left out).
+    /// Record ids HEC received, with how often each arrived (the forwarder's own events,
+    /// heartbeats and reconciliation results, are not records and are left out).
     pub fn received(&self) -> HashMap<String, usize> {
         let mut m = HashMap::new();
         for e in self.hec.events() {
-            if e["sourcetype"] == "ringcentral:audit:reconciliation" {
+            if e["source"] == rc_audit_hec::transform::INTERNAL_SOURCE {
                 continue;
             }
             let id = e
