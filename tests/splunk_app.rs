@@ -2126,6 +2126,10 @@ const SPL_WORDS: &[&str] = &[
     "replace",
     "floor",
     "relative_time",
+    "isnum",
+    "addinfo",
+    "info_min_time",
+    "info_max_time",
     "host",
     "source",
     "sourcetype",
@@ -2247,5 +2251,64 @@ fn searches_of_the_forwarders_own_events_read_only_fields_it_sends() {
         "version",
     ] {
         assert!(read.contains(field), "no search reads {field}: {read:?}");
+    }
+}
+
+/// The completeness search reads `period_start` as the forwarder writes it (RFC 3339 UTC with
+/// milliseconds, `time::ms_rfc3339`) into the epoch second the records of that period are put
+/// in (`floor(_time / period) * period`): its `replace` drops the fraction and turns `Z` into
+/// `+0000`, then `strptime` reads an explicit offset, so the user's time zone plays no part.
+#[test]
+fn the_completeness_search_reads_the_forwarders_period_start_as_utc() {
+    let app = &*APP_FILES;
+    let def = app
+        .macros
+        .require("ringcentral_audit_completeness", "definition");
+    let (pattern, replacement, format) =
+        ("([.][0-9]+)?(Z|[+]00:00)$", "+0000", "%Y-%m-%dT%H:%M:%S%z");
+    assert!(
+        def.contains(&format!(
+            "strptime(replace(period_start, \"{pattern}\", \"{replacement}\"), \"{format}\")"
+        )),
+        "{def}"
+    );
+    let period: i64 = app
+        .macros
+        .require("ringcentral_audit_reconcile_period_seconds", "definition")
+        .parse()
+        .expect("seconds");
+    assert_eq!(
+        period, 86_400,
+        "the forwarder's default [reconcile] period, 1d"
+    );
+    // The pattern, applied by hand: an optional fraction, then Z or +00:00, at the end.
+    let splunk_replace = |text: &str| -> String {
+        let rest = text
+            .strip_suffix('Z')
+            .or_else(|| text.strip_suffix("+00:00"))
+            .expect("UTC");
+        let rest = match rest.rfind('.') {
+            Some(dot) if rest[dot + 1..].chars().all(|c| c.is_ascii_digit()) => &rest[..dot],
+            _ => rest,
+        };
+        format!("{rest}{replacement}")
+    };
+    for day in 19_000..19_010_i64 {
+        let ms = day * 86_400_000;
+        let text = rc_audit_hec::time::ms_rfc3339(ms).expect("in range");
+        assert!(text.ends_with(".000Z"), "{text}");
+        let parsed = DateTime::parse_from_str(&splunk_replace(&text), format)
+            .unwrap_or_else(|e| panic!("{text}: {e}"));
+        assert_eq!(parsed.timestamp(), ms / 1000, "{text}");
+        assert_eq!(
+            parsed.timestamp() % period,
+            0,
+            "a period start is a period's multiple"
+        );
+    }
+    for e in INTERNAL_EVENTS.iter() {
+        if let Some(start) = e["event"]["period_start"].as_str() {
+            DateTime::parse_from_str(&splunk_replace(start), format).expect("parses");
+        }
     }
 }
