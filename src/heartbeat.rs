@@ -14,8 +14,10 @@
 //! successful poll per account, last delivery) and [`crate::spool::Spool::status`] (depth,
 //! oldest waiting event, dead letters, cursors). The heartbeat computes nothing of its own.
 //!
-//! The first heartbeat goes one interval after start (a restart is visible as a gap of at most
-//! one interval, and a short run of the service sends none).
+//! The first heartbeat goes one interval after start, and one interval after a reload (the
+//! service restarts it with the pollers, so it takes the new accounts, host and interval): a
+//! restart shows in Splunk as a gap of the downtime plus one interval, and a run shorter than
+//! one interval sends none. Reloads more often than the interval would hold it back.
 
 use serde::Serialize;
 use std::sync::Arc;

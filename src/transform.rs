@@ -275,21 +275,17 @@ impl Transformer {
             rc_account: Option<String>,
         }
         let stored: Stored = serde_json::from_slice(envelope).ok()?;
-        if stored.source.as_deref() == Some(INTERNAL_SOURCE) {
-            let time_ms = stored
-                .time
-                .and_then(|t| parse_hec_time(t.get()))
-                .unwrap_or_else(|| Utc::now().timestamp_millis());
-            let sourcetype = stored.sourcetype.as_deref().unwrap_or(&self.sourcetype);
-            let account = stored.fields.and_then(|f| f.rc_account);
-            return Some(self.internal(sourcetype, time_ms, stored.event, account.as_deref()));
-        }
-        let meta = inspect_record(stored.event);
-        let fallback_ms = stored
+        let stored_ms = stored
             .time
             .and_then(|t| parse_hec_time(t.get()))
             .unwrap_or_else(|| Utc::now().timestamp_millis());
-        Some(self.event(stored.event, &meta, fallback_ms))
+        if stored.source.as_deref() == Some(INTERNAL_SOURCE) {
+            let sourcetype = stored.sourcetype.as_deref().unwrap_or(&self.sourcetype);
+            let account = stored.fields.and_then(|f| f.rc_account);
+            return Some(self.internal(sourcetype, stored_ms, stored.event, account.as_deref()));
+        }
+        let meta = inspect_record(stored.event);
+        Some(self.event(stored.event, &meta, stored_ms))
     }
 
     /// An internal event's envelope with this transformer's host and default index (the
