@@ -98,9 +98,9 @@ static EVENTS: LazyLock<Vec<Value>> = LazyLock::new(|| {
 
 /// The forwarder's own events, as it sends them: heartbeats made by the real
 /// `heartbeat::beat` (with every optional field set, and once with none), and reconciliation
-/// results with the field names of the issue 12 contract (`account`, `period_start`,
-/// `period_end` as RFC 3339, `ringcentral_count`, `forwarded_count`, `status`, `recovered`,
-/// `reason`), all through the real `transform::internal_event`.
+/// results made by the real `reconcile::event_body` (the issue 12 contract: `account`,
+/// `period_start`, `period_end` as RFC 3339, `ringcentral_count`, `forwarded_count`, `status`,
+/// `recovered`, `reason`), all through the real `transform::internal_event`.
 static INTERNAL_EVENTS: LazyLock<Vec<Value>> = LazyLock::new(|| {
     use rc_audit_hec::heartbeat::beat;
     use rc_audit_hec::spool::Status;
@@ -160,25 +160,19 @@ static INTERNAL_EVENTS: LazyLock<Vec<Value>> = LazyLock::new(|| {
         let bytes = internal_event(&config.hec, None, HEARTBEAT_SOURCETYPE, now, &event);
         out.push(serde_json::from_slice(&bytes).expect("envelope"));
     }
-    for (status, recovered, reason) in [
-        ("complete", 0, Value::Null),
-        ("repaired", 2, Value::Null),
-        (
-            "short",
-            0,
-            Value::from("RingCentral counted 3 records its search did not return"),
-        ),
-    ] {
-        let event = serde_json::json!({
-            "account": "acme",
-            "period_start": "2024-08-06T00:00:00.000Z",
-            "period_end": "2024-08-07T00:00:00.000Z",
-            "ringcentral_count": 2000,
-            "forwarded_count": 2000 - 3 * u64::from(status == "short"),
-            "status": status,
-            "recovered": recovered,
-            "reason": reason,
-        });
+    // Reconciliation results as the poller makes them: `reconcile::verdict` and
+    // `reconcile::event_body` (complete; repaired with `recovered`; short with `reason`).
+    for (before, after) in [(2000, None), (1998, Some(2000)), (1997, Some(1997))] {
+        use rc_audit_hec::reconcile::{Count, Period, event_body, verdict};
+        let period = Period {
+            start_ms: now - 86_400_000,
+            end_ms: now,
+        };
+        let count = Count {
+            total: 2000,
+            capped: false,
+        };
+        let event = event_body(&verdict("acme", period, count, before, after, now));
         let bytes = internal_event(
             &config.hec,
             Some(&config.accounts[0]),
