@@ -376,9 +376,14 @@ async fn the_ledger_command_shows_windows_and_reconciliations_while_the_service_
     assert_eq!(first["records"], 25);
     assert_eq!(first["new"], 25);
     assert!(first["pages"].as_u64().unwrap() >= 1);
+    // The live windows after it found nothing new: they share one row however many ran.
+    assert!(windows.len() <= 2, "{doc}");
     assert!(
-        windows.iter().skip(1).all(|w| w["new"] == 0),
-        "later windows found nothing new: {doc}"
+        windows
+            .iter()
+            .skip(1)
+            .all(|w| w["new"] == 0 && w["kind"] == "live" && w["windows"].as_u64() >= Some(1)),
+        "{doc}"
     );
     let t = text(&text_out);
     assert_eq!(text_out.status.code(), Some(0), "{t}");

@@ -536,6 +536,7 @@ pub fn ledger_json(l: &Ledger) -> serde_json::Value {
                 "records": w.records,
                 "new": w.inserted,
                 "duplicates": w.duplicates,
+                "windows": w.windows,
                 "completed_at": time(w.at_ms),
             })
         })
@@ -594,13 +595,18 @@ pub fn render_ledger(l: &Ledger) -> String {
                 out.push('\n');
             }
         }
-        out.push_str("  windows (from .. to, kind, totalFound, pages, records, new, duplicates, completed):\n");
+        out.push_str("  windows (from .. to, kind, totalFound, pages, records, new, duplicates, completed; consecutive live windows with nothing new share a line):\n");
         for w in l.windows.iter().filter(|w| w.account == account) {
+            let kind = if w.windows > 1 {
+                format!("{} x{}", w.kind, w.windows)
+            } else {
+                w.kind.clone()
+            };
             out.push_str(&format!(
                 "    {} .. {}  {:<8}  totalFound {}  pages {}  records {}  new {}  duplicates {}  at {}\n",
                 time(w.from_ms),
                 time(w.to_ms),
-                w.kind,
+                kind,
                 w.total_found.map_or_else(|| "-".to_string(), |n| n.to_string()),
                 w.pages,
                 w.records,

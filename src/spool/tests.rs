@@ -1114,19 +1114,58 @@ fn a_version_4_spool_gains_the_ledger_and_its_accounts_are_covered_from_their_ol
         "new",
         &[rec("n1")],
         Some(300),
-        Some(&LedgerEntry { from_ms: 150, ..w }),
+        Some(&LedgerEntry {
+            from_ms: 150,
+            to_ms: 300,
+            ..w
+        }),
     )
     .unwrap();
     assert_eq!(since("new"), Some(100));
+    // Live windows that bring nothing new continue one row; a backfill gets its own.
+    std::thread::sleep(Duration::from_millis(2));
+    let quiet = LedgerEntry {
+        from_ms: 250,
+        to_ms: 400,
+        total_found: Some(3),
+        pages: 2,
+        records: 3,
+        ..w
+    };
+    s.enqueue_window_page("new", &[], Some(400), Some(&quiet))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(2));
+    let backfill = LedgerEntry {
+        kind: crate::spool::WindowKind::Backfill,
+        from_ms: 0,
+        to_ms: 50,
+        ..quiet
+    };
+    s.enqueue_window_page("new", &[], None, Some(&backfill))
+        .unwrap();
     drop(s);
     let r = crate::spool::reader::Reader::open(dir.path()).unwrap();
     let rows = r.ledger(Some("new"), 0).unwrap();
-    assert_eq!(rows.len(), 2);
-    assert_eq!((rows[0].inserted, rows[0].duplicates), (1, 0));
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    assert_eq!((rows[0].kind.as_str(), rows[0].from_ms), ("backfill", 0));
     assert_eq!(
-        (rows[1].inserted, rows[1].duplicates),
+        (rows[1].inserted, rows[1].duplicates, rows[1].windows),
+        (1, 0, 1)
+    );
+    let stretch = &rows[2];
+    assert_eq!(
+        (stretch.inserted, stretch.duplicates),
         (0, 1),
         "the page's own counts are added"
+    );
+    assert_eq!(
+        (stretch.from_ms, stretch.to_ms, stretch.windows),
+        (150, 400, 2),
+        "{stretch:?}"
+    );
+    assert_eq!(
+        (stretch.pages, stretch.records, stretch.total_found),
+        (3, 4, Some(3))
     );
     assert!(r.ledger(Some("acme"), 0).unwrap().is_empty());
 }
