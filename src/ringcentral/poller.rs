@@ -102,8 +102,8 @@ pub struct Poller {
     poll: PollConfig,
     /// Reconciliation of closed periods, between live windows.
     reconcile: ReconcileConfig,
-    /// No reconciliation is tried before this (after one failed: the live poll reports the
-    /// account's problems, the reconciliation waits a poll interval).
+    /// No reconciliation is tried before this: after one failed (the live poll reports the
+    /// account's problems) or found nothing due, it waits a poll interval.
     reconcile_after: Instant,
     max_spool_bytes: u64,
     stats: Arc<Stats>,
@@ -229,6 +229,8 @@ impl Poller {
         let (from_ms, to_ms) = (from.timestamp_millis(), to.timestamp_millis());
         let mut pager = Pager::new(&self.account, from, to, &self.poll);
         let (mut records, mut inserted, mut duplicates) = (0usize, 0usize, 0usize);
+        // New to the spool, dead-lettered ones included (the ledger's "new").
+        let mut fresh = 0usize;
         loop {
             let next = match pager.next(&mut self.client, &self.stats).await {
                 Ok(next) => next,
@@ -272,7 +274,7 @@ impl Poller {
                 total_found: pager.found,
                 pages: pager.pages(),
                 records: (records + n) as u64,
-                inserted: inserted as u64,
+                inserted: fresh as u64,
                 duplicates: duplicates as u64,
             });
             let done = self
@@ -281,6 +283,7 @@ impl Poller {
                 .await?;
             records += n;
             inserted += done.inserted;
+            fresh += done.inserted + done.dead_lettered;
             duplicates += done.duplicates;
             Stats::add(&self.stats.records_polled, n as u64);
             Stats::add(&self.stats.records_spooled, done.inserted as u64);

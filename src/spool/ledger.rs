@@ -91,7 +91,7 @@ pub struct LedgerEntry {
     pub pages: u32,
     /// Records received (all pages).
     pub records: u64,
-    /// Records new to the spool in the earlier pages.
+    /// Records new to the spool in the earlier pages (dead-lettered ones included).
     pub inserted: u64,
     /// Records already spooled, in the earlier pages.
     pub duplicates: u64,
