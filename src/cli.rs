@@ -165,6 +165,21 @@ pub enum SpoolCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Every completed poll window (live, backfill, repair) with RingCentral's totalFound,
+    /// pages, records, new records and duplicates absorbed, and beside them each reconciliation
+    /// result (RingCentral's count against the forwarded, per account and period): the
+    /// evidence for an auditor. Works while the service runs.
+    Ledger {
+        /// Only this account.
+        #[arg(long, value_name = "NAME")]
+        account: Option<String>,
+        /// Windows and periods ending after this: an age (7d, 12h), a date or RFC 3339.
+        #[arg(long, default_value = "7d", value_name = "T")]
+        since: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Put dead letters back into the outbox (after fixing the cause, e.g. an index route).
     Requeue {
         /// Every dead letter.
@@ -238,6 +253,15 @@ pub async fn execute(cli: Cli) -> Result<u8, Error> {
                 SpoolCommand::Status { json } => Action::Status { json },
                 SpoolCommand::DeadLetters { json } => Action::DeadLetters { json },
                 SpoolCommand::Requeue { all, id } => Action::Requeue { all, id },
+                SpoolCommand::Ledger {
+                    account,
+                    since,
+                    json,
+                } => Action::Ledger {
+                    account,
+                    since,
+                    json,
+                },
             };
             finish(&commands::spool::command(path, &settings, action).await?)
         }

@@ -111,7 +111,55 @@ pub struct Config {
     pub admin: AdminConfig,
     /// Logging.
     pub log: LogConfig,
+    /// The periodic heartbeat event.
+    pub heartbeat: HeartbeatConfig,
+    /// Reconciliation: each closed period's count at RingCentral against the spool's.
+    pub reconcile: ReconcileConfig,
 }
+
+/// Reconciliation (see [`crate::reconcile`]): for each account and closed period, RingCentral's
+/// count against the distinct record ids spooled, with a repair when RingCentral holds more.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReconcileConfig {
+    /// Off: no counts are asked for and no reconciliation events are sent.
+    pub enabled: bool,
+    /// Length of a period; periods are aligned to the Unix epoch, so `1d` is a UTC day.
+    #[serde(serialize_with = "ser_duration")]
+    pub period: Duration,
+    /// How long after a period closes it is counted, so records RingCentral shows late are in.
+    #[serde(serialize_with = "ser_duration")]
+    pub delay: Duration,
+    /// How far back closed periods are checked (at start, and after an outage).
+    #[serde(serialize_with = "ser_duration")]
+    pub lookback: Duration,
+}
+
+impl Default for ReconcileConfig {
+    fn default() -> Self {
+        ReconcileConfig {
+            enabled: true,
+            period: Duration::from_secs(86_400),
+            delay: Duration::from_secs(2 * 3600),
+            lookback: Duration::from_secs(7 * 86_400),
+        }
+    }
+}
+
+/// `[heartbeat]`: the event the forwarder sends about itself, through the spool, so Splunk can
+/// tell a quiet tenant from a silent forwarder.
+#[derive(Debug, Clone, Serialize)]
+pub struct HeartbeatConfig {
+    /// How often; zero turns the heartbeat off.
+    #[serde(serialize_with = "ser_duration")]
+    pub interval: Duration,
+}
+
+/// The heartbeat's default interval: often enough for a "forwarder silent" alert within the
+/// hour, rare enough to cost nothing (288 small events a day).
+pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(300);
+
+/// The shortest heartbeat interval accepted (other than zero, off).
+pub const MIN_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
 
 /// One RingCentral account to poll.
 #[derive(Debug, Clone, Serialize)]
@@ -922,6 +970,13 @@ impl Validator<'_> {
                 })
                 .ok(),
         };
+        let beat = raw.heartbeat.interval;
+        if !beat.is_zero() && beat < MIN_HEARTBEAT_INTERVAL {
+            self.flag(self.invalid(
+                "heartbeat.interval",
+                "must be \"0s\" (off) or at least \"10s\"",
+            ));
+        }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&raw.log.level) {
             self.flag(self.invalid(
                 "log.level",
@@ -931,6 +986,29 @@ impl Validator<'_> {
                 ),
             ));
         }
+
+        let r = raw.reconcile;
+        if r.period < Duration::from_secs(60) || r.period > Duration::from_secs(7 * 86_400) {
+            self.flag(self.invalid(
+                "reconcile.period",
+                "must be between 1m and 7d, e.g. \"1d\" (a UTC day)",
+            ));
+        }
+        if r.delay > Duration::from_secs(7 * 86_400) {
+            self.flag(self.invalid("reconcile.delay", "must be at most 7d, e.g. \"2h\""));
+        }
+        if r.lookback < r.period || r.lookback > MAX_LOOKBACK {
+            self.flag(self.invalid(
+                "reconcile.lookback",
+                "must be at least reconcile.period and at most 180d (RingCentral keeps no more), e.g. \"7d\"",
+            ));
+        }
+        let reconcile = ReconcileConfig {
+            enabled: r.enabled,
+            period: r.period,
+            delay: r.delay,
+            lookback: r.lookback,
+        };
 
         let problems = self.problems.take();
         if problems.len() > 1 {
@@ -956,6 +1034,10 @@ impl Validator<'_> {
                 format: raw.log.format,
                 level: raw.log.level,
             },
+            heartbeat: HeartbeatConfig {
+                interval: raw.heartbeat.interval,
+            },
+            reconcile,
         })
     }
 
@@ -1095,6 +1177,34 @@ struct RawConfig {
     admin: RawAdmin,
     #[serde(default)]
     log: RawLog,
+    #[serde(default)]
+    heartbeat: RawHeartbeat,
+    #[serde(default)]
+    reconcile: RawReconcile,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawReconcile {
+    enabled: bool,
+    #[serde(deserialize_with = "de_duration")]
+    period: Duration,
+    #[serde(deserialize_with = "de_duration")]
+    delay: Duration,
+    #[serde(deserialize_with = "de_duration")]
+    lookback: Duration,
+}
+
+impl Default for RawReconcile {
+    fn default() -> Self {
+        let d = ReconcileConfig::default();
+        RawReconcile {
+            enabled: d.enabled,
+            period: d.period,
+            delay: d.delay,
+            lookback: d.lookback,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -1219,6 +1329,21 @@ struct RawSpool {
     max_bytes: ByteSize,
     #[serde(default)]
     min_free_bytes: Option<ByteSize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawHeartbeat {
+    #[serde(deserialize_with = "de_duration")]
+    interval: Duration,
+}
+
+impl Default for RawHeartbeat {
+    fn default() -> Self {
+        RawHeartbeat {
+            interval: DEFAULT_HEARTBEAT_INTERVAL,
+        }
+    }
 }
 
 #[derive(Deserialize, Default)]

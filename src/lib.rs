@@ -16,6 +16,8 @@
 //! - [`transform`]: pure functions turning a raw record into a HEC envelope.
 //! - [`spool`]: the only channel between source and sink; every record passes through it.
 //! - [`hec`]: batching, the HTTP client, the one response classifier, the delivery loop.
+//! - [`heartbeat`]: one event about the forwarder itself every `[heartbeat] interval`, from the
+//!   telemetry and the spool's status, through the spool.
 //! - [`pipeline`]: the wired [`pipeline::Pipeline`] (spool, pollers, sink) and `once`.
 //!   Shutdown is a `CancellationToken` parameter everywhere; [`signals`] turns SIGTERM/SIGINT
 //!   into it (and SIGHUP into `run`'s reload requests).
@@ -29,6 +31,8 @@
 //!   progress bar, `check`, `spool`, `demo`, `config`, `actions`, `completions`/`man`,
 //!   `healthcheck`), each returning a report that prints itself and knows its exit code
 //!   ([`exit`], the one mapping); [`cli`] holds the clap types and dispatches.
+//! - [`reconcile`]: per account and closed period, RingCentral's count against the spool's
+//!   (the poller asks and repairs between live windows; the spool keeps results and the ledger).
 //! - [`config`], [`telemetry`] (counters, health, logging), [`retry`], [`time`] (milliseconds
 //!   and RFC 3339, the one conversion): shared by every layer;
 //!   [`runtime`] is the async runtime every command runs on, with its threads bounded.
@@ -46,9 +50,9 @@
 //! | layer | modules | role |
 //! | --- | --- | --- |
 //! | leaves | `exit`, `notify`, `retry`, `runtime`, `signals`, `time`, `watchdog`, `sim` | import nothing of the crate |
-//! | shared | `config`, `telemetry` | settings; counters, health, logging |
+//! | shared | `config`, `telemetry`, `reconcile` | settings; counters, health, logging; which period is due for reconciliation, its verdict and event |
 //! | storage | `transform`, `spool` | record to event; the durable outbox |
-//! | endpoints | `ringcentral`, `hec` | the source (pollers) and the destination (sink) |
+//! | endpoints | `ringcentral`, `hec`, `heartbeat` | the source (pollers), the destination (sink), the forwarder's own heartbeat |
 //! | pipeline | `pipeline` | wires spool, pollers and sink; `once` |
 //! | planning | `backfill` | a past range cut into pieces |
 //! | admin | `admin` | the admin endpoint, `/metrics` rendering |
@@ -78,9 +82,11 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod exit;
+pub mod heartbeat;
 pub mod hec;
 pub mod notify;
 pub mod pipeline;
+pub mod reconcile;
 pub mod retry;
 pub mod ringcentral;
 pub mod runtime;

@@ -219,6 +219,7 @@ impl Pipeline {
                     self.spool.clone(),
                     Transformer::new(&self.config.hec, a),
                     self.config.poll.clone(),
+                    self.config.reconcile.clone(),
                     self.config.spool.max_bytes,
                     self.stats.clone(),
                     self.health.clone(),

@@ -148,6 +148,16 @@ impl Service {
                 .tracker
                 .spawn(watchdog::supervise(hb, poller.run(loops.stop.clone())));
         }
+        // The heartbeat restarts with the pollers, so a reload gives it the new accounts,
+        // host and interval.
+        let p = &self.pipeline;
+        let heartbeat = crate::heartbeat::Heartbeat::new(
+            p.config.clone(),
+            p.spool.clone(),
+            p.stats.clone(),
+            p.health.clone(),
+        );
+        loops.tracker.spawn(heartbeat.run(loops.stop.clone()));
         loops
     }
 

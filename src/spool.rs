@@ -7,17 +7,23 @@
 //!
 //! # On-disk format (`<state dir>/spool.db`, `PRAGMA user_version` = [`SCHEMA_VERSION`])
 //! - `outbox(seq, account, record_id, event, spooled_at_ms)`: serialized HEC events waiting for
-//!   delivery, in `seq` order (AUTOINCREMENT, so a seq is never reused).
+//!   delivery, in `seq` order (AUTOINCREMENT, so a seq is never reused). Besides records, the
+//!   forwarder's own events (heartbeats, reconciliation results) wait here too
+//!   ([`Spool::enqueue_internal`]): they pass no dedup and move no cursor.
 //! - `seen(account, event_time_ms, record_id, seen_at_ms)`: every record id ever enqueued, kept for
 //!   [`SEEN_RETENTION`] after it was first seen, so overlapping windows and re-polls after a crash
 //!   enqueue a record once. Pruning goes by when we saw an id, not by its `eventTime`: a record
 //!   seen more than 181 days ago is older than RingCentral's 180 days and cannot come back, while
 //!   a record with a bogus `eventTime` (say 1970) would otherwise be pruned and re-enqueued by
 //!   every overlapping poll.
-//! - `cursors(account, cursor_ms)`: the end of the last complete window per account.
+//! - `cursors(account, cursor_ms, updated_at_ms, since_ms)`: the end of the last complete window per
+//!   account.
 //! - `dead_letters(...)`: events HEC refused permanently, with the reason; never deleted by us.
 //! - `backfill_done(account, from_ms, to_ms)`: past ranges `backfill` has completed
 //!   ([`backfill`]; created on first use).
+//! - `ledger(...)`, `reconciliations(...)`, `cursors.since_ms` (v5): every completed window
+//!   (live, backfill, repair) with its counts, each reconciliation result, and where each
+//!   account's coverage starts ([`ledger`]); pruned with `seen`.
 //! - `delivered(id = 1, upto_seq)` (v4): every outbox row with `seq <= upto_seq` is settled
 //!   (delivered) and invisible to every reader, status, depth and tally, whether or not it has
 //!   been deleted yet. It only moves when no unsettled row lies below the settled range, so it
@@ -78,6 +84,7 @@ mod dead_letters;
 pub mod durability;
 mod handle;
 pub mod identity;
+pub mod ledger;
 mod outbox;
 pub mod reader;
 mod recovery;
@@ -89,7 +96,8 @@ mod writer;
 
 pub use dead_letters::{DeadLetter, DeadLetterRow, Requeued};
 pub use handle::Spool;
-pub use outbox::{Enqueued, NewRecord, SEEN_RETENTION, Spooled};
+pub use ledger::{LedgerEntry, LedgerRow, WindowKind};
+pub use outbox::{Enqueued, INTERNAL_ACCOUNT, NewRecord, SEEN_RETENTION, Spooled};
 pub use recovery::ABORT_RECOVERY_ENV;
 pub use recovery::Recovery;
 pub use schema::SCHEMA_VERSION;

@@ -9,6 +9,11 @@
 //! Every field of a record is optional. A record without an `id` gets one derived from a hash of
 //! its bytes (stable, so a re-poll of the same record dedups); a record without a parseable
 //! `eventTime` gets the time of the poll that fetched it. Neither is dropped.
+//!
+//! The forwarder also sends events of its own (heartbeats, reconciliation results):
+//! [`internal_event`]. They carry `source` [`INTERNAL_SOURCE`] and their own sourcetype, and
+//! [`Transformer::rerender`] recognises them by that source, so a requeued one never turns into
+//! an audit record (or takes a route meant for records).
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -137,6 +142,43 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
     p[pi..].iter().all(|&c| c == b'*')
 }
 
+/// `source` of every event the forwarder makes itself (never of a RingCentral record, whose
+/// source is `ringcentral:audit-trail:<account>`): what marks an envelope as internal.
+pub const INTERNAL_SOURCE: &str = "rc-audit-hec";
+
+/// Sourcetype of the periodic heartbeat (`[heartbeat]`).
+pub const HEARTBEAT_SOURCETYPE: &str = "ringcentral:audit:heartbeat";
+
+/// Sourcetype of a reconciliation result (one per account and period).
+pub const RECONCILIATION_SOURCETYPE: &str = "ringcentral:audit:reconciliation";
+
+/// The serialized HEC envelope of an event the forwarder makes itself: `event` as given,
+/// `sourcetype` as given (never routed), `source` [`INTERNAL_SOURCE`], `host` from `hec.host`,
+/// and the index the account's records get by default (its `index`, else `hec.index`; no
+/// route applies, routes are for action ids). With `account`, the indexed field `rc_account`
+/// names it, so searches by account find its internal events beside its records. Spool it with
+/// [`crate::spool::Spool::enqueue_internal`].
+pub fn internal_event(
+    hec: &HecConfig,
+    account: Option<&AccountConfig>,
+    sourcetype: &str,
+    time_ms: i64,
+    event: &serde_json::Value,
+) -> Vec<u8> {
+    let t = match account {
+        Some(a) => Transformer::new(hec, a),
+        None => Transformer::for_account(hec, "", None, None),
+    };
+    let event = serde_json::value::to_raw_value(event)
+        .unwrap_or_else(|_| RawValue::from_string("null".into()).expect("valid JSON"));
+    t.internal(
+        sourcetype,
+        time_ms,
+        &event,
+        account.map(|a| a.name.as_str()),
+    )
+}
+
 /// Builds the HEC envelopes for one account.
 #[derive(Debug, Clone)]
 pub struct Transformer {
@@ -159,14 +201,22 @@ struct Envelope<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     index: Option<&'a str>,
     event: &'a RawValue,
+    #[serde(skip_serializing_if = "Fields::is_empty")]
     fields: Fields<'a>,
 }
 
 #[derive(Serialize)]
 struct Fields<'a> {
-    rc_account: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rc_account: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     rc_action_id: Option<&'a str>,
+}
+
+impl Fields<'_> {
+    fn is_empty(&self) -> bool {
+        self.rc_account.is_none() && self.rc_action_id.is_none()
+    }
 }
 
 impl Transformer {
@@ -202,6 +252,9 @@ impl Transformer {
     /// host), through [`Transformer::event`]: the record is the envelope's `event`, verbatim,
     /// and a record without a usable `eventTime` keeps the time it was first given. `None` when
     /// the bytes are not an envelope with an `event` (then the caller keeps them as they are).
+    ///
+    /// An internal event ([`internal_event`], recognised by its `source`) keeps its sourcetype,
+    /// time, event and `rc_account`; only `host` and the index follow the current settings.
     pub fn rerender(&self, envelope: &[u8]) -> Option<Vec<u8>> {
         #[derive(Deserialize)]
         struct Stored<'a> {
@@ -209,14 +262,60 @@ impl Transformer {
             event: &'a RawValue,
             #[serde(borrow, default)]
             time: Option<&'a RawValue>,
+            #[serde(default)]
+            source: Option<String>,
+            #[serde(default)]
+            sourcetype: Option<String>,
+            #[serde(default)]
+            fields: Option<StoredFields>,
+        }
+        #[derive(Deserialize)]
+        struct StoredFields {
+            #[serde(default)]
+            rc_account: Option<String>,
         }
         let stored: Stored = serde_json::from_slice(envelope).ok()?;
-        let meta = inspect_record(stored.event);
-        let fallback_ms = stored
+        let stored_ms = stored
             .time
             .and_then(|t| parse_hec_time(t.get()))
             .unwrap_or_else(|| Utc::now().timestamp_millis());
-        Some(self.event(stored.event, &meta, fallback_ms))
+        if stored.source.as_deref() == Some(INTERNAL_SOURCE) {
+            let sourcetype = stored.sourcetype.as_deref().unwrap_or(&self.sourcetype);
+            let account = stored.fields.and_then(|f| f.rc_account);
+            return Some(self.internal(sourcetype, stored_ms, stored.event, account.as_deref()));
+        }
+        let meta = inspect_record(stored.event);
+        Some(self.event(stored.event, &meta, stored_ms))
+    }
+
+    /// An internal event's envelope with this transformer's host and default index (the
+    /// poller's reconciliation events use its account's transformer).
+    pub fn internal(
+        &self,
+        sourcetype: &str,
+        time_ms: i64,
+        event: &RawValue,
+        account: Option<&str>,
+    ) -> Vec<u8> {
+        let time_text = hec_time(time_ms);
+        // The time text is digits and one dot: always a valid JSON number.
+        let time: &RawValue = serde_json::from_str(&time_text).unwrap_or(event);
+        let env = Envelope {
+            time,
+            host: &self.host,
+            source: INTERNAL_SOURCE,
+            sourcetype,
+            index: self.index.as_deref(),
+            event,
+            fields: Fields {
+                rc_account: account,
+                rc_action_id: None,
+            },
+        };
+        let mut out = Vec::with_capacity(event.get().len() + 256);
+        // Serializing borrowed strings and raw JSON into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut out, &env);
+        out
     }
 
     /// `(index, sourcetype)` for an action id: the first matching route, else the defaults.
@@ -248,7 +347,7 @@ impl Transformer {
             index,
             event: raw,
             fields: Fields {
-                rc_account: &self.account,
+                rc_account: Some(&self.account),
                 rc_action_id: meta.action_id.as_deref(),
             },
         };
@@ -411,6 +510,58 @@ mod tests {
         assert_eq!(parse_hec_time("1722941419.442"), Some(1_722_941_419_442));
         assert_eq!(parse_hec_time("-0.001"), Some(-1));
         assert_eq!(parse_hec_time("17"), Some(17_000));
+    }
+
+    #[test]
+    fn an_internal_event_keeps_its_sourcetype_through_a_rerender_under_routes() {
+        // A route that would catch anything, and an account with its own index.
+        let c = config(
+            "index = \"main\"\n[[hec.routes]]\naction_id = \"*\"\nindex = \"security\"\nsourcetype = \"rc:routed\"",
+        );
+        let body = serde_json::json!({"id": "looks-like-a-record", "actionId": "LOGIN", "n": 1});
+        let hb = internal_event(&c.hec, None, HEARTBEAT_SOURCETYPE, 1_700_000_000_123, &body);
+        let doc: serde_json::Value = serde_json::from_slice(&hb).unwrap();
+        assert_eq!(doc["sourcetype"], HEARTBEAT_SOURCETYPE);
+        assert_eq!(doc["source"], INTERNAL_SOURCE);
+        assert_eq!(doc["host"], "fwd1");
+        assert_eq!(doc["index"], "main", "the default index, no route");
+        assert_eq!(doc["event"], body);
+        assert_eq!(doc["time"].to_string(), "1700000000.123");
+        assert!(doc.get("fields").is_none(), "no account, no fields: {doc}");
+
+        let mut acct = c.accounts[0].clone();
+        acct.index = Some("acme_idx".into());
+        let rec = internal_event(&c.hec, Some(&acct), RECONCILIATION_SOURCETYPE, 5, &body);
+        let doc: serde_json::Value = serde_json::from_slice(&rec).unwrap();
+        assert_eq!(doc["index"], "acme_idx", "the account's index");
+        assert_eq!(doc["fields"], serde_json::json!({"rc_account": "acme"}));
+
+        // Requeued (a dead letter rendered again) under a changed config: still internal, same
+        // sourcetype, time and event; host and index follow the config.
+        let mut now = config(
+            "index = \"fixed\"\n[[hec.routes]]\naction_id = \"*\"\nsourcetype = \"rc:routed\"",
+        );
+        now.hec.host = "fwd2".into();
+        let t = Transformer::new(&now.hec, &now.accounts[0]);
+        for (stored, st, account) in [
+            (&hb, HEARTBEAT_SOURCETYPE, None),
+            (&rec, RECONCILIATION_SOURCETYPE, Some("acme")),
+        ] {
+            let again: serde_json::Value =
+                serde_json::from_slice(&t.rerender(stored).unwrap()).unwrap();
+            assert_eq!(again["sourcetype"], st, "{again}");
+            assert_eq!(again["source"], INTERNAL_SOURCE);
+            assert_eq!(again["event"], body);
+            assert_eq!(again["index"], "fixed");
+            assert_eq!(again["host"], "fwd2");
+            assert_eq!(again["fields"]["rc_account"].as_str(), account);
+            assert!(again["fields"].get("rc_action_id").is_none());
+        }
+        assert_eq!(
+            serde_json::from_slice::<serde_json::Value>(&t.rerender(&hb).unwrap()).unwrap()["time"]
+                .to_string(),
+            "1700000000.123"
+        );
     }
 
     #[test]

@@ -468,6 +468,14 @@ async fn the_demo_loses_nothing() {
     .await
     .unwrap();
     assert_eq!(summary.lost, 0);
+    // The record shown later than the overlap came in through reconciliation's repair.
+    let repaired: Vec<_> = summary
+        .reconciliations
+        .iter()
+        .filter(|r| r.status == rc_audit_hec::reconcile::Status::Repaired)
+        .collect();
+    assert_eq!(repaired.len(), 1, "{:?}", summary.reconciliations);
+    assert_eq!(repaired[0].recovered, Some(1));
     assert_eq!(summary.duplicated, 0);
     assert_eq!(summary.delivered, summary.generated);
     assert!(

@@ -34,7 +34,10 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 use rc_audit_hec::commands::actions::{ActionLookup, SHIPPED_LOOKUP, UNKNOWN, wildcard_match};
 use rc_audit_hec::config::{Config, DEFAULT_SOURCETYPE, LoadEnv};
 use rc_audit_hec::sim::records::{ACTION_IDS, PUBLISHED_ACTION_IDS, generate_records};
-use rc_audit_hec::transform::{Transformer, inspect_record};
+use rc_audit_hec::transform::{
+    HEARTBEAT_SOURCETYPE, INTERNAL_SOURCE, RECONCILIATION_SOURCETYPE, Transformer, inspect_record,
+    internal_event,
+};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
@@ -92,6 +95,130 @@ static EVENTS: LazyLock<Vec<Value>> = LazyLock::new(|| {
     }
     events
 });
+
+/// The forwarder's own events, as it sends them: heartbeats made by the real
+/// `heartbeat::beat` (with every optional field set, and once with none), and reconciliation
+/// results made by the real `reconcile::event_body` (the issue 12 contract: `account`,
+/// `period_start`, `period_end` as RFC 3339, `ringcentral_count`, `forwarded_count`, `status`,
+/// `recovered`, `reason`), all through the real `transform::internal_event`.
+static INTERNAL_EVENTS: LazyLock<Vec<Value>> = LazyLock::new(|| {
+    use rc_audit_hec::heartbeat::beat;
+    use rc_audit_hec::spool::Status;
+    use rc_audit_hec::telemetry::{Component, Health, State, Stats};
+    let toml = r#"
+        [[accounts]]
+        name = "acme"
+        client_id = "c"
+        client_secret = "s"
+        jwt = "j"
+        [[accounts]]
+        name = "beta"
+        client_id = "c2"
+        client_secret = "s"
+        jwt = "j"
+        [hec]
+        url = "https://splunk.example.com:8088"
+        token = "t"
+        host = "fwd1"
+    "#;
+    let config = Config::from_toml_str(toml, &LoadEnv::default()).expect("test config is valid");
+    let now = 1_722_988_800_000; // 2024-08-07T00:00:00Z
+    let (stats, health) = (Stats::default(), Health::default());
+    let quiet = beat(&config, &stats, &health, &Status::default(), now);
+    stats
+        .account("acme")
+        .last_poll_ms
+        .store(now - 1_000, std::sync::atomic::Ordering::Relaxed);
+    stats
+        .last_delivery_ms
+        .store(now - 2_000, std::sync::atomic::Ordering::Relaxed);
+    health.set(&Component::Account("acme".into()), State::Ok, None);
+    health.set(
+        &Component::Account("beta".into()),
+        State::Failing,
+        Some("RingCentral refused the credentials (401)".into()),
+    );
+    health.set(
+        &Component::Hec,
+        State::Degraded,
+        Some("HEC answered 503".into()),
+    );
+    let status = Status {
+        depth: 3,
+        oldest_spooled_ms: Some(now - 60_000),
+        dead_letters: 1,
+        cursors: vec![
+            ("acme".into(), now - 90_000),
+            ("beta".into(), now - 9_000_000),
+        ],
+        ..Status::default()
+    };
+    let busy = beat(&config, &stats, &health, &status, now);
+    let mut out = Vec::new();
+    for b in [quiet, busy] {
+        let event = serde_json::to_value(&b).expect("a heartbeat is JSON");
+        let bytes = internal_event(&config.hec, None, HEARTBEAT_SOURCETYPE, now, &event);
+        out.push(serde_json::from_slice(&bytes).expect("envelope"));
+    }
+    // Reconciliation results as the poller makes them: `reconcile::verdict` and
+    // `reconcile::event_body` (complete; repaired with `recovered`; short with `reason`).
+    for (before, after) in [(2000, None), (1998, Some(2000)), (1997, Some(1997))] {
+        use rc_audit_hec::reconcile::{Count, Period, event_body, verdict};
+        let period = Period {
+            start_ms: now - 86_400_000,
+            end_ms: now,
+        };
+        let count = Count {
+            total: 2000,
+            capped: false,
+        };
+        let event = event_body(&verdict("acme", period, count, before, after, now));
+        let bytes = internal_event(
+            &config.hec,
+            Some(&config.accounts[0]),
+            RECONCILIATION_SOURCETYPE,
+            now + 7_200_000,
+            &event,
+        );
+        out.push(serde_json::from_slice(&bytes).expect("envelope"));
+    }
+    out
+});
+
+/// The forwarder's sourcetypes: records, heartbeats, reconciliation results.
+const SOURCETYPES: [&str; 3] = [
+    DEFAULT_SOURCETYPE,
+    HEARTBEAT_SOURCETYPE,
+    RECONCILIATION_SOURCETYPE,
+];
+
+/// The macros that select the forwarder's own events (directly or through another).
+const INTERNAL_MACROS: [&str; 3] = [
+    "ringcentral_audit_heartbeat",
+    "ringcentral_audit_reconciliation",
+    "ringcentral_audit_completeness",
+];
+
+/// Whether an SPL text reads the forwarder's own events.
+fn reads_internal(name: &str, tokens: &[Tok]) -> bool {
+    INTERNAL_MACROS
+        .iter()
+        .any(|m| name == format!("macros.conf [{m}]"))
+        || macros_used(tokens)
+            .iter()
+            .any(|m| INTERNAL_MACROS.contains(&m.as_str()))
+}
+
+/// Whether an SPL text reads audit records.
+fn reads_records(tokens: &[Tok]) -> bool {
+    let direct = comparisons(tokens)
+        .iter()
+        .any(|(f, v)| f == "sourcetype" && v == DEFAULT_SOURCETYPE);
+    let through = macros_used(tokens)
+        .iter()
+        .any(|m| m == "ringcentral_audit" || m == "ringcentral_audit_completeness");
+    direct || through
+}
 
 /// The audit records inside the envelopes (what Splunk extracts JSON fields from).
 fn records() -> impl Iterator<Item = &'static Value> {
@@ -897,12 +1024,32 @@ fn the_sourcetype_and_source_are_the_forwarders() {
     let app = &*APP_FILES;
     let stanzas: Vec<&str> = app.props.names().collect();
     assert_eq!(
-        stanzas,
-        [DEFAULT_SOURCETYPE],
-        "props.conf defines the forwarder's default sourcetype, and only it"
+        stanzas, SOURCETYPES,
+        "props.conf defines the forwarder's sourcetypes, and only them"
     );
     for e in EVENTS.iter() {
         assert_eq!(e["sourcetype"], DEFAULT_SOURCETYPE);
+    }
+    for e in INTERNAL_EVENTS.iter() {
+        assert!(SOURCETYPES[1..].contains(&e["sourcetype"].as_str().expect("sourcetype")));
+        assert_eq!(e["source"], INTERNAL_SOURCE);
+    }
+    // The forwarder's own events get JSON fields and nothing else: no alias, calculated field
+    // or lookup (so no CIM field), and no eventtype or tag names them.
+    for st in &SOURCETYPES[1..] {
+        assert_eq!(
+            app.props.get(st, "KV_MODE"),
+            Some("json"),
+            "[{st}] KV_MODE = json"
+        );
+        for (key, _) in app.props.stanza(st) {
+            assert!(
+                !["FIELDALIAS-", "EVAL-", "LOOKUP-", "REPORT-", "TRANSFORMS-"]
+                    .iter()
+                    .any(|p| key.starts_with(p)),
+                "[{st}] {key}: the forwarder's own events get no search-time knowledge"
+            );
+        }
     }
     assert_eq!(
         app.props.get(DEFAULT_SOURCETYPE, "KV_MODE"),
@@ -926,7 +1073,10 @@ fn the_sourcetype_and_source_are_the_forwarders() {
             match field.as_str() {
                 "sourcetype" => {
                     literals += 1;
-                    assert_eq!(value, DEFAULT_SOURCETYPE, "{name}: sourcetype");
+                    assert!(
+                        SOURCETYPES.contains(&value.as_str()),
+                        "{name}: sourcetype {value} is none of the forwarder's {SOURCETYPES:?}"
+                    );
                 }
                 "source" => {
                     literals += 1;
@@ -1043,16 +1193,40 @@ fn every_json_path_the_app_reads_is_in_the_events_with_the_right_shape() {
     }
     // Searches, macros, eventtypes and dashboards: each JSON path is in some event, and never
     // has another shape.
+    // A search of the forwarder's own events is checked against them (and against the records
+    // too when it reads both); `spath path=...` names an array of objects, read whole.
     let mut from_searches = BTreeSet::new();
     for (name, spl) in app.spl() {
-        for path in json_paths(&tokenize(&spl)) {
+        let tokens = tokenize(&spl);
+        let mut events: Vec<&Value> = Vec::new();
+        if reads_internal(&name, &tokens) {
+            events.extend(INTERNAL_EVENTS.iter().map(|e| &e["event"]));
+        }
+        if events.is_empty() || reads_records(&tokens) {
+            events.extend(records());
+        }
+        let spath: BTreeSet<String> = comparisons(&tokens)
+            .into_iter()
+            .filter(|(f, _)| f == "path")
+            .map(|(_, v)| v)
+            .collect();
+        for path in &spath {
+            let array = path.strip_suffix("{}").expect("spath path=<array>{}");
+            assert!(
+                events
+                    .iter()
+                    .any(|e| e[array].as_array().is_some_and(|a| !a.is_empty())),
+                "{name}: spath path={path}, which no event has as an array"
+            );
+        }
+        for path in json_paths(&tokens).difference(&spath) {
             let mut present = 0;
-            for record in records() {
-                let values = resolve(record, &path).unwrap_or_else(|e| panic!("{name}: {e}"));
+            for event in &events {
+                let values = resolve(event, path).unwrap_or_else(|e| panic!("{name}: {e}"));
                 present += usize::from(!values.is_empty());
             }
             assert!(present > 0, "{name} reads {path}, which no event has");
-            from_searches.insert(path);
+            from_searches.insert(path.clone());
         }
     }
     assert!(
@@ -1537,6 +1711,8 @@ fn alerts_ship_disabled_scheduled_throttled_and_without_recipients() {
         "RingCentral - Admin Role Granted or Changed",
         "RingCentral - Burst of Changes by One Admin",
         "RingCentral - Forwarder Silent",
+        "RingCentral - Account Degraded",
+        "RingCentral - Completeness Gap",
         UNMAPPED,
     ]
     .into_iter()
@@ -1682,7 +1858,15 @@ fn alerts_see_late_events_and_count_distinct_records() {
     let ss = &app.savedsearches;
     let mut threshold_alerts = 0;
     for name in ss.names() {
-        if ss.get(name, "enableSched") != Some("1") || name == "RingCentral - Forwarder Silent" {
+        // Alerts on a state rather than on events: silence (the newest heartbeat's index
+        // time), an account's state in its latest heartbeats, and each period's final
+        // reconciliation over the whole range at every run. Late events cannot slip past them.
+        let state_alerts = [
+            "RingCentral - Forwarder Silent",
+            "RingCentral - Account Degraded",
+            "RingCentral - Completeness Gap",
+        ];
+        if ss.get(name, "enableSched") != Some("1") || state_alerts.contains(&name) {
             continue;
         }
         let search = ss.require(name, "search");
@@ -1815,4 +1999,310 @@ fn the_app_readme_matches_the_forwarder_on_indexer_acknowledgement() {
         forwarder.contains("`use_ack`"),
         "the option the app README names exists"
     );
+}
+
+/// Issue 12: the forwarder's own events (heartbeats, reconciliation results) never count as
+/// audit records: no eventtype, tag or data model takes them, every sourcetype a search names is
+/// exact (so `sourcetype="ringcentral:audit"` can never match `ringcentral:audit:heartbeat`),
+/// the index macro is never used without one, and they carry no `id` for a `dc(id)` to count.
+#[test]
+fn the_forwarders_own_events_never_count_as_audit_records() {
+    let app = &*APP_FILES;
+    for e in INTERNAL_EVENTS.iter() {
+        let fields = app.fields(e);
+        assert!(
+            app.eventtypes_of(&fields).is_empty(),
+            "{}: in an eventtype",
+            e["sourcetype"]
+        );
+        assert!(
+            app.datasets(&fields).is_empty(),
+            "{}: in a data model",
+            e["sourcetype"]
+        );
+        assert!(e["event"].get("id").is_none(), "no record id: {e}");
+        assert!(
+            e["fields"].get("rc_action_id").is_none(),
+            "no action id: {e}"
+        );
+    }
+    let mut record_searches = 0;
+    for (name, spl) in app.spl() {
+        let tokens = tokenize(&spl);
+        let sourcetypes: Vec<String> = comparisons(&tokens)
+            .into_iter()
+            .filter(|(f, _)| f == "sourcetype")
+            .map(|(_, v)| v)
+            .collect();
+        for st in &sourcetypes {
+            for other in SOURCETYPES.iter().filter(|o| *o != st) {
+                assert!(
+                    !wildcard_match(st, other, false),
+                    "{name}: sourcetype={st} also matches {other}"
+                );
+            }
+        }
+        if macros_used(&tokens).contains("ringcentral_audit_index") {
+            assert!(
+                !sourcetypes.is_empty(),
+                "{name}: the index macro without a sourcetype counts every kind of event"
+            );
+        }
+        // A search of records that is not also a search of results counts records only.
+        if reads_records(&tokens) && !reads_internal(&name, &tokens) {
+            record_searches += 1;
+            assert!(
+                sourcetypes.iter().all(|s| s == DEFAULT_SOURCETYPE),
+                "{name}: {sourcetypes:?}"
+            );
+        }
+    }
+    assert!(record_searches > 10, "{record_searches}");
+    // The base macros: records, heartbeats and results each select one sourcetype.
+    for (m, st) in [
+        ("ringcentral_audit", DEFAULT_SOURCETYPE),
+        ("ringcentral_audit_heartbeat", HEARTBEAT_SOURCETYPE),
+        (
+            "ringcentral_audit_reconciliation",
+            RECONCILIATION_SOURCETYPE,
+        ),
+    ] {
+        let tokens = tokenize(app.macros.require(m, "definition"));
+        assert_eq!(
+            comparisons(&tokens),
+            [("sourcetype".to_string(), st.to_string())],
+            "[{m}]"
+        );
+        assert!(macros_used(&tokens).contains("ringcentral_audit_index"));
+    }
+}
+
+/// SPL words that are commands, functions, keywords or Splunk's own fields, not event fields.
+const SPL_WORDS: &[&str] = &[
+    "search",
+    "eval",
+    "stats",
+    "where",
+    "table",
+    "sort",
+    "dedup",
+    "spath",
+    "mvexpand",
+    "streamstats",
+    "eventstats",
+    "tstats",
+    "append",
+    "makeresults",
+    "fields",
+    "fillnull",
+    "value",
+    "path",
+    "output",
+    "input",
+    "sortby",
+    "count",
+    "dc",
+    "latest",
+    "first",
+    "max",
+    "min",
+    "sum",
+    "if",
+    "null",
+    "isnull",
+    "in",
+    "case",
+    "true",
+    "round",
+    "now",
+    "strftime",
+    "strptime",
+    "replace",
+    "floor",
+    "relative_time",
+    "isnum",
+    "addinfo",
+    "info_min_time",
+    "info_max_time",
+    "host",
+    "source",
+    "sourcetype",
+    "index",
+    "_time",
+    "_indextime",
+];
+
+/// The field names an SPL text makes (`AS x`, `output=x`, eval assignments), each with the
+/// position of its first token that makes it.
+fn made_names(tokens: &[Tok]) -> BTreeMap<String, usize> {
+    let mut made = BTreeMap::new();
+    let mut command = String::new();
+    for (i, t) in tokens.iter().enumerate() {
+        let back = |n: usize| i.checked_sub(n).map(|j| &tokens[j]);
+        match t {
+            Tok::Punct('|') | Tok::Punct('[') => command.clear(),
+            Tok::Word(w) if command.is_empty() => command = w.to_ascii_lowercase(),
+            Tok::Word(w) => {
+                let assigned = matches!(tokens.get(i + 1), Some(Tok::Op(o)) if o == "=");
+                let renamed = matches!(back(1), Some(Tok::Word(a)) if a.eq_ignore_ascii_case("AS"));
+                let output = matches!(back(1), Some(Tok::Op(o)) if o == "=")
+                    && matches!(back(2), Some(Tok::Word(o)) if o == "output");
+                let eval = command == "eval"
+                    && assigned
+                    && (matches!(back(1), Some(Tok::Word(e)) if e == "eval")
+                        || matches!(back(1), Some(Tok::Punct(','))));
+                if renamed || output || eval {
+                    made.entry(w.clone()).or_insert(i);
+                }
+            }
+            _ => {}
+        }
+    }
+    made
+}
+
+/// Issue 12: every field a search of heartbeats or reconciliation results reads is one the
+/// forwarder puts in those events (or, for the completeness search, `id` and `rc_account` of the
+/// records), and every field of the issue's contract is read somewhere.
+#[test]
+fn searches_of_the_forwarders_own_events_read_only_fields_it_sends() {
+    let app = &*APP_FILES;
+    let mut sent: BTreeSet<String> = ["id", "rc_account"].map(String::from).into();
+    for e in INTERNAL_EVENTS.iter() {
+        for (k, v) in e["event"].as_object().expect("event object") {
+            sent.insert(k.clone());
+            for item in v.as_array().into_iter().flatten() {
+                sent.extend(item.as_object().expect("array of objects").keys().cloned());
+            }
+        }
+        sent.extend(
+            e["fields"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(k, _)| k.clone()),
+        );
+    }
+    let mut read: BTreeSet<String> = BTreeSet::new();
+    let mut checked = 0;
+    for (name, spl) in app.spl() {
+        let tokens = tokenize(&spl);
+        if !reads_internal(&name, &tokens) {
+            continue;
+        }
+        checked += 1;
+        // Names the search makes itself, or a macro it uses makes.
+        // A name counts as made from where it is made on; a used macro's, from the start.
+        let mut made = made_names(&tokens);
+        let mut pending: Vec<String> = macros_used(&tokens).into_iter().collect();
+        while let Some(m) = pending.pop() {
+            let definition = tokenize(app.macros.require(&m, "definition"));
+            made.extend(made_names(&definition).into_keys().map(|k| (k, 0)));
+            pending.extend(macros_used(&definition));
+        }
+        for (i, t) in tokens.iter().enumerate() {
+            let Tok::Word(w) = t else { continue };
+            // A value compared with, not a field; but `spath path=x` reads field x.
+            let after_op = matches!(i.checked_sub(1).map(|j| &tokens[j]), Some(Tok::Op(_)))
+                && !matches!(i.checked_sub(2).map(|j| &tokens[j]), Some(Tok::Word(p)) if p == "path");
+            let is_field = w
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+                && w.chars().all(|c| {
+                    c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '{' || c == '}'
+                });
+            let is_made = made.get(w).is_some_and(|at| *at <= i);
+            if !is_field || after_op || SPL_WORDS.contains(&w.as_str()) || is_made {
+                continue;
+            }
+            let field = w.trim_end_matches("{}");
+            assert!(
+                sent.contains(field),
+                "{name} reads {w}, which the forwarder does not send (it sends {sent:?})"
+            );
+            read.insert(field.to_string());
+        }
+    }
+    assert!(checked >= 6, "{checked}");
+    for field in [
+        "account",
+        "period_start",
+        "period_end",
+        "ringcentral_count",
+        "forwarded_count",
+        "status",
+        "recovered",
+        "reason",
+        "accounts",
+        "state",
+        "cursor_lag_s",
+        "last_poll",
+        "spool_depth",
+        "dead_letters",
+        "last_delivery",
+        "delivery_state",
+        "version",
+    ] {
+        assert!(read.contains(field), "no search reads {field}: {read:?}");
+    }
+}
+
+/// The completeness search reads `period_start` as the forwarder writes it (RFC 3339 UTC with
+/// milliseconds, `time::ms_rfc3339`) into the epoch second the records of that period are put
+/// in (`floor(_time / period) * period`): its `replace` drops the fraction and turns `Z` into
+/// `+0000`, then `strptime` reads an explicit offset, so the user's time zone plays no part.
+#[test]
+fn the_completeness_search_reads_the_forwarders_period_start_as_utc() {
+    let app = &*APP_FILES;
+    let def = app
+        .macros
+        .require("ringcentral_audit_completeness", "definition");
+    let (pattern, replacement, format) =
+        ("([.][0-9]+)?(Z|[+]00:00)$", "+0000", "%Y-%m-%dT%H:%M:%S%z");
+    assert!(
+        def.contains(&format!(
+            "strptime(replace(period_start, \"{pattern}\", \"{replacement}\"), \"{format}\")"
+        )),
+        "{def}"
+    );
+    let period: i64 = app
+        .macros
+        .require("ringcentral_audit_reconcile_period_seconds", "definition")
+        .parse()
+        .expect("seconds");
+    assert_eq!(
+        period, 86_400,
+        "the forwarder's default [reconcile] period, 1d"
+    );
+    // The pattern, applied by hand: an optional fraction, then Z or +00:00, at the end.
+    let splunk_replace = |text: &str| -> String {
+        let rest = text
+            .strip_suffix('Z')
+            .or_else(|| text.strip_suffix("+00:00"))
+            .expect("UTC");
+        let rest = match rest.rfind('.') {
+            Some(dot) if rest[dot + 1..].chars().all(|c| c.is_ascii_digit()) => &rest[..dot],
+            _ => rest,
+        };
+        format!("{rest}{replacement}")
+    };
+    for day in 19_000..19_010_i64 {
+        let ms = day * 86_400_000;
+        let text = rc_audit_hec::time::ms_rfc3339(ms).expect("in range");
+        assert!(text.ends_with(".000Z"), "{text}");
+        let parsed = DateTime::parse_from_str(&splunk_replace(&text), format)
+            .unwrap_or_else(|e| panic!("{text}: {e}"));
+        assert_eq!(parsed.timestamp(), ms / 1000, "{text}");
+        assert_eq!(
+            parsed.timestamp() % period,
+            0,
+            "a period start is a period's multiple"
+        );
+    }
+    for e in INTERNAL_EVENTS.iter() {
+        if let Some(start) = e["event"]["period_start"].as_str() {
+            DateTime::parse_from_str(&splunk_replace(start), format).expect("parses");
+        }
+    }
 }

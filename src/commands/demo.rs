@@ -3,9 +3,12 @@
 //!
 //! Script: two simulated accounts hold a day of audit records; the forwarder polls and delivers
 //! them; then HEC goes down while new records keep arriving (they wait in the spool), a token
-//! expires, and one record shows up late (its `eventTime` already behind the last poll); then HEC
-//! comes back and the backlog drains. The demo counts every record id the simulator generated
-//! against what HEC received: lost and duplicated must both be 0.
+//! expires, one record shows up late but inside the poll overlap (live polling catches it), and
+//! one shows up later than the overlap (live polling has moved past it: reconciliation finds
+//! its period one short and repairs it); then HEC comes back and the backlog drains. The demo
+//! counts every record id the simulator generated against what HEC received: lost and
+//! duplicated must both be 0. Its clock runs in seconds: a 5 s poll overlap and reconciliation
+//! of 5 s periods 15 s after they close (a day, two hours after, in production).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -57,6 +60,8 @@ pub struct DemoSummary {
     pub lost: usize,
     /// Extra copies HEC received.
     pub duplicated: usize,
+    /// Reconciliation results, per account and period.
+    pub reconciliations: Vec<crate::reconcile::Reconciliation>,
     /// The JSONL file of received events.
     pub received_path: PathBuf,
     /// The spool database.
@@ -82,6 +87,8 @@ impl super::Report for DemoSummary {
 }
 
 const LIVE_RECORDS: usize = 400;
+/// The demo's reconciliation period (a day in production).
+const RECONCILE_PERIOD: Duration = Duration::from_secs(5);
 const HEC_TOKEN: &str = "00000000-demo-demo-demo-000000000000";
 
 /// Runs the demo and prints its story and summary on stdout.
@@ -121,6 +128,7 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary, Error> {
         auth_window: Duration::from_secs(2),
         penalty: Duration::from_secs(1),
         rate_limits: true,
+        ..RcSimConfig::default()
     })
     .await
     .context("starting the RingCentral simulator")?;
@@ -175,7 +183,12 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary, Error> {
         received_path.display()
     );
 
-    let config = demo_config(&rc, &hec, &accounts, &dir)?;
+    let mut config = demo_config(&rc, &hec, &accounts, &dir)?;
+    // Scaled down past what the config accepts (periods of at least a minute): the demo's few
+    // seconds hold a dozen periods, each closed for `delay` before it is counted.
+    config.reconcile.period = RECONCILE_PERIOD;
+    config.reconcile.delay = Duration::from_secs(15);
+    config.reconcile.lookback = Duration::from_secs(30);
     let pipeline = Pipeline::open(
         config,
         Options {
@@ -234,7 +247,7 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary, Error> {
         }
         if !late_added && Instant::now() + opts.outage / 2 > outage_end {
             // A record whose eventTime is already behind the last poll: the window overlap catches it.
-            let t = Utc::now() - TimeDelta::minutes(3);
+            let t = Utc::now() - TimeDelta::seconds(3);
             let a = &accounts[0];
             let recs = generate_records(
                 7,
@@ -245,11 +258,23 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary, Error> {
                 t + TimeDelta::milliseconds(1),
             );
             rc.add_records(&a.account_id, recs);
-            live_added += 1;
+            // And one whose eventTime is further back than the overlap: live polling never
+            // sees it; reconciliation finds its period short and repairs it.
+            let t = Utc::now() - TimeDelta::seconds(10);
+            let recs = generate_records(
+                8,
+                &a.account_id,
+                &a.account_name,
+                1,
+                t,
+                t + TimeDelta::milliseconds(1),
+            );
+            rc.add_records(&a.account_id, recs);
+            live_added += 2;
             late_added = true;
             rc.expire_tokens();
             println!(
-                "   (a record 3 minutes late became visible, and RingCentral expired every access token)"
+                "   (a record 3 s late became visible, inside the 5 s poll overlap; one 10 s late, behind it; and RingCentral expired every access token)"
             );
         }
         let depth = spool.run(|s| s.depth()).await.unwrap_or(0);
@@ -269,9 +294,32 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary, Error> {
         .iter()
         .map(|a| rc.records(&a.account_id).len())
         .sum();
-    wait_until(deadline, || hec.accepted() >= generated).await;
+    // Until every record RingCentral holds arrived (counting would not do: the record shown
+    // late arrives only once reconciliation repaired its period, and records beyond the
+    // simulator's cap may arrive too).
+    let missing = || {
+        let received: std::collections::HashSet<String> = hec
+            .events()
+            .iter()
+            .filter_map(|e| e.pointer("/event/id")?.as_str().map(str::to_string))
+            .collect();
+        accounts
+            .iter()
+            .flat_map(|a| rc.records(&a.account_id))
+            .filter(|r| {
+                r.get("id")
+                    .and_then(|v| v.as_str())
+                    .is_some_and(|id| !received.contains(id))
+            })
+            .count()
+    };
+    wait_until(deadline, || missing() == 0).await;
     // Let the pollers make one more pass so any straggler would show up as a duplicate.
     tokio::time::sleep(Duration::from_millis(1500)).await;
+    let reconciliations = spool
+        .run(|s| s.reconciliations(None, 0))
+        .await
+        .unwrap_or_default();
     shutdown.cancel();
     service.await.context("the forwarder task panicked")??;
 
@@ -301,6 +349,7 @@ pub async fn run(opts: DemoOptions) -> Result<DemoSummary, Error> {
         delivered: received.len(),
         lost,
         duplicated: total_received - received.len(),
+        reconciliations,
         received_path,
         spool_path,
     };
@@ -365,7 +414,7 @@ fn demo_config(
     toml.push_str(&format!(
         r#"[poll]
 interval = "1s"
-overlap = "10m"
+overlap = "5s"
 settle_delay = "1s"
 initial_lookback = "24h"
 
@@ -427,6 +476,7 @@ fn print_summary(s: &DemoSummary, took: Duration) {
         "  duplicated                              {:>7}",
         s.duplicated
     );
+    print_reconciliations(&s.reconciliations);
     if s.temporary {
         println!(
             "  received events and spool were in a temporary directory, removed now (--dir DIR keeps them)"
@@ -443,6 +493,43 @@ fn print_summary(s: &DemoSummary, took: Duration) {
         println!(
             "\n{} record(s) LOST: this is a bug, please report it.",
             s.lost
+        );
+    }
+}
+
+/// The reconciliation lines of the summary: how many periods were complete, repaired and
+/// short (RingCentral's count against the forwarded), and each one that was not complete.
+fn print_reconciliations(rs: &[crate::reconcile::Reconciliation]) {
+    use crate::reconcile::Status;
+    let n = |st: Status| rs.iter().filter(|r| r.status == st).count();
+    let recovered: u64 = rs.iter().filter_map(|r| r.recovered).sum();
+    println!(
+        "  reconciled periods ({}s, RingCentral's count vs forwarded, per account):",
+        RECONCILE_PERIOD.as_secs()
+    );
+    println!(
+        "    complete                              {:>7}",
+        n(Status::Complete)
+    );
+    println!(
+        "    repaired                              {:>7}  ({recovered} record(s) recovered)",
+        n(Status::Repaired)
+    );
+    println!(
+        "    short                                 {:>7}",
+        n(Status::Short)
+    );
+    for r in rs.iter().filter(|r| r.status != Status::Complete) {
+        let at = crate::time::ms_rfc3339(r.period.start_ms).unwrap_or_default();
+        println!(
+            "    {} {at}: {}, RingCentral {} / forwarded {}{}",
+            r.account,
+            r.status.as_str(),
+            r.ringcentral_count,
+            r.forwarded_count,
+            r.recovered
+                .map(|n| format!(", {n} recovered by polling the period again"))
+                .unwrap_or_default()
         );
     }
 }

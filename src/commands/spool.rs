@@ -1,5 +1,5 @@
-//! `spool status`, `spool dead-letters`, `spool requeue`: looking into the spool, also while the
-//! service runs.
+//! `spool status`, `spool dead-letters`, `spool requeue`, `spool ledger`: looking into the spool,
+//! also while the service runs.
 //!
 //! These commands need only the state directory, not the whole configuration: an operator in a
 //! shell usually lacks the service's credentials (`$CREDENTIALS_DIRECTORY`), and inspecting the
@@ -334,6 +334,15 @@ pub enum Action {
         /// JSON instead of text.
         json: bool,
     },
+    /// `spool ledger [--account NAME] [--since T] [--json]`.
+    Ledger {
+        /// Only this account.
+        account: Option<String>,
+        /// `--since` as given (an age, a date or RFC 3339).
+        since: String,
+        /// JSON instead of text.
+        json: bool,
+    },
     /// `spool requeue (--all | --id N...)`.
     Requeue {
         /// Every dead letter.
@@ -357,6 +366,13 @@ pub enum SpoolReport {
     DeadLetters {
         /// The rows.
         rows: Vec<crate::spool::DeadLetterRow>,
+        /// JSON instead of text.
+        json: bool,
+    },
+    /// The ledger and the reconciliation results, as text or JSON.
+    Ledger {
+        /// What was found.
+        ledger: Ledger,
         /// JSON instead of text.
         json: bool,
     },
@@ -398,6 +414,29 @@ pub async fn command(
                 .map_err(Error::Spool)?;
             SpoolReport::DeadLetters { rows, json }
         }
+        Action::Ledger {
+            account,
+            since,
+            json,
+        } => {
+            let since_ms = crate::backfill::parse_time("--since", &since, chrono::Utc::now())?
+                .timestamp_millis();
+            // Read-only, without the lock: works while the service runs.
+            let dir = settings.dir.clone();
+            let ledger = tokio::task::spawn_blocking(move || {
+                let reader = Reader::open(&dir)?;
+                Ok::<_, SpoolError>(Ledger {
+                    windows: reader.ledger(account.as_deref(), since_ms)?,
+                    reconciliations: reader.reconciliations(account.as_deref(), since_ms)?,
+                    account,
+                    since_ms,
+                })
+            })
+            .await
+            .map_err(|e| Error::Other(anyhow::Error::new(e).context("the spool task failed")))?
+            .map_err(Error::Spool)?;
+            SpoolReport::Ledger { ledger, json }
+        }
         Action::Requeue { all, id } => {
             // The current routes, index, sourcetype and host re-render each event; no secret
             // is needed for that.
@@ -435,6 +474,10 @@ impl Report for SpoolReport {
             SpoolReport::Status { report, .. } => print!("{}", render_status(report)),
             SpoolReport::DeadLetters { rows, json: true } => println!("{}", pretty(rows)?),
             SpoolReport::DeadLetters { rows, .. } => print!("{}", render_dead_letters(rows)),
+            SpoolReport::Ledger { ledger, json: true } => {
+                println!("{}", pretty(&ledger_json(ledger))?)
+            }
+            SpoolReport::Ledger { ledger, .. } => print!("{}", render_ledger(ledger)),
             SpoolReport::Requeued { moved } => println!(
                 "requeued {moved} dead letter(s), rendered again with the current routes, index, sourcetype and host; the service delivers them on its next pass"
             ),
@@ -452,4 +495,126 @@ impl Report for SpoolReport {
 
 fn pretty(v: &impl Serialize) -> Result<String, Error> {
     serde_json::to_string_pretty(v).map_err(|e| Error::Other(e.into()))
+}
+
+/// What `spool ledger` found.
+#[derive(Debug, Clone)]
+pub struct Ledger {
+    /// `--account`, when given.
+    pub account: Option<String>,
+    /// `--since` (ms).
+    pub since_ms: i64,
+    /// Completed windows, by account and start.
+    pub windows: Vec<crate::spool::LedgerRow>,
+    /// Reconciliation results, by account and period.
+    pub reconciliations: Vec<crate::reconcile::Reconciliation>,
+}
+
+/// `spool ledger --json`: `{"since", "reconciliations": [...], "windows": [...]}`; each
+/// reconciliation carries the same fields as its HEC event, plus `checked_at`.
+pub fn ledger_json(l: &Ledger) -> serde_json::Value {
+    let reconciliations: Vec<serde_json::Value> = l
+        .reconciliations
+        .iter()
+        .map(|r| {
+            let mut v = crate::reconcile::event_body(r);
+            v["checked_at"] = time(r.checked_at_ms).into();
+            v
+        })
+        .collect();
+    let windows: Vec<serde_json::Value> = l
+        .windows
+        .iter()
+        .map(|w| {
+            serde_json::json!({
+                "account": w.account,
+                "kind": w.kind,
+                "from": time(w.from_ms),
+                "to": time(w.to_ms),
+                "total_found": w.total_found,
+                "pages": w.pages,
+                "records": w.records,
+                "new": w.inserted,
+                "duplicates": w.duplicates,
+                "windows": w.windows,
+                "completed_at": time(w.at_ms),
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "since": time(l.since_ms),
+        "reconciliations": reconciliations,
+        "windows": windows,
+    })
+}
+
+/// `spool ledger` for a person: per account, its reconciliation results, then its windows.
+pub fn render_ledger(l: &Ledger) -> String {
+    let mut accounts: Vec<&str> = l
+        .windows
+        .iter()
+        .map(|w| w.account.as_str())
+        .chain(l.reconciliations.iter().map(|r| r.account.as_str()))
+        .collect();
+    accounts.sort_unstable();
+    accounts.dedup();
+    let since = time(l.since_ms);
+    if accounts.is_empty() {
+        return match &l.account {
+            Some(a) => format!("nothing recorded for account {a} since {since}\n"),
+            None => format!("nothing recorded since {since}\n"),
+        };
+    }
+    let mut out = format!("since {since}\n");
+    for account in accounts {
+        out.push_str(&format!("\naccount {account}\n"));
+        let recs: Vec<_> = l
+            .reconciliations
+            .iter()
+            .filter(|r| r.account == account)
+            .collect();
+        if recs.is_empty() {
+            out.push_str("  reconciliation: no period reconciled yet\n");
+        } else {
+            out.push_str("  reconciliation (period: RingCentral's count, forwarded):\n");
+            for r in recs {
+                out.push_str(&format!(
+                    "    {} .. {}  {:<8}  ringcentral {}  forwarded {}",
+                    time(r.period.start_ms),
+                    time(r.period.end_ms),
+                    r.status.as_str(),
+                    r.ringcentral_count,
+                    r.forwarded_count
+                ));
+                if let Some(n) = r.recovered {
+                    out.push_str(&format!("  recovered {n}"));
+                }
+                if let Some(why) = &r.reason {
+                    out.push_str(&format!("  ({why})"));
+                }
+                out.push('\n');
+            }
+        }
+        out.push_str("  windows (from .. to, kind, totalFound, pages, records, new, duplicates, completed; consecutive live windows with nothing new share a line):\n");
+        for w in l.windows.iter().filter(|w| w.account == account) {
+            let kind = if w.windows > 1 {
+                format!("{} x{}", w.kind, w.windows)
+            } else {
+                w.kind.clone()
+            };
+            out.push_str(&format!(
+                "    {} .. {}  {:<8}  totalFound {}  pages {}  records {}  new {}  duplicates {}  at {}\n",
+                time(w.from_ms),
+                time(w.to_ms),
+                kind,
+                w.total_found.map_or_else(|| "-".to_string(), |n| n.to_string()),
+                w.pages,
+                w.records,
+                w.inserted,
+                w.duplicates,
+                time(w.at_ms)
+            ));
+        }
+    }
+    out
 }

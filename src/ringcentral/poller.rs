@@ -30,8 +30,9 @@ use tracing::{debug, error, info, warn};
 use super::client::{RcClient, RcError};
 use super::clock::{SKEW_DEGRADED, rc_now};
 use super::model::{SearchPage, SearchRequest};
-use crate::config::{MAX_LOOKBACK, PollConfig};
-use crate::spool::{NewRecord, Spool, SpoolError};
+use crate::config::{MAX_LOOKBACK, PollConfig, ReconcileConfig};
+use crate::reconcile::{Count, Period, Reconciliation};
+use crate::spool::{LedgerEntry, NewRecord, Spool, SpoolError, WindowKind};
 use crate::telemetry::{AccountStats, Component, Health, State, Stats};
 use crate::time::rfc3339_millis;
 use crate::transform::{Transformer, inspect_record};
@@ -99,6 +100,11 @@ pub struct Poller {
     /// Account name: spool key and log field.
     account: String,
     poll: PollConfig,
+    /// Reconciliation of closed periods, between live windows.
+    reconcile: ReconcileConfig,
+    /// No reconciliation is tried before this: after one failed (the live poll reports the
+    /// account's problems) or found nothing due, it waits a poll interval.
+    reconcile_after: Instant,
     max_spool_bytes: u64,
     stats: Arc<Stats>,
     /// This account's share of the counters (per-account metrics).
@@ -115,6 +121,7 @@ impl Poller {
         spool: Spool,
         transformer: Transformer,
         poll: PollConfig,
+        reconcile: ReconcileConfig,
         max_spool_bytes: u64,
         stats: Arc<Stats>,
         health: Arc<Health>,
@@ -125,6 +132,8 @@ impl Poller {
             transformer,
             account: account.to_string(),
             poll,
+            reconcile,
+            reconcile_after: Instant::now(),
             max_spool_bytes,
             acct: stats.account(account),
             stats,
@@ -185,7 +194,7 @@ impl Poller {
         from: DateTime<Utc>,
         to: DateTime<Utc>,
     ) -> Result<WindowOutcome, PollError> {
-        self.fetch(from, to, true).await
+        self.fetch(from, to, WindowKind::Live).await
     }
 
     /// Polls the past range `[from, to]` completely into the spool **without touching the
@@ -200,7 +209,7 @@ impl Poller {
         if let Some(full) = self.spool.run(move |s| s.room_to_poll(max)).await? {
             return Ok(WindowOutcome::SpoolFull { reason: full.0 });
         }
-        self.fetch(from, to, false).await
+        self.fetch(from, to, WindowKind::Backfill).await
     }
 
     /// The account's name.
@@ -208,17 +217,20 @@ impl Poller {
         &self.account
     }
 
-    /// Fetches every page of `[from, to]` into the spool; `live` moves the cursor to `to` with
-    /// the last page.
+    /// Fetches every page of `[from, to]` into the spool; a live window moves the cursor to
+    /// `to` with the last page, and every window is recorded in the ledger with it.
     async fn fetch(
         &mut self,
         from: DateTime<Utc>,
         to: DateTime<Utc>,
-        live: bool,
+        kind: WindowKind,
     ) -> Result<WindowOutcome, PollError> {
+        let live = kind == WindowKind::Live;
         let (from_ms, to_ms) = (from.timestamp_millis(), to.timestamp_millis());
         let mut pager = Pager::new(&self.account, from, to, &self.poll);
-        let (mut records, mut inserted) = (0usize, 0usize);
+        let (mut records, mut inserted, mut duplicates) = (0usize, 0usize, 0usize);
+        // New to the spool, dead-lettered ones included (the ledger's "new").
+        let mut fresh = 0usize;
         loop {
             let next = match pager.next(&mut self.client, &self.stats).await {
                 Ok(next) => next,
@@ -238,7 +250,7 @@ impl Poller {
             if pager.needs_split() && splittable {
                 info!(account = %self.account, total_found = pager.found, fetched = pager.fetched,
                     "a poll window holds more than one search can return: splitting it in two");
-                return self.fetch_split(from, to, live, (records, inserted)).await;
+                return self.fetch_split(from, to, kind, (records, inserted)).await;
             }
             if last && pager.needs_split() {
                 warn!(account = %self.account, total_found = pager.found, fetched = pager.fetched,
@@ -255,12 +267,24 @@ impl Poller {
             // Never past RingCentral's now (the window was bounded by it; this guards the
             // first window, measured while it ran).
             let cursor = (last && live).then(|| to_ms.min(self.rc_now().timestamp_millis()));
+            let window = last.then(|| LedgerEntry {
+                kind,
+                from_ms,
+                to_ms: cursor.unwrap_or(to_ms),
+                total_found: pager.found,
+                pages: pager.pages(),
+                records: (records + n) as u64,
+                inserted: fresh as u64,
+                duplicates: duplicates as u64,
+            });
             let done = self
                 .spool
-                .run(move |s| s.enqueue_page(&account, &batch, cursor))
+                .run(move |s| s.enqueue_window_page(&account, &batch, cursor, window.as_ref()))
                 .await?;
             records += n;
             inserted += done.inserted;
+            fresh += done.inserted + done.dead_lettered;
+            duplicates += done.duplicates;
             Stats::add(&self.stats.records_polled, n as u64);
             Stats::add(&self.stats.records_spooled, done.inserted as u64);
             Stats::add(&self.stats.records_duplicate, done.duplicates as u64);
@@ -306,15 +330,15 @@ impl Poller {
         &'a mut self,
         from: DateTime<Utc>,
         to: DateTime<Utc>,
-        live: bool,
+        kind: WindowKind,
         so_far: (usize, usize),
     ) -> std::pin::Pin<
         Box<dyn std::future::Future<Output = Result<WindowOutcome, PollError>> + Send + 'a>,
     > {
         Box::pin(async move {
             let mid = from + (to - from) / 2;
-            let first = self.fetch(from, mid, live).await?;
-            let second = self.fetch(mid, to, live).await?;
+            let first = self.fetch(from, mid, kind).await?;
+            let second = self.fetch(mid, to, kind).await?;
             Ok(match (first, second) {
                 (
                     WindowOutcome::Polled {
@@ -364,6 +388,14 @@ impl Poller {
                 _ = shutdown.cancelled() => return,
             };
             if did_piece {
+                continue;
+            }
+            // Then one closed period's reconciliation, if one is due.
+            let did_period = tokio::select! {
+                r = Box::pin(self.reconcile_step()) => r,
+                _ = shutdown.cancelled() => return,
+            };
+            if did_period {
                 continue;
             }
             let wait = next_live
@@ -514,6 +546,176 @@ impl Poller {
             }
         }
     }
+
+    /// How many records RingCentral holds in `[first, last]` (both inclusive): searches with
+    /// `perPage=1`, read from `totalFound` (or, without it, `paging.total`, the page count),
+    /// through this account's client, so the rate limiter and a 429 penalty apply. A range
+    /// whose count reaches the API's 10,000-record limit is counted again in halves (the count
+    /// may stop at the limit), down to [`MIN_SPLIT`]; a piece that still reaches it marks the
+    /// count as a floor.
+    pub async fn count(
+        &mut self,
+        first: DateTime<Utc>,
+        last: DateTime<Utc>,
+    ) -> Result<Count, RcError> {
+        let mut total = Count {
+            total: 0,
+            capped: false,
+        };
+        let mut pieces = vec![(first, last)];
+        while let Some((a, b)) = pieces.pop() {
+            let req = SearchRequest {
+                event_time_from: rfc3339_millis(a),
+                event_time_to: rfc3339_millis(b),
+                page: 1,
+                per_page: 1,
+                include_admins: self.poll.include_admins,
+                include_hidden: self.poll.include_hidden,
+            };
+            let page = self.client.search(&req).await?;
+            let paging = page.paging.as_ref();
+            let n = match (
+                paging.and_then(|p| p.total_found),
+                paging.and_then(|p| p.total),
+            ) {
+                (Some(found), _) => found,
+                (None, Some(pages)) => pages,
+                (None, None) if page.records.is_empty() => 0,
+                (None, None) => {
+                    return Err(RcError::Inconsistent {
+                        detail: "a count search returned records but neither totalFound nor paging.total, so the period cannot be counted".into(),
+                    });
+                }
+            };
+            if n >= API_RECORD_LIMIT && b - a >= MIN_SPLIT * 2 {
+                let mid = a + (b - a) / 2;
+                debug!(account = %self.account, from = %rfc3339_millis(a), to = %rfc3339_millis(b), count = n,
+                    "a count reached the API's limit: counting the range again in halves");
+                pieces.push((mid + TimeDelta::milliseconds(1), b));
+                pieces.push((a, mid));
+                continue;
+            }
+            total.capped |= n >= API_RECORD_LIMIT;
+            total.total += n;
+        }
+        Ok(total)
+    }
+
+    /// Reconciles this account's oldest due period, if one is due (see [`crate::reconcile`]):
+    /// RingCentral's count against the distinct ids spooled; when RingCentral holds more, the
+    /// period is polled again (the backfill path: the spool's dedup, the live cursor untouched,
+    /// a `repair` row in the ledger) and the spool counted again. The result and its event are
+    /// stored in one transaction. `Ok(None)`: nothing due (or the spool is full: polling
+    /// pauses, and so does this). An error stores nothing, so the period stays due.
+    pub async fn reconcile_next(&mut self) -> Result<Option<Reconciliation>, PollError> {
+        if !self.reconcile.enabled {
+            return Ok(None);
+        }
+        if self.client.skew().is_none() {
+            self.client.authenticate().await?;
+        }
+        let now = self.rc_now().timestamp_millis();
+        let (lo, hi) = crate::reconcile::lookback_range(&self.reconcile, now);
+        let account = self.account.clone();
+        let state = self
+            .spool
+            .run(move |s| s.reconcile_state(&account, lo, hi))
+            .await?;
+        let Some(period) = crate::reconcile::due(&self.reconcile, now, &state) else {
+            return Ok(None);
+        };
+        let (Some(first), Some(last)) = (
+            DateTime::<Utc>::from_timestamp_millis(period.start_ms),
+            DateTime::<Utc>::from_timestamp_millis(period.last_ms()),
+        ) else {
+            return Ok(None);
+        };
+        let count = self.count(first, last).await?;
+        let forwarded = |spool: &Spool, account: String, p: Period| {
+            let spool = spool.clone();
+            async move {
+                spool
+                    .run(move |s| s.forwarded_count(&account, p.start_ms, p.last_ms()))
+                    .await
+            }
+        };
+        let before = forwarded(&self.spool, self.account.clone(), period).await?;
+        let after = if count.total > before {
+            info!(account = %self.account, period_start = %rfc3339_millis(first), ringcentral = count.total, spooled = before,
+                "RingCentral holds more records for this period than the spool: polling the period again");
+            let max = self.max_spool_bytes;
+            if let Some(full) = self.spool.run(move |s| s.room_to_poll(max)).await? {
+                debug!(account = %self.account, "reconciliation's repair waits: {}", full.0);
+                return Ok(None);
+            }
+            self.fetch(first, last, WindowKind::Repair).await?;
+            Some(forwarded(&self.spool, self.account.clone(), period).await?)
+        } else {
+            None
+        };
+        let result = crate::reconcile::verdict(
+            &self.account,
+            period,
+            count,
+            before,
+            after,
+            crate::time::now_ms(),
+        );
+        let body = serde_json::value::RawValue::from_string(
+            crate::reconcile::event_body(&result).to_string(),
+        )
+        .expect("a JSON value's text is JSON");
+        // Timed at the period's end: Splunk files it with the period it speaks for.
+        let event = self.transformer.internal(
+            crate::transform::RECONCILIATION_SOURCETYPE,
+            period.end_ms,
+            &body,
+            Some(&self.account),
+        );
+        let stored = result.clone();
+        self.spool
+            .run(move |s| s.store_reconciliation(&stored, Some(event)))
+            .await?;
+        Ok(Some(result))
+    }
+
+    /// One reconciliation between live windows, logged; true when a period was done (so the
+    /// caller asks again). A failure waits a poll interval (the live poll reports the
+    /// account's problems); the period stays due.
+    async fn reconcile_step(&mut self) -> bool {
+        if !self.reconcile.enabled || Instant::now() < self.reconcile_after {
+            return false;
+        }
+        match self.reconcile_next().await {
+            Ok(Some(r)) => {
+                let start = crate::time::ms_rfc3339(r.period.start_ms).unwrap_or_default();
+                match r.status {
+                    crate::reconcile::Status::Short => {
+                        warn!(account = %self.account, period_start = %start,
+                        ringcentral = r.ringcentral_count, forwarded = r.forwarded_count,
+                        "reconciliation: period short: {}", r.reason.as_deref().unwrap_or_default())
+                    }
+                    status => info!(account = %self.account, period_start = %start,
+                        ringcentral = r.ringcentral_count, forwarded = r.forwarded_count,
+                        recovered = r.recovered.unwrap_or(0), "reconciliation: period {}", status.as_str()),
+                }
+                true
+            }
+            Ok(None) => {
+                // A period becomes due as time passes or the cursor moves: look again after a
+                // poll interval (or a period, if shorter), not at every turn of the loop.
+                self.reconcile_after =
+                    Instant::now() + self.poll.interval.min(self.reconcile.period);
+                false
+            }
+            Err(e) => {
+                warn!(account = %self.account, "reconciliation failed, trying again in {}: {e}",
+                    humantime::format_duration(self.poll.interval));
+                self.reconcile_after = Instant::now() + self.poll.interval;
+                false
+            }
+        }
+    }
 }
 
 /// How often a poller idle between live windows looks for new backfill jobs.
@@ -593,13 +795,14 @@ impl Pager {
         }
     }
 
-    /// True when the window holds more records than one search can return: `totalFound` above
-    /// the API's limit with a full first page, or the page budget spent with records left. Such
-    /// a window is split. (A `totalFound` that is merely off never splits a window: halving
+    /// True when the window holds more records than one search can return: `totalFound` at or
+    /// above the API's limit with a full first page (a count may stop at the limit: 25,000
+    /// records reported as 10,000 once committed a window with 12,000 of them), or the page
+    /// budget spent with records left. Such a window is split. (A `totalFound` that is merely off never splits a window: halving
     /// down to a millisecond once made 1,029 searches in 40 s.)
     pub fn needs_split(&self) -> bool {
         self.found.is_some_and(|f| {
-            (f > API_RECORD_LIMIT && self.first_full)
+            (f >= API_RECORD_LIMIT && self.first_full)
                 || (self.done && self.budget_spent && self.fetched < f)
         })
     }

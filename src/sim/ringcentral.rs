@@ -139,6 +139,9 @@ pub struct RcSimConfig {
     pub penalty: Duration,
     /// `false` turns rate limiting off (benchmarks); headers are still sent, always full.
     pub rate_limits: bool,
+    /// Records kept per account (the newest): RingCentral's 10,000 by default; more lets a
+    /// test hold a period with more records than one search can count.
+    pub max_records_per_account: usize,
 }
 
 impl Default for RcSimConfig {
@@ -153,6 +156,7 @@ impl Default for RcSimConfig {
             auth_window: Duration::from_secs(60),
             penalty: Duration::from_secs(60),
             rate_limits: true,
+            max_records_per_account: MAX_RECORDS_PER_ACCOUNT,
         }
     }
 }
@@ -194,6 +198,9 @@ pub struct RcFaults {
     /// Report this many more records in `totalFound` than the window holds (`total`, the page
     /// count, follows the real count).
     pub total_found_extra: u64,
+    /// Report at most this many in `totalFound` (a count that stops at the API's 10,000-record
+    /// limit; `total`, the page count, follows the real count).
+    pub total_found_cap: Option<u64>,
 }
 
 /// One request the simulator received, for tests to assert on what a client did.
@@ -261,7 +268,9 @@ impl RcSim {
     }
 
     /// Stores records for an account; they are searchable from now on. Keeps only the newest
-    /// [`MAX_RECORDS_PER_ACCOUNT`], like the API.
+    /// [`RcSimConfig::max_records_per_account`] ([`MAX_RECORDS_PER_ACCOUNT`], like the API).
+    /// A record added with an `eventTime` in the past is one RingCentral made visible late:
+    /// a live poll whose overlap no longer reaches back to it never sees it.
     pub fn add_records(&self, account_id: &str, records: Vec<Value>) {
         let mut stored: Vec<Stored> = records.iter().filter_map(Stored::new).collect();
         let mut state = self.shared.lock();
@@ -269,7 +278,7 @@ impl RcSim {
         list.append(&mut stored);
         // Stable: equal times keep insertion order. Unparseable times sort last.
         list.sort_by_key(|r| std::cmp::Reverse(r.time_ms.unwrap_or(i64::MIN)));
-        list.truncate(MAX_RECORDS_PER_ACCOUNT);
+        list.truncate(self.shared.config.max_records_per_account);
     }
 
     /// Adds `n` generated records with `eventTime`s in `[from, to)` (see
@@ -1069,6 +1078,7 @@ fn search_outcome(
                 }
                 query.omit_total_found = state.faults.omit_total_found;
                 query.total_found_extra = state.faults.total_found_extra;
+                query.total_found_cap = state.faults.total_found_cap;
                 let matching: Vec<Arc<RawValue>> = state
                     .records
                     .get(&account)
@@ -1102,6 +1112,8 @@ struct SearchQuery {
     omit_total_found: bool,
     /// Fault: `totalFound` this much too high.
     total_found_extra: u64,
+    /// Fault: `totalFound` at most this.
+    total_found_cap: Option<u64>,
 }
 
 /// The search response.
@@ -1177,6 +1189,7 @@ impl SearchQuery {
             lose_page: false,
             omit_total_found: false,
             total_found_extra: 0,
+            total_found_cap: None,
         })
     }
 
@@ -1209,7 +1222,9 @@ impl SearchQuery {
                 page: self.page,
                 per_page: self.per_page,
                 total: found.div_ceil(self.per_page),
-                total_found: (!self.omit_total_found).then_some(found + self.total_found_extra),
+                total_found: (!self.omit_total_found).then_some(
+                    (found + self.total_found_extra).min(self.total_found_cap.unwrap_or(u64::MAX)),
+                ),
             },
         };
         match serde_json::to_vec(&page) {

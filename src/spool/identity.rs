@@ -54,6 +54,13 @@ impl Spool {
                     "UPDATE OR IGNORE seen SET account = ?1 WHERE account = ?2",
                     params![name, old],
                 )?;
+                // The completeness evidence follows the account too (`spool ledger`).
+                for table in ["ledger", "reconciliations"] {
+                    tx.execute(
+                        &format!("UPDATE OR IGNORE {table} SET account = ?1 WHERE account = ?2"),
+                        params![name, old],
+                    )?;
+                }
                 tx.execute(
                     "DELETE FROM account_identity WHERE account = ?1",
                     params![old],

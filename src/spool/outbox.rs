@@ -13,6 +13,10 @@ use crate::time::now_ms;
 /// How long a record id is remembered: longer than the 180 days RingCentral keeps.
 pub const SEEN_RETENTION: Duration = Duration::from_secs(181 * 24 * 3600);
 
+/// The outbox `account` of internal events that belong to no account (the heartbeat): a name
+/// no configured account can have (names are letters, digits, '-', '_' and '.').
+pub const INTERNAL_ACCOUNT: &str = "(forwarder)";
+
 /// One record to enqueue.
 #[derive(Debug, Clone)]
 pub struct NewRecord {
@@ -102,6 +106,22 @@ pub(super) fn purge_delivered(
     }
 }
 
+/// [`Spool::enqueue_internal`] within the caller's transaction (a reconciliation result is
+/// stored with its event: [`Spool::store_reconciliation`]).
+pub(super) fn insert_internal(
+    tx: &rusqlite::Transaction<'_>,
+    account: &str,
+    record_id: &str,
+    event: Vec<u8>,
+) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO outbox(account, record_id, event, spooled_at_ms) VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute(params![account, record_id, event, now_ms()])?;
+    let added = std::collections::HashMap::from([(account.to_string(), 1)]);
+    add_tallies(tx, &added, 0)
+}
+
 /// Rows one purge step deletes at most: about one batch, a few milliseconds, so a job that
 /// arrives meanwhile waits little.
 pub(super) const PURGE_CHUNK: usize = 1000;
@@ -114,6 +134,19 @@ impl Spool {
         account: &str,
         records: &[NewRecord],
         cursor_ms: Option<i64>,
+    ) -> Result<Enqueued, SpoolError> {
+        self.enqueue_window_page(account, records, cursor_ms, None)
+    }
+
+    /// [`Spool::enqueue_page`] for a window's pages: with `window` (its last page), the
+    /// window's ledger row is written in the same transaction, with this page's counts added
+    /// ([`super::ledger`]), so a window is in the ledger exactly when its records are spooled.
+    pub fn enqueue_window_page(
+        &self,
+        account: &str,
+        records: &[NewRecord],
+        cursor_ms: Option<i64>,
+        window: Option<&LedgerEntry>,
     ) -> Result<Enqueued, SpoolError> {
         let now = now_ms();
         let mut conn = self.conn();
@@ -150,17 +183,32 @@ impl Spool {
         }
         let added = std::collections::HashMap::from([(account.to_string(), done.inserted as i64)]);
         add_tallies(&tx, &added, done.dead_lettered as i64)?;
+        if let Some(w) = window {
+            let entry = LedgerEntry {
+                inserted: w.inserted + (done.inserted + done.dead_lettered) as u64,
+                duplicates: w.duplicates + done.duplicates as u64,
+                ..*w
+            };
+            super::ledger::record_window(&tx, account, &entry, now)?;
+        }
         if let Some(cursor) = cursor_ms {
+            // A live window's start is where the account's coverage begins, if nothing
+            // said so before (reconciliation looks no earlier; see [`super::ledger`]).
+            let since = window
+                .filter(|w| w.kind == WindowKind::Live)
+                .map(|w| w.from_ms);
             tx.execute(
-                "INSERT INTO cursors(account, cursor_ms, updated_at_ms) VALUES (?1, ?2, ?3)
-                 ON CONFLICT(account) DO UPDATE SET cursor_ms = excluded.cursor_ms, updated_at_ms = excluded.updated_at_ms",
-                params![account, cursor, now],
+                "INSERT INTO cursors(account, cursor_ms, updated_at_ms, since_ms) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(account) DO UPDATE SET cursor_ms = excluded.cursor_ms, updated_at_ms = excluded.updated_at_ms,
+                     since_ms = coalesce(cursors.since_ms, excluded.since_ms)",
+                params![account, cursor, now, since],
             )?;
             let horizon = now - SEEN_RETENTION.as_millis() as i64;
             tx.execute(
                 "DELETE FROM seen WHERE seen_at_ms < ?2 AND account = ?1",
                 params![account, horizon],
             )?;
+            super::ledger::prune(&tx, account, horizon)?;
         }
         tx.commit()?;
         drop(conn);
@@ -168,6 +216,26 @@ impl Spool {
             self.inner.new_data.notify_one();
         }
         Ok(done)
+    }
+
+    /// Enqueues an event the forwarder made itself (a heartbeat, a reconciliation result: see
+    /// [`crate::transform::internal_event`]) for delivery like any record, under `account` (an
+    /// account's name, or [`INTERNAL_ACCOUNT`] for the forwarder as a whole). It is no record:
+    /// `seen` (dedup) and the cursors are not touched, so it can neither hide a record nor be
+    /// hidden as a duplicate. `record_id` names it in logs and the dead letters.
+    pub fn enqueue_internal(
+        &self,
+        account: &str,
+        record_id: &str,
+        event: Vec<u8>,
+    ) -> Result<(), SpoolError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        insert_internal(&tx, account, record_id, event)?;
+        tx.commit()?;
+        drop(conn);
+        self.inner.new_data.notify_one();
+        Ok(())
     }
 
     /// The account's cursor (end of its last complete window), if it has one.

@@ -99,6 +99,28 @@ impl Reader {
     pub fn dead_letters(&self) -> Result<Vec<DeadLetterRow>, SpoolError> {
         Ok(dead_letters(&self.conn)?)
     }
+
+    /// The ledger (see [`super::ledger`]): completed windows of `account` (every account when
+    /// `None`) ending at or after `since_ms`, by account and start.
+    pub fn ledger(
+        &self,
+        account: Option<&str>,
+        since_ms: i64,
+    ) -> Result<Vec<super::LedgerRow>, SpoolError> {
+        Ok(super::ledger::ledger_rows(&self.conn, account, since_ms)?)
+    }
+
+    /// Reconciliation results of `account` (every account when `None`) for periods ending
+    /// after `since_ms`, by account and period.
+    pub fn reconciliations(
+        &self,
+        account: Option<&str>,
+        since_ms: i64,
+    ) -> Result<Vec<crate::reconcile::Reconciliation>, SpoolError> {
+        Ok(super::ledger::reconciliation_rows(
+            &self.conn, account, since_ms,
+        )?)
+    }
 }
 
 /// `(page_count, freelist_count, page_size)`.

@@ -208,7 +208,9 @@ pub(super) fn salvage(conn: &Connection, aside: &Path) -> Vec<(&'static str, Opt
         // Same seq: a sink still holding a batch (recovery in place, [`Spool::recover_in_place`])
         // settles exactly the rows it sent.
         &copy_outbox,
-        "INSERT OR REPLACE INTO main.cursors SELECT * FROM old.cursors",
+        // By name: a file older than v5 has no `since_ms` (it comes over with the ledger).
+        "INSERT OR REPLACE INTO main.cursors(account, cursor_ms, updated_at_ms)
+         SELECT account, cursor_ms, updated_at_ms FROM old.cursors",
         "DELETE FROM main.tallies",
         "INSERT INTO main.tallies SELECT 'outbox', account, count(*) FROM main.outbox GROUP BY account",
         "INSERT INTO main.tallies SELECT 'dead', '', count(*) FROM main.dead_letters",
@@ -233,6 +235,19 @@ pub(super) fn salvage(conn: &Connection, aside: &Path) -> Vec<(&'static str, Opt
         );
         None
     };
+    // The completeness evidence (ledger, reconciliation results, coverage starts): lost, it
+    // costs an auditor's history and reconciliation of the periods before the next live
+    // window, never a record; a file older than the ledger has none.
+    if tx(&[
+        "INSERT INTO main.ledger SELECT * FROM old.ledger",
+        "INSERT OR REPLACE INTO main.reconciliations SELECT * FROM old.reconciliations",
+        "UPDATE main.cursors SET since_ms =
+             (SELECT o.since_ms FROM old.cursors o WHERE o.account = main.cursors.account)",
+    ])
+    .is_none()
+    {
+        tracing::debug!("the damaged spool's ledger could not be copied (or it has none)");
+    }
     let _ = conn.execute("DETACH DATABASE old", []);
     vec![
         ("outbox", outbox.as_ref().map(|c| c[0])),

@@ -11,7 +11,7 @@ use tracing::info;
 use super::*;
 
 /// Schema version in `PRAGMA user_version`.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 /// Schema steps: a database at version `v` runs every step numbered above `v`, in one
 /// transaction, then records [`SCHEMA_VERSION`]. Steps are never edited once released; a change
@@ -82,6 +82,11 @@ pub(super) const MIGRATIONS: &[(i64, &str)] = &[
              upto_seq INTEGER NOT NULL);
          INSERT OR IGNORE INTO delivered(id, upto_seq) VALUES (1, 0);",
     ),
+    // v5: completeness evidence ([`super::ledger`]): every completed window, each
+    // reconciliation result, and where each account's coverage starts. An account polled
+    // before the ledger existed is covered from its earliest record the spool remembers (or
+    // its cursor), so its recent periods are reconciled too.
+    (5, super::ledger::MIGRATION),
 ];
 
 /// The settled marker (see `delivered` in the module docs).

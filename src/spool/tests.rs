@@ -909,7 +909,7 @@ fn a_version_3_spool_is_migrated_to_the_marker_and_keeps_its_outbox() {
         .conn()
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(v, 4);
+    assert_eq!(v, SCHEMA_VERSION);
     assert_eq!(upto(&s), 0);
     assert_eq!(ids(&s), ["b", "c"]);
     assert_eq!(s.depth().unwrap(), 2);
@@ -1066,4 +1066,183 @@ fn the_background_check_waits_until_the_backlog_is_drained() {
     s.settle(Some((batch[2].seq, batch[2].seq)), &[]).unwrap();
     assert_eq!(wait_for(&|s| s == CheckState::Done), CheckState::Done);
     assert!(s.integrity_problem().is_none());
+}
+
+#[test]
+fn a_version_4_spool_gains_the_ledger_and_its_accounts_are_covered_from_their_oldest_record() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let conn = Connection::open(dir.path().join("spool.db")).unwrap();
+        for (_, sql) in &MIGRATIONS[..4] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.execute_batch(
+            "INSERT INTO seen VALUES ('acme', 0, 'no-time', 1), ('acme', 5000, 'a', 1),
+                 ('acme', 9000, 'b', 1), ('beta', 7000, 'c', 1);
+             INSERT INTO cursors VALUES ('acme', 20000, 1), ('beta', 30000, 1), ('gamma', 40000, 1);
+             PRAGMA user_version = 4;",
+        )
+        .unwrap();
+    }
+    let s = Spool::open(dir.path()).unwrap();
+    let v: i64 = s
+        .conn()
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(v, 5);
+    let since = |a: &str| s.reconcile_state(a, 0, i64::MAX).unwrap().since_ms;
+    assert_eq!(since("acme"), Some(5000), "its oldest record with a time");
+    assert_eq!(since("beta"), Some(7000));
+    assert_eq!(since("gamma"), Some(40000), "no record: its cursor");
+    assert_eq!(since("new"), None, "unknown until its first live window");
+    assert_eq!(s.forwarded_count("acme", 5000, 9000).unwrap(), 2);
+    assert_eq!(s.forwarded_count("acme", 5001, 9000).unwrap(), 1);
+    // The ledger fills from the next window on, and a live window starts coverage only once.
+    let w = crate::spool::LedgerEntry {
+        kind: crate::spool::WindowKind::Live,
+        from_ms: 100,
+        to_ms: 200,
+        total_found: Some(1),
+        pages: 1,
+        records: 1,
+        inserted: 0,
+        duplicates: 0,
+    };
+    s.enqueue_window_page("new", &[rec("n1")], Some(200), Some(&w))
+        .unwrap();
+    s.enqueue_window_page(
+        "new",
+        &[rec("n1")],
+        Some(300),
+        Some(&LedgerEntry {
+            from_ms: 150,
+            to_ms: 300,
+            ..w
+        }),
+    )
+    .unwrap();
+    assert_eq!(since("new"), Some(100));
+    // Live windows that bring nothing new continue one row; a backfill gets its own.
+    std::thread::sleep(Duration::from_millis(2));
+    let quiet = LedgerEntry {
+        from_ms: 250,
+        to_ms: 400,
+        total_found: Some(3),
+        pages: 2,
+        records: 3,
+        ..w
+    };
+    s.enqueue_window_page("new", &[], Some(400), Some(&quiet))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(2));
+    let backfill = LedgerEntry {
+        kind: crate::spool::WindowKind::Backfill,
+        from_ms: 0,
+        to_ms: 50,
+        ..quiet
+    };
+    s.enqueue_window_page("new", &[], None, Some(&backfill))
+        .unwrap();
+    drop(s);
+    let r = crate::spool::reader::Reader::open(dir.path()).unwrap();
+    let rows = r.ledger(Some("new"), 0).unwrap();
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    assert_eq!((rows[0].kind.as_str(), rows[0].from_ms), ("backfill", 0));
+    assert_eq!(
+        (rows[1].inserted, rows[1].duplicates, rows[1].windows),
+        (1, 0, 1)
+    );
+    let stretch = &rows[2];
+    assert_eq!(
+        (stretch.inserted, stretch.duplicates),
+        (0, 1),
+        "the page's own counts are added"
+    );
+    assert_eq!(
+        (stretch.from_ms, stretch.to_ms, stretch.windows),
+        (150, 400, 2),
+        "{stretch:?}"
+    );
+    assert_eq!(
+        (stretch.pages, stretch.records, stretch.total_found),
+        (3, 4, Some(3))
+    );
+    assert!(r.ledger(Some("acme"), 0).unwrap().is_empty());
+}
+
+/// An internal event (heartbeat, reconciliation) goes through the outbox like a record, but
+/// touches neither `seen` nor the cursors, is delivered as stored (sourcetype kept) and keeps
+/// its sourcetype when dead-lettered and requeued under the current settings.
+#[test]
+fn internal_events_are_spooled_without_dedup_or_cursor_and_keep_their_sourcetype() {
+    use crate::config::{Config, LoadEnv};
+    use crate::transform::{HEARTBEAT_SOURCETYPE, Transformer, internal_event};
+    let c = Config::from_toml_str(
+        r#"
+        [[accounts]]
+        name = "acme"
+        client_id = "c"
+        client_secret = "s"
+        jwt = "j"
+        [hec]
+        url = "https://h:8088"
+        token = "t"
+        [[hec.routes]]
+        action_id = "*"
+        sourcetype = "rc:routed"
+        "#,
+        &LoadEnv::default(),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let s = Spool::open(dir.path()).unwrap();
+    let body = serde_json::json!({"id": "same", "kind": "heartbeat"});
+    let hb = internal_event(&c.hec, None, HEARTBEAT_SOURCETYPE, 1_000, &body);
+    // Twice with one id: both go (no dedup), and no record id is remembered.
+    s.enqueue_internal(INTERNAL_ACCOUNT, "heartbeat:1000", hb.clone())
+        .unwrap();
+    s.enqueue_internal(INTERNAL_ACCOUNT, "heartbeat:1000", hb.clone())
+        .unwrap();
+    let seen: i64 = s
+        .conn()
+        .query_row("SELECT count(*) FROM seen", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(seen, 0, "internal events are not records");
+    assert_eq!(s.cursor(INTERNAL_ACCOUNT).unwrap(), None);
+    let st = s.status().unwrap();
+    assert_eq!(st.depth, 2);
+    assert_eq!(st.depth_by_account, vec![(INTERNAL_ACCOUNT.to_string(), 2)]);
+    assert!(st.cursors.is_empty());
+    // A record with the same id is still new.
+    assert_eq!(
+        s.enqueue_page("acme", &[rec("same")], None)
+            .unwrap()
+            .inserted,
+        1
+    );
+
+    let batch = s.read_batch(10, 1 << 20).unwrap();
+    assert_eq!(batch.len(), 3);
+    assert_eq!(batch[0].event, hb, "delivered as stored");
+    // The first is accepted, the second refused and requeued through the renderer.
+    s.settle(
+        Some((batch[0].seq, batch[0].seq)),
+        &[DeadLetter {
+            seq: batch[1].seq,
+            reason: "incorrect index".into(),
+            hec_code: Some(7),
+        }],
+    )
+    .unwrap();
+    let fallback = Transformer::for_account(&c.hec, INTERNAL_ACCOUNT, None, None);
+    let moved = s
+        .requeue(None, &|_, stored| fallback.rerender(stored).unwrap())
+        .unwrap();
+    assert_eq!(moved.moved, 1);
+    let again = s.read_batch_after(batch[2].seq, 10, 1 << 20).unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].account, INTERNAL_ACCOUNT);
+    let doc: serde_json::Value = serde_json::from_slice(&again[0].event).unwrap();
+    assert_eq!(doc["sourcetype"], HEARTBEAT_SOURCETYPE, "{doc}");
+    assert_eq!(doc["event"], body);
 }

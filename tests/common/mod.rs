@@ -120,10 +120,14 @@ impl World {
         Pipeline::open(self.config(poll, hec), fast()).unwrap()
     }
 
-    /// Record ids HEC received, with how often each arrived.
+    /// Record ids HEC received, with how often each arrived (the forwarder's own events,
+    /// heartbeats and reconciliation results, are not records and are left out).
     pub fn received(&self) -> HashMap<String, usize> {
         let mut m = HashMap::new();
         for e in self.hec.events() {
+            if e["source"] == rc_audit_hec::transform::INTERNAL_SOURCE {
+                continue;
+            }
             let id = e
                 .pointer("/event/id")
                 .and_then(|v| v.as_str())
