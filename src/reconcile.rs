@@ -169,34 +169,60 @@ pub struct Count {
 }
 
 /// The verdict when the spool had `before` records and RingCentral counted `count`; `after` is
-/// what the spool had after the repair (`None`: no repair was needed).
+/// what the spool had after the repair (`None`: no repair was needed); `dead` of the period's
+/// spooled records are in dead letters (so not in Splunk).
+///
+/// Only a count that is not a floor and that the records Splunk was sent reach proves the
+/// period: a capped count or a dead letter makes it `short`, whatever else matched.
 pub fn verdict(
     account: &str,
     period: Period,
     count: Count,
     before: u64,
     after: Option<u64>,
+    dead: u64,
     now_ms: i64,
 ) -> Reconciliation {
-    let forwarded = after.unwrap_or(before).max(before);
+    let spooled = after.unwrap_or(before).max(before);
+    let forwarded = spooled.saturating_sub(dead);
     let recovered = after.map(|a| a.saturating_sub(before));
-    let (status, reason) = if before >= count.total {
-        (Status::Complete, None)
-    } else if forwarded >= count.total {
-        (Status::Repaired, None)
-    } else {
-        let mut why = format!(
+    let mut why = Vec::new();
+    if spooled < count.total {
+        why.push(format!(
             "RingCentral counts {} records in the period but returned {} distinct ones when the \
              forwarder asked for all of them again; the rest cannot be had through the API",
-            count.total, forwarded
+            count.total, spooled
+        ));
+    }
+    if dead > 0 {
+        why.push(format!(
+            "{dead} of the period's records are in dead letters (HEC refused them, or they were \
+             invalid): `rc-audit-hec spool dead-letters` lists them, `spool requeue` sends them \
+             again once the cause is fixed"
+        ));
+    }
+    if count.capped {
+        why.push(
+            "RingCentral's count reached the 10,000-record limit even in one-second pieces, so it \
+             is a floor and cannot prove the period complete"
+                .to_string(),
         );
-        if count.capped {
-            why.push_str(
-                " (its count reached the 10,000-record limit even in one-second pieces, so it is a floor)",
-            );
-        }
-        (Status::Short, Some(why))
+    }
+    let status = if !why.is_empty() {
+        Status::Short
+    } else if after.is_some() {
+        Status::Repaired
+    } else {
+        Status::Complete
     };
+    if status == Status::Complete && spooled > count.total {
+        why.push(format!(
+            "RingCentral counts fewer records ({}) than the forwarder holds for the period ({}): \
+             it no longer returns some of them (past its retention or its newest 10,000), so its \
+             count confirms only that many",
+            count.total, spooled
+        ));
+    }
     Reconciliation {
         account: account.to_string(),
         period,
@@ -204,7 +230,7 @@ pub fn verdict(
         forwarded_count: forwarded,
         status,
         recovered: recovered.filter(|_| status != Status::Complete),
-        reason,
+        reason: (!why.is_empty()).then(|| why.join("; ")),
         checked_at_ms: now_ms,
     }
 }
@@ -219,6 +245,7 @@ pub fn event_body(r: &Reconciliation) -> serde_json::Value {
         "ringcentral_count": r.ringcentral_count,
         "forwarded_count": r.forwarded_count,
         "status": r.status.as_str(),
+        "checked_at": ms_rfc3339(r.checked_at_ms).unwrap_or_default(),
     });
     if let Some(n) = r.recovered {
         e["recovered"] = n.into();
@@ -302,17 +329,17 @@ mod tests {
             total,
             capped: false,
         };
-        let r = verdict("acme", p, c(5), 5, None, 1);
+        let r = verdict("acme", p, c(5), 5, None, 0, 1);
         assert_eq!(
             (r.status, r.recovered, r.reason.clone()),
             (Status::Complete, None, None)
         );
-        let r = verdict("acme", p, c(5), 4, Some(5), 1);
+        let r = verdict("acme", p, c(5), 4, Some(5), 0, 1);
         assert_eq!(
             (r.status, r.recovered, r.forwarded_count),
             (Status::Repaired, Some(1), 5)
         );
-        let r = verdict("acme", p, c(7), 4, Some(5), 1);
+        let r = verdict("acme", p, c(7), 4, Some(5), 0, 1);
         assert_eq!(
             (r.status, r.recovered, r.forwarded_count),
             (Status::Short, Some(1), 5)
@@ -326,11 +353,38 @@ mod tests {
         assert_eq!(e["forwarded_count"], 5);
         assert_eq!(e["recovered"], 1);
         assert!(e["reason"].is_string());
-        let e = event_body(&verdict("acme", p, c(5), 6, None, 1));
+        let e = event_body(&verdict("acme", p, c(5), 5, None, 0, 1));
         assert!(
             e.get("recovered").is_none() && e.get("reason").is_none(),
             "{e}"
         );
+        assert_eq!(e["checked_at"], "1970-01-01T00:00:00.001Z");
+        // More held than RingCentral counts: complete, and the event says the count is partial.
+        let r = verdict("acme", p, c(5), 6, None, 0, 1);
+        assert_eq!(r.status, Status::Complete);
+        assert!(
+            r.reason
+                .as_deref()
+                .unwrap()
+                .contains("counts fewer records (5)")
+        );
+        // Every id spooled, but one is a dead letter: not in Splunk, so not complete.
+        let r = verdict("acme", p, c(5), 5, None, 1, 1);
+        assert_eq!((r.status, r.forwarded_count), (Status::Short, 4));
+        assert!(
+            r.reason
+                .as_deref()
+                .unwrap()
+                .contains("1 of the period's records are in dead letters")
+        );
+        // A count that is only a floor proves nothing, even when the spool matches it.
+        let capped = Count {
+            total: 5,
+            capped: true,
+        };
+        let r = verdict("acme", p, capped, 5, None, 0, 1);
+        assert_eq!(r.status, Status::Short);
+        assert!(r.reason.as_deref().unwrap().contains("floor"));
         assert_eq!(Status::parse("repaired"), Some(Status::Repaired));
     }
 }

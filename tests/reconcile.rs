@@ -79,10 +79,12 @@ async fn a_period_whose_counts_match_is_complete_and_reported_once() {
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(events[0]["source"], "rc-audit-hec", "{}", events[0]);
     assert_eq!(events[0]["fields"]["rc_account"], "acct0");
+    // At the period's last millisecond: a Splunk search ending at the period's end (whose
+    // `latest` is exclusive) still finds it, and `bin _time span=1d` files it under its day.
     assert_eq!(
-        events[0]["time"].as_f64().unwrap() as i64,
-        end.timestamp(),
-        "filed at the period's end"
+        (events[0]["time"].as_f64().unwrap() * 1000.0).round() as i64,
+        end.timestamp_millis() - 1,
+        "filed at the period's last millisecond"
     );
     let e = &events[0]["event"];
     assert_eq!(e["account"], "acct0");
@@ -162,6 +164,36 @@ async fn records_ringcentral_counts_but_never_returns_make_the_period_short_with
     assert_eq!(counts(&r), (Status::Short, 22, 20, Some(0)));
     let reason = r.reason.unwrap();
     assert!(reason.contains("counts 22 records"), "{reason}");
+}
+
+#[tokio::test]
+async fn a_period_with_a_dead_lettered_record_is_short_not_complete() {
+    let w = World::new(1).await;
+    let (start, end) = yesterday();
+    w.rc.generate(&w.accounts[0].account_id, 20, start, end, 123);
+    let p = w.pipeline(COVER_YESTERDAY, "");
+    let mut poller = p.pollers(None).remove(0);
+    poller.poll_window().await.unwrap();
+    // HEC refuses one of the period's records for good: the sink's own settle of that answer.
+    let head = p.spool.read_batch(1, 1 << 20).unwrap().remove(0);
+    p.spool
+        .settle(
+            None,
+            &[rc_audit_hec::spool::DeadLetter {
+                seq: head.seq,
+                reason: "Invalid data format (HEC code 6)".into(),
+                hec_code: Some(6),
+            }],
+        )
+        .unwrap();
+    let r = poller.reconcile_next().await.unwrap().expect("due");
+    // Every id was spooled (so no repair), but one never reached Splunk.
+    assert_eq!(counts(&r), (Status::Short, 20, 19, None));
+    let reason = r.reason.unwrap();
+    assert!(
+        reason.contains("1 of the period's records are in dead letters"),
+        "{reason}"
+    );
 }
 
 #[tokio::test]

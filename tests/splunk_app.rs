@@ -172,7 +172,7 @@ static INTERNAL_EVENTS: LazyLock<Vec<Value>> = LazyLock::new(|| {
             total: 2000,
             capped: false,
         };
-        let event = event_body(&verdict("acme", period, count, before, after, now));
+        let event = event_body(&verdict("acme", period, count, before, after, 0, now));
         let bytes = internal_event(
             &config.hec,
             Some(&config.accounts[0]),

@@ -653,22 +653,29 @@ impl Poller {
         } else {
             None
         };
+        let account = self.account.clone();
+        let dead = self
+            .spool
+            .run(move |s| s.dead_lettered_count(&account, period.start_ms, period.last_ms()))
+            .await?;
         let result = crate::reconcile::verdict(
             &self.account,
             period,
             count,
             before,
             after,
+            dead,
             crate::time::now_ms(),
         );
         let body = serde_json::value::RawValue::from_string(
             crate::reconcile::event_body(&result).to_string(),
         )
         .expect("a JSON value's text is JSON");
-        // Timed at the period's end: Splunk files it with the period it speaks for.
+        // Timed at the period's last millisecond: Splunk files it with the period it speaks
+        // for (its end is the next period's first instant, outside a search ending there).
         let event = self.transformer.internal(
             crate::transform::RECONCILIATION_SOURCETYPE,
-            period.end_ms,
+            period.last_ms(),
             &body,
             Some(&self.account),
         );

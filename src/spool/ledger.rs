@@ -231,7 +231,40 @@ pub(super) fn forwarded_count(
     .map(|n| n.max(0) as u64)
 }
 
+/// Of those ids, the ones held in dead letters (HEC refused them, or they were invalid when
+/// spooled): spooled, but not in Splunk.
+pub(super) fn dead_lettered_count(
+    conn: &Connection,
+    account: &str,
+    first_ms: i64,
+    last_ms: i64,
+) -> rusqlite::Result<u64> {
+    // One pass over the period's ids against the account's dead letters (usually none).
+    conn.prepare_cached(
+        "SELECT count(*) FROM seen WHERE account = ?1 AND event_time_ms BETWEEN ?2 AND ?3
+         AND record_id IN (SELECT record_id FROM dead_letters WHERE account = ?1)",
+    )?
+    .query_row(params![account, first_ms, last_ms], |r| r.get::<_, i64>(0))
+    .map(|n| n.max(0) as u64)
+}
+
 impl Spool {
+    /// Of [`Spool::forwarded_count`]'s ids, those held in dead letters: they never reached
+    /// Splunk, so a period holding any is not complete.
+    pub fn dead_lettered_count(
+        &self,
+        account: &str,
+        first_ms: i64,
+        last_ms: i64,
+    ) -> Result<u64, SpoolError> {
+        Ok(dead_lettered_count(
+            &self.conn(),
+            account,
+            first_ms,
+            last_ms,
+        )?)
+    }
+
     /// Distinct record ids the spool has for `account` with an event time in
     /// `[first_ms, last_ms]` (delivered, waiting or dead-lettered alike).
     pub fn forwarded_count(
