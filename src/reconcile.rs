@@ -56,8 +56,10 @@ pub struct AccountState {
     /// Where the forwarder's coverage of the account starts (see the module docs); `None`:
     /// no live window completed yet.
     pub since_ms: Option<i64>,
-    /// Starts of the periods with a stored result, within the lookback.
-    pub done: Vec<i64>,
+    /// `(start, end)` of the periods with a stored result, within the lookback. Both ends: a
+    /// result for a day does not stand for the first hour of that day after `reconcile.period`
+    /// changed from "1d" to "1h".
+    pub done: Vec<(i64, i64)>,
 }
 
 /// The oldest period of an account due for reconciliation at `now_ms`, if any.
@@ -85,7 +87,7 @@ pub fn due(cfg: &ReconcileConfig, now_ms: i64, state: &AccountState) -> Option<P
         if end.saturating_add(delay) > now_ms || end > cursor {
             return None;
         }
-        if !state.done.contains(&start) {
+        if !state.done.contains(&(start, end)) {
             return Some(Period {
                 start_ms: start,
                 end_ms: end,
@@ -278,13 +280,13 @@ mod tests {
         };
         // Lookback 7d: periods starting at day 93 (the first aligned start after now - 7d).
         assert_eq!(due(&cfg(), now, &st).unwrap().start_ms, 94 * DAY);
-        st.done = (94..99).map(|d| d * DAY).collect();
+        st.done = (94..99).map(|d| (d * DAY, (d + 1) * DAY)).collect();
         let p = due(&cfg(), now, &st).unwrap();
         assert_eq!(
             (p.start_ms, p.end_ms, p.last_ms()),
             (99 * DAY, 100 * DAY, 100 * DAY - 1)
         );
-        st.done.push(99 * DAY);
+        st.done.push((99 * DAY, 100 * DAY));
         assert_eq!(due(&cfg(), now, &st), None, "today has not closed");
         // Not before `delay` after the period closed.
         st.done.pop();
@@ -317,6 +319,13 @@ mod tests {
             due(&hourly, now + 60_000, &st).unwrap().start_ms,
             now - 2 * H
         );
+        // A day's result does not stand for that day's first hour after the period changed.
+        let hourly = ReconcileConfig {
+            lookback: Duration::from_secs(4 * 3600),
+            ..hourly
+        };
+        st.done = vec![(100 * DAY, 101 * DAY)];
+        assert_eq!(due(&hourly, now + 60_000, &st).unwrap().start_ms, 100 * DAY);
     }
 
     #[test]

@@ -47,7 +47,7 @@ pub(super) const MIGRATION: &str = "CREATE TABLE IF NOT EXISTS ledger(
         recovered INTEGER,
         reason TEXT,
         checked_at_ms INTEGER NOT NULL,
-        PRIMARY KEY(account, period_start_ms)) WITHOUT ROWID;
+        PRIMARY KEY(account, period_start_ms, period_end_ms)) WITHOUT ROWID;
     ALTER TABLE cursors ADD COLUMN since_ms INTEGER;
     UPDATE cursors SET since_ms = coalesce(
         (SELECT min(s.event_time_ms) FROM seen s WHERE s.account = cursors.account AND s.event_time_ms > 0),
@@ -302,11 +302,13 @@ impl Spool {
             .flatten();
         let done = conn
             .prepare_cached(
-                "SELECT period_start_ms FROM reconciliations
+                "SELECT period_start_ms, period_end_ms FROM reconciliations
                  WHERE account = ?1 AND period_start_ms BETWEEN ?2 AND ?3",
             )?
-            .query_map(params![account, from_ms, to_ms], |r| r.get(0))?
-            .collect::<Result<Vec<i64>, _>>()?;
+            .query_map(params![account, from_ms, to_ms], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?
+            .collect::<Result<Vec<(i64, i64)>, _>>()?;
         Ok(AccountState {
             cursor_ms,
             since_ms,
