@@ -196,6 +196,47 @@ async fn a_period_with_a_dead_lettered_record_is_short_not_complete() {
     );
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_repair_cut_short_by_a_stop_still_reports_everything_it_recovered() {
+    let w = World::new(1).await;
+    let (start, end) = yesterday();
+    let account = w.accounts[0].account_id.clone();
+    let p = w.pipeline(COVER_YESTERDAY, "");
+    let mut poller = p.pollers(None).remove(0);
+    poller.poll_window().await.unwrap();
+    // Three records of yesterday show up only now, far behind the live overlap; RingCentral
+    // answers slowly and one record per page.
+    let late: Vec<Value> = (1..=3)
+        .map(|h| {
+            json!({"id": format!("late-{h}"), "actionId": "LOGIN",
+                   "eventTime": rc_audit_hec::time::rfc3339_millis(start + TimeDelta::hours(h))})
+        })
+        .collect();
+    w.rc.add_records(&account, late);
+    w.rc.update_faults(|f| {
+        f.clamp_per_page = Some(1);
+        f.slow = Duration::from_secs(10);
+    });
+    // Stopped during the repair: the count (10 s), two pages spooled (20 s, 30 s), the third in
+    // flight.
+    let cut = tokio::time::timeout(Duration::from_secs(35), poller.reconcile_next()).await;
+    assert!(cut.is_err(), "the repair finished: {cut:?}");
+    let (first, last) = (start.timestamp_millis(), end.timestamp_millis() - 1);
+    assert_eq!(p.spool.forwarded_count("acct0", first, last).unwrap(), 2);
+    drop(poller);
+    // The next start repairs the rest, and reports all three as recovered: live polling had
+    // missed them, whichever attempt brought them in.
+    w.rc.update_faults(|f| {
+        f.clamp_per_page = None;
+        f.slow = Duration::ZERO;
+    });
+    let mut poller = p.pollers(None).remove(0);
+    let r = poller.reconcile_next().await.unwrap().expect("due");
+    assert_eq!(counts(&r), (Status::Repaired, 3, 3, Some(3)));
+    assert!(poller.reconcile_next().await.unwrap().is_none());
+    assert_eq!(p.spool.reconciliations(Some("acct0"), 0).unwrap().len(), 1);
+}
+
 #[tokio::test]
 async fn a_period_above_the_10000_record_limit_is_counted_in_pieces() {
     let w = World::with(1, |c| {

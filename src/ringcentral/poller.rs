@@ -639,19 +639,32 @@ impl Poller {
                     .await
             }
         };
-        let before = forwarded(&self.spool, self.account.clone(), period).await?;
-        let after = if count.total > before {
-            info!(account = %self.account, period_start = %rfc3339_millis(first), ringcentral = count.total, spooled = before,
+        let held = forwarded(&self.spool, self.account.clone(), period).await?;
+        let account = self.account.clone();
+        // A repair a stop or crash interrupted: what the spool held before it began.
+        let earlier = self
+            .spool
+            .run(move |s| s.repair_started(&account, period))
+            .await?;
+        let mut before = earlier.map_or(held, |e| e.min(held));
+        let after = if count.total > held {
+            info!(account = %self.account, period_start = %rfc3339_millis(first), ringcentral = count.total, spooled = held,
                 "RingCentral holds more records for this period than the spool: polling the period again");
             let max = self.max_spool_bytes;
             if let Some(full) = self.spool.run(move |s| s.room_to_poll(max)).await? {
                 debug!(account = %self.account, "reconciliation's repair waits: {}", full.0);
                 return Ok(None);
             }
+            let (account, total) = (self.account.clone(), count.total);
+            before = self
+                .spool
+                .run(move |s| s.begin_repair(&account, period, total, held))
+                .await?;
             self.fetch(first, last, WindowKind::Repair).await?;
             Some(forwarded(&self.spool, self.account.clone(), period).await?)
         } else {
-            None
+            // An interrupted repair had already brought everything in.
+            earlier.map(|_| held)
         };
         let account = self.account.clone();
         let dead = self

@@ -303,7 +303,8 @@ impl Spool {
         let done = conn
             .prepare_cached(
                 "SELECT period_start_ms, period_end_ms FROM reconciliations
-                 WHERE account = ?1 AND period_start_ms BETWEEN ?2 AND ?3",
+                 WHERE account = ?1 AND period_start_ms BETWEEN ?2 AND ?3
+                 AND status != 'repairing'",
             )?
             .query_map(params![account, from_ms, to_ms], |r| {
                 Ok((r.get(0)?, r.get(1)?))
@@ -324,6 +325,41 @@ impl Spool {
         since_ms: i64,
     ) -> Result<Vec<Reconciliation>, SpoolError> {
         Ok(reconciliation_rows(&self.conn(), account, since_ms)?)
+    }
+
+    /// Records that a repair of `period` starts while the spool holds `before` of its records,
+    /// unless one was recorded already (an earlier repair that a stop or crash interrupted):
+    /// the result then reports what the whole repair recovered, not only its last attempt. The
+    /// row (status `repairing`) counts as no result; [`Spool::store_reconciliation`] replaces
+    /// it. Returns the `before` of the first attempt.
+    pub fn begin_repair(
+        &self,
+        account: &str,
+        period: Period,
+        ringcentral_count: u64,
+        before: u64,
+    ) -> Result<u64, SpoolError> {
+        let conn = self.conn();
+        conn.execute(
+            "INSERT OR IGNORE INTO reconciliations(account, period_start_ms, period_end_ms,
+                 ringcentral_count, forwarded_count, status, checked_at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, 'repairing', ?6)",
+            params![
+                account,
+                period.start_ms,
+                period.end_ms,
+                ringcentral_count as i64,
+                before as i64,
+                crate::time::now_ms()
+            ],
+        )?;
+        Ok(repair_started(&conn, account, period)?.unwrap_or(before))
+    }
+
+    /// `before` of a repair of `period` that started and has no result yet (see
+    /// [`Spool::begin_repair`]).
+    pub fn repair_started(&self, account: &str, period: Period) -> Result<Option<u64>, SpoolError> {
+        Ok(repair_started(&self.conn(), account, period)?)
     }
 
     /// Stores a reconciliation result, and spools `event` (its HEC event, already rendered by
@@ -370,6 +406,22 @@ impl Spool {
     }
 }
 
+fn repair_started(
+    conn: &Connection,
+    account: &str,
+    period: Period,
+) -> rusqlite::Result<Option<u64>> {
+    conn.prepare_cached(
+        "SELECT forwarded_count FROM reconciliations WHERE account = ?1
+         AND period_start_ms = ?2 AND period_end_ms = ?3 AND status = 'repairing'",
+    )?
+    .query_row(params![account, period.start_ms, period.end_ms], |r| {
+        r.get::<_, i64>(0)
+    })
+    .optional()
+    .map(|n| n.map(|n| n.max(0) as u64))
+}
+
 /// Ledger rows of `account` (all accounts when `None`) whose window ends at or after
 /// `since_ms`, oldest first.
 pub(super) fn ledger_rows(
@@ -411,6 +463,7 @@ pub(super) fn reconciliation_rows(
         "SELECT account, period_start_ms, period_end_ms, ringcentral_count, forwarded_count,
                 status, recovered, reason, checked_at_ms
          FROM reconciliations WHERE (?1 IS NULL OR account = ?1) AND period_end_ms > ?2
+         AND status != 'repairing'
          ORDER BY account, period_start_ms",
     )?;
     stmt.query_map(params![account, since_ms], |r| {
