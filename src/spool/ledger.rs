@@ -20,11 +20,27 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use super::{Spool, SpoolError};
 use crate::reconcile::{AccountState, Period, Reconciliation, Status};
 
+/// The text of [`COVER_FROM_OLDEST`], a macro so [`MIGRATION`] can `concat!` it.
+macro_rules! cover_from_oldest {
+    () => {
+        "UPDATE cursors SET since_ms = coalesce(
+            (SELECT min(s.event_time_ms) FROM seen s
+             WHERE s.account = cursors.account AND s.event_time_ms > 0),
+            cursor_ms) WHERE since_ms IS NULL;"
+    };
+}
+
+/// Where coverage starts for an account that has a cursor but no `since_ms` (a spool from
+/// before v5, migrated or salvaged): its earliest record the spool remembers, else its cursor.
+/// The end of [`MIGRATION`], and a step of salvage on its own.
+pub(super) const COVER_FROM_OLDEST: &str = cover_from_oldest!();
+
 /// The v5 schema step. Two b-trees and a column, no more: each b-tree costs a 64 KiB page
 /// even empty ([`super::durability`]), and an empty spool must stay well below the smallest
 /// `spool.max_bytes` (1 MiB), or polling would pause at once. The ledger is keyed by account
 /// and completion time, so pruning and the reading by account walk the key.
-pub(super) const MIGRATION: &str = "CREATE TABLE IF NOT EXISTS ledger(
+pub(super) const MIGRATION: &str = concat!(
+    "CREATE TABLE IF NOT EXISTS ledger(
         account TEXT NOT NULL,
         at_ms INTEGER NOT NULL,
         kind TEXT NOT NULL,
@@ -48,10 +64,9 @@ pub(super) const MIGRATION: &str = "CREATE TABLE IF NOT EXISTS ledger(
         reason TEXT,
         checked_at_ms INTEGER NOT NULL,
         PRIMARY KEY(account, period_start_ms, period_end_ms)) WITHOUT ROWID;
-    ALTER TABLE cursors ADD COLUMN since_ms INTEGER;
-    UPDATE cursors SET since_ms = coalesce(
-        (SELECT min(s.event_time_ms) FROM seen s WHERE s.account = cursors.account AND s.event_time_ms > 0),
-        cursor_ms);";
+    ALTER TABLE cursors ADD COLUMN since_ms INTEGER;",
+    cover_from_oldest!()
+);
 
 /// Which path completed a window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -248,6 +248,10 @@ pub(super) fn salvage(conn: &Connection, aside: &Path) -> Vec<(&'static str, Opt
     {
         tracing::debug!("the damaged spool's ledger could not be copied (or it has none)");
     }
+    // A file older than v5 (or whose cursors were unreadable) brought no coverage starts: cover
+    // each account from its oldest record salvaged, as the v5 migration does, so the periods
+    // before the damage are still reconciled.
+    let _ = tx(&[super::ledger::COVER_FROM_OLDEST]);
     let _ = conn.execute("DETACH DATABASE old", []);
     vec![
         ("outbox", outbox.as_ref().map(|c| c[0])),
