@@ -1110,6 +1110,45 @@ fn a_damaged_version_4_spool_is_salvaged_with_its_accounts_covered_from_their_ol
 }
 
 #[test]
+fn the_ledger_and_results_are_kept_as_long_as_record_ids_and_no_longer() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Spool::open(dir.path()).unwrap();
+    let now = crate::time::now_ms();
+    let keep = SEEN_RETENTION.as_millis() as i64;
+    // Written just past and just within the 181 days, beside a record id seen as long ago.
+    for (id, at) in [
+        ("old", now - keep - 60_000),
+        ("recent", now - keep + 3_600_000),
+    ] {
+        s.conn()
+            .execute_batch(&format!(
+                "INSERT INTO ledger VALUES ('acme', {at}, 'live', {at}, {at}, 1, 1, 1, 1, 0, 1);
+                 INSERT INTO reconciliations VALUES ('acme', {at}, {at} + 1, 1, 1, 'complete', NULL, NULL, {at});
+                 INSERT INTO seen VALUES ('acme', {at}, '{id}', {at});"
+            ))
+            .unwrap();
+    }
+    // A live window's page prunes all three alike.
+    s.enqueue_page("acme", &[rec("new")], Some(now)).unwrap();
+    let count = |table: &str| -> i64 {
+        s.conn()
+            .query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+            .unwrap()
+    };
+    assert_eq!(count("reconciliations"), 1);
+    assert_eq!(count("ledger"), 1);
+    let kept: Vec<String> = s
+        .conn()
+        .prepare("SELECT record_id FROM seen ORDER BY record_id")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(kept, ["new", "recent"]);
+}
+
+#[test]
 fn a_version_4_spool_gains_the_ledger_and_its_accounts_are_covered_from_their_oldest_record() {
     let dir = tempfile::tempdir().unwrap();
     {
