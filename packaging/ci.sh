@@ -201,11 +201,10 @@ for _ in $(seq 30); do
 done
 [[ -n "$ok" ]] || { pm logs rc-audit-hec-ci; exit 1; }
 echo "   run: the admin endpoint answers inside the container (healthcheck --url .../metrics)"
-# The image's HEALTHCHECK targets /livez (issue 13's liveness route); check it once that exists.
-if grep -q '"/livez"' src/admin.rs; then
-  pm healthcheck run rc-audit-hec-ci
-  echo "   HEALTHCHECK (/livez): healthy"
-fi
+# The image's own HEALTHCHECK (/livez). It used to run only if src/admin.rs named the route; the
+# module became src/admin/, the grep found no file, and the check was silently skipped.
+pm healthcheck run rc-audit-hec-ci
+echo "   HEALTHCHECK (/livez): healthy"
 pm rm -f rc-audit-hec-ci >/dev/null
 for s in ci-client-secret ci-jwt hec-token; do pm secret rm "$s" >/dev/null; done
 pm volume rm -f rc-audit-hec-ci >/dev/null
