@@ -100,7 +100,8 @@ static EVENTS: LazyLock<Vec<Value>> = LazyLock::new(|| {
 /// `heartbeat::beat` (with every optional field set, and once with none), and reconciliation
 /// results made by the real `reconcile::event_body` (the issue 12 contract: `account`,
 /// `period_start`, `period_end` as RFC 3339, `ringcentral_count`, `forwarded_count`, `status`,
-/// `recovered`, `reason`), all through the real `transform::internal_event`.
+/// `recovered`, `reason`, and `checked_at`, which the completeness macro reads), all through the
+/// real `transform::internal_event`.
 static INTERNAL_EVENTS: LazyLock<Vec<Value>> = LazyLock::new(|| {
     use rc_audit_hec::heartbeat::beat;
     use rc_audit_hec::spool::Status;

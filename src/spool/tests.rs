@@ -194,6 +194,22 @@ fn a_file_that_is_not_a_database_is_set_aside_and_a_fresh_spool_starts() {
     assert_eq!(ids(&s), ["a"]);
 }
 
+/// Overwrites part of page `page_no` (1-based, as `sqlite_master.rootpage`) of a closed
+/// database file, keeping the page header intact, so `quick_check` finds it damaged.
+fn scribble_over_page(path: &std::path::Path, page_no: usize) {
+    let mut bytes = std::fs::read(path).unwrap();
+    // The page size is in the header (bytes 16-17, big-endian; 1 means 65536).
+    let page = match u16::from_be_bytes([bytes[16], bytes[17]]) {
+        1 => 65536,
+        n => n as usize,
+    };
+    let at = (page_no - 1) * page;
+    for b in &mut bytes[at + 8..at + 200] {
+        *b = 0xA5;
+    }
+    std::fs::write(path, &bytes).unwrap();
+}
+
 #[test]
 fn a_corrupted_page_is_detected_and_readable_rows_are_salvaged() {
     let dir = tempfile::tempdir().unwrap();
@@ -216,19 +232,8 @@ fn a_corrupted_page_is_detected_and_readable_rows_are_salvaged() {
             )
             .unwrap() as usize
     };
-    let path = dir.path().join("spool.db");
-    let mut bytes = std::fs::read(&path).unwrap();
-    // The page size is in the header (bytes 16-17, big-endian; 1 means 65536).
-    let page = match u16::from_be_bytes([bytes[16], bytes[17]]) {
-        1 => 65536,
-        n => n as usize,
-    };
-    // Scribble over an index page of `seen`, keeping the page header intact.
-    let last = (index_page - 1) * page;
-    for b in &mut bytes[last + 8..last + 200] {
-        *b = 0xA5;
-    }
-    std::fs::write(&path, &bytes).unwrap();
+    // Scribble over an index page of `seen`.
+    scribble_over_page(&dir.path().join("spool.db"), index_page);
     // The spool was closed cleanly, so this start checks in the background, finds the
     // damage and recovers it in place: no restart needed.
     let s = Spool::open(dir.path()).unwrap();
@@ -1089,19 +1094,9 @@ fn a_damaged_version_4_spool_is_salvaged_with_its_accounts_covered_from_their_ol
         )
         .unwrap() as usize
     };
-    // Damage the running counts (recomputed by salvage, so every row comes over); no clean-stop marker, so the start checks first and salvages the
-    // v4 file into a new v5 spool.
-    let path = dir.path().join("spool.db");
-    let mut bytes = std::fs::read(&path).unwrap();
-    let page = match u16::from_be_bytes([bytes[16], bytes[17]]) {
-        1 => 65536,
-        n => n as usize,
-    };
-    let at = (index_page - 1) * page;
-    for b in &mut bytes[at + 8..at + 200] {
-        *b = 0xA5;
-    }
-    std::fs::write(&path, &bytes).unwrap();
+    // Damage the running counts (salvage recomputes them, so every row comes over). No
+    // clean-stop marker: the start checks first and salvages the v4 file into a new spool.
+    scribble_over_page(&dir.path().join("spool.db"), index_page);
     let s = Spool::open(dir.path()).unwrap();
     assert!(s.recovery().is_some(), "the damage was found and salvaged");
     assert_eq!(s.cursor("acme").unwrap(), Some(20000));
