@@ -115,6 +115,78 @@ pub struct Config {
     pub heartbeat: HeartbeatConfig,
     /// Reconciliation: each closed period's count at RingCentral against the spool's.
     pub reconcile: ReconcileConfig,
+    /// The AWS DynamoDB destination, when configured (beside or instead of HEC).
+    pub dynamodb: Option<DynamoDbConfig>,
+}
+
+/// Where records are delivered. Each configured destination has its own outbox in the spool,
+/// its own delivery loop, dead letters, metrics and health; a record is enqueued once per
+/// destination in the transaction that spools it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Destination {
+    /// Splunk HTTP Event Collector (`[hec]`).
+    Hec,
+    /// AWS DynamoDB (`[dynamodb]`).
+    DynamoDb,
+}
+
+impl Destination {
+    /// Every destination, in a fixed order.
+    pub const ALL: [Destination; 2] = [Destination::Hec, Destination::DynamoDb];
+
+    /// The name used in the spool, logs, metrics labels and `--destination`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Destination::Hec => "hec",
+            Destination::DynamoDb => "dynamodb",
+        }
+    }
+
+    /// The destination called `name` (as written by [`Destination::name`]).
+    pub fn from_name(name: &str) -> Option<Destination> {
+        Destination::ALL.into_iter().find(|d| d.name() == name)
+    }
+}
+
+impl fmt::Display for Destination {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// `[dynamodb]`: AWS DynamoDB as a destination (see [`crate::dynamodb`]). Credentials are not
+/// configured here: they come from the standard AWS chain (environment, shared profile, web
+/// identity, instance metadata), read by the official SDK.
+#[derive(Debug, Clone, Serialize)]
+pub struct DynamoDbConfig {
+    /// The table name.
+    pub table: String,
+    /// The AWS region, e.g. `us-east-1`.
+    pub region: String,
+    /// Another endpoint than AWS's (a local DynamoDB, a VPC endpoint); plain http on loopback only.
+    pub endpoint_url: Option<String>,
+    /// When set, each item carries a TTL attribute ([`DYNAMODB_TTL_ATTRIBUTE`]) this long after
+    /// the record's time, so DynamoDB expires it.
+    #[serde(serialize_with = "ser_opt_duration")]
+    pub ttl: Option<Duration>,
+    /// Whether `rc-audit-hec dynamodb create-table` may create the table (false: the table is
+    /// managed elsewhere, and the command refuses).
+    pub create_table: bool,
+}
+
+/// The name of the TTL attribute (epoch seconds) written when `dynamodb.ttl` is set.
+pub const DYNAMODB_TTL_ATTRIBUTE: &str = "expiresAt";
+
+impl Config {
+    /// The configured destinations, in [`Destination::ALL`] order.
+    pub fn destinations(&self) -> Vec<Destination> {
+        let mut out = vec![Destination::Hec];
+        if self.dynamodb.is_some() {
+            out.push(Destination::DynamoDb);
+        }
+        out
+    }
 }
 
 /// Reconciliation (see [`crate::reconcile`]): for each account and closed period, RingCentral's
@@ -1010,6 +1082,8 @@ impl Validator<'_> {
             lookback: r.lookback,
         };
 
+        let dynamodb = raw.dynamodb.map(|d| self.dynamodb(d));
+
         let problems = self.problems.take();
         if problems.len() > 1 {
             return Err(ConfigError::Several(problems));
@@ -1038,7 +1112,55 @@ impl Validator<'_> {
                 interval: raw.heartbeat.interval,
             },
             reconcile,
+            dynamodb,
         })
+    }
+
+    /// `[dynamodb]`: table and region are required; DynamoDB's own naming rules are checked here
+    /// so a typo is a config error at start, not a paused destination later.
+    fn dynamodb(&self, d: RawDynamoDb) -> DynamoDbConfig {
+        let table = d.table.unwrap_or_default();
+        let valid_name = (3..=255).contains(&table.len())
+            && table
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
+        if !valid_name {
+            self.flag(self.invalid(
+                "dynamodb.table",
+                format!(
+                    "{table:?} is not a DynamoDB table name: 3 to 255 characters of letters, digits, '_', '-' and '.'"
+                ),
+            ));
+        }
+        let region = d.region.unwrap_or_default();
+        let valid_region = !region.is_empty()
+            && region
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !valid_region {
+            self.flag(self.invalid(
+                "dynamodb.region",
+                format!("{region:?} is not an AWS region: set e.g. \"us-east-1\""),
+            ));
+        }
+        if let Some(url) = &d.endpoint_url {
+            self.keep(self.check_url("dynamodb.endpoint_url", url), ());
+        }
+        if let Some(ttl) = d.ttl {
+            if ttl < Duration::from_secs(86_400) {
+                self.flag(self.invalid(
+                    "dynamodb.ttl",
+                    "must be at least \"1d\" (leave it out to keep items forever), e.g. \"400d\"",
+                ));
+            }
+        }
+        DynamoDbConfig {
+            table,
+            region,
+            endpoint_url: d.endpoint_url,
+            ttl: d.ttl,
+            create_table: d.create_table,
+        }
     }
 
     /// A base URL: `https://host[:port]` (plain http on loopback only), no credentials, no path.
@@ -1181,6 +1303,23 @@ struct RawConfig {
     heartbeat: RawHeartbeat,
     #[serde(default)]
     reconcile: RawReconcile,
+    #[serde(default)]
+    dynamodb: Option<RawDynamoDb>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDynamoDb {
+    #[serde(default, deserialize_with = "de_opt_string")]
+    table: Option<String>,
+    #[serde(default, deserialize_with = "de_opt_string")]
+    region: Option<String>,
+    #[serde(default, deserialize_with = "de_opt_string")]
+    endpoint_url: Option<String>,
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    ttl: Option<Duration>,
+    #[serde(default = "yes")]
+    create_table: bool,
 }
 
 #[derive(Deserialize)]
@@ -1474,6 +1613,17 @@ fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
             "invalid duration {s:?} ({e}): expected e.g. \"90s\", \"5m\", \"24h\""
         ))
     })
+}
+
+fn de_opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    de_duration(d).map(Some)
+}
+
+fn ser_opt_duration<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => ser_duration(d, s),
+        None => s.serialize_none(),
+    }
 }
 
 fn ser_duration<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
