@@ -1146,13 +1146,11 @@ impl Validator<'_> {
         if let Some(url) = &d.endpoint_url {
             self.keep(self.check_url("dynamodb.endpoint_url", url), ());
         }
-        if let Some(ttl) = d.ttl {
-            if ttl < Duration::from_secs(86_400) {
-                self.flag(self.invalid(
-                    "dynamodb.ttl",
-                    "must be at least \"1d\" (leave it out to keep items forever), e.g. \"400d\"",
-                ));
-            }
+        if d.ttl.is_some_and(|ttl| ttl < Duration::from_secs(86_400)) {
+            self.flag(self.invalid(
+                "dynamodb.ttl",
+                "must be at least \"1d\" (leave it out to keep items forever), e.g. \"400d\"",
+            ));
         }
         DynamoDbConfig {
             table,
