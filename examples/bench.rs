@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use chrono::{TimeDelta, Utc};
 use clap::{Parser, Subcommand};
-use rc_audit_hec::config::{Config, LoadEnv};
+use rc_audit_hec::config::{Config, Destination, LoadEnv};
 use rc_audit_hec::hec::batch::build_body;
 use rc_audit_hec::ringcentral::model::SearchPage;
 use rc_audit_hec::sim::hec::{HecSim, HecSimConfig};
@@ -409,11 +409,11 @@ fn spool(opts: &Opts) -> anyhow::Result<()> {
         scrape_full.push(scrape(&s)?);
         let start = Instant::now();
         loop {
-            let batch = s.read_batch(1000, usize::MAX)?;
+            let batch = s.read_batch(Destination::Hec, 1000, usize::MAX)?;
             let (Some(first), Some(last)) = (batch.first(), batch.last()) else {
                 break;
             };
-            s.settle(Some((first.seq, last.seq)), &[])?;
+            s.settle(Destination::Hec, Some((first.seq, last.seq)), &[])?;
         }
         drain.push(n as f64 / start.elapsed().as_secs_f64());
     }

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::commands::spool::{Action, Settings};
 use crate::commands::{self, Done, Error, finish};
-use crate::config::{DEFAULT_CONFIG_PATH, LoadEnv};
+use crate::config::{DEFAULT_CONFIG_PATH, Destination, LoadEnv};
 use crate::exit::{self, Code};
 use crate::signals::cancel_on_signals;
 
@@ -159,11 +159,14 @@ pub enum SpoolCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Events HEC refused permanently, with the reason.
+    /// Events a destination refused permanently, with the reason and the destination.
     DeadLetters {
         /// Print JSON (with each event) instead of one line per dead letter.
         #[arg(long)]
         json: bool,
+        /// Only this destination's dead letters: hec or dynamodb (default: all).
+        #[arg(long, value_name = "NAME", value_parser = parse_destination)]
+        destination: Option<Destination>,
     },
     /// Every completed poll window (live, backfill, repair) with RingCentral's totalFound,
     /// pages, records, new records and duplicates absorbed, and beside them each reconciliation
@@ -188,7 +191,21 @@ pub enum SpoolCommand {
         /// The dead letter with this id (repeatable); ids come from `spool dead-letters`.
         #[arg(long, value_name = "N")]
         id: Vec<i64>,
+        /// Only this destination's dead letters (hec or dynamodb; default: all), each back into
+        /// its own destination's outbox.
+        #[arg(long, value_name = "NAME", value_parser = parse_destination)]
+        destination: Option<Destination>,
     },
+}
+
+fn parse_destination(s: &str) -> Result<Destination, String> {
+    Destination::from_name(s).ok_or_else(|| {
+        let names: Vec<&str> = Destination::ALL.iter().map(|d| d.name()).collect();
+        format!(
+            "no destination called {s:?}: use one of {}",
+            names.join(", ")
+        )
+    })
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -251,8 +268,18 @@ pub async fn execute(cli: Cli) -> Result<u8, Error> {
                 .await;
             let action = match command {
                 SpoolCommand::Status { json } => Action::Status { json },
-                SpoolCommand::DeadLetters { json } => Action::DeadLetters { json },
-                SpoolCommand::Requeue { all, id } => Action::Requeue { all, id },
+                SpoolCommand::DeadLetters { json, destination } => {
+                    Action::DeadLetters { json, destination }
+                }
+                SpoolCommand::Requeue {
+                    all,
+                    id,
+                    destination,
+                } => Action::Requeue {
+                    all,
+                    id,
+                    destination,
+                },
                 SpoolCommand::Ledger {
                     account,
                     since,

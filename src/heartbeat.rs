@@ -194,7 +194,7 @@ impl Heartbeat {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::LoadEnv;
+    use crate::config::{Destination, LoadEnv};
     use crate::spool::NewRecord;
     use crate::telemetry::Component;
     use std::time::Duration;
@@ -227,7 +227,7 @@ mod tests {
     /// Every heartbeat in the outbox, as (outbox account, envelope).
     async fn spooled(spool: &Spool) -> Vec<(String, serde_json::Value)> {
         spool
-            .run(|s| s.read_batch(1000, usize::MAX))
+            .run(|s| s.read_batch(Destination::Hec, 1000, usize::MAX))
             .await
             .unwrap()
             .into_iter()

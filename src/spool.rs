@@ -79,6 +79,8 @@
 
 use std::path::PathBuf;
 
+use crate::config::Destination;
+
 pub mod backfill;
 mod dead_letters;
 pub mod durability;
@@ -158,20 +160,44 @@ pub enum SpoolError {
     },
 }
 
-/// Spool contents at a glance.
+/// Spool contents at a glance. The totals are over every destination's outbox: a record
+/// waiting for two destinations counts twice in `depth` (it is two deliveries to make);
+/// [`Status::destinations`] has each destination's own figures.
 #[derive(Debug, Clone, Default)]
 pub struct Status {
-    /// Events waiting for delivery.
+    /// Events waiting for delivery, summed over the destinations.
     pub depth: u64,
     /// Bytes the database uses (excluding free pages).
     pub used_bytes: u64,
-    /// When the event at the head of the outbox (the oldest waiting) was spooled (ms since
-    /// epoch).
+    /// When the oldest event waiting for any destination was spooled (ms since epoch).
     pub oldest_spooled_ms: Option<i64>,
-    /// Dead letters held.
+    /// Dead letters held, of every destination.
     pub dead_letters: u64,
     /// `(account, cursor_ms)` per account.
     pub cursors: Vec<(String, i64)>,
-    /// `(account, events waiting)` per account with any.
+    /// `(account, events waiting)` per account with any, summed over the destinations.
     pub depth_by_account: Vec<(String, u64)>,
+    /// Per destination, in [`Destination::ALL`] order: every destination, configured or not
+    /// (rows may still wait for one no longer configured). Empty in a `Status` built by hand.
+    pub destinations: Vec<DestinationStatus>,
+}
+
+/// One destination's outbox and dead letters.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DestinationStatus {
+    /// Which destination.
+    pub destination: Destination,
+    /// Events waiting for it.
+    pub depth: u64,
+    /// When its oldest waiting event was spooled (ms since epoch).
+    pub oldest_spooled_ms: Option<i64>,
+    /// Its dead letters.
+    pub dead_letters: u64,
+}
+
+impl DestinationStatus {
+    /// Nothing waits for it and it holds no dead letter.
+    pub fn is_empty(&self) -> bool {
+        self.depth == 0 && self.dead_letters == 0
+    }
 }

@@ -8,7 +8,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use common::{World, bin, eventually, fast};
-use rc_audit_hec::config::{Config, LoadEnv};
+use rc_audit_hec::config::{Config, Destination, LoadEnv};
 use rc_audit_hec::pipeline::Pipeline;
 use rc_audit_hec::ringcentral::http::MAX_IN_FLIGHT_PER_SERVER;
 use rc_audit_hec::ringcentral::poller::WindowOutcome;
@@ -75,7 +75,10 @@ async fn accounts_of_one_server_share_one_client_and_connection_but_not_tokens()
         assert!(searches(&w, i).iter().all(|r| r.path.starts_with(&path)));
     }
     // Each account's records, and only its own, are in the spool under its name.
-    let batch = p.spool.read_batch(10_000, usize::MAX).unwrap();
+    let batch = p
+        .spool
+        .read_batch(Destination::Hec, 10_000, usize::MAX)
+        .unwrap();
     for i in 0..N {
         let name = World::name(i);
         let mut mine: Vec<&str> = batch

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use common::*;
-use rc_audit_hec::config::{Config, LoadEnv};
+use rc_audit_hec::config::{Config, Destination, LoadEnv};
 use rc_audit_hec::pipeline::Pipeline;
 use rc_audit_hec::reconcile::{Reconciliation, Status};
 use rc_audit_hec::spool::{LedgerEntry, NewRecord, WindowKind};
@@ -175,9 +175,14 @@ async fn a_period_with_a_dead_lettered_record_is_short_not_complete() {
     let mut poller = p.pollers(None).remove(0);
     poller.poll_window().await.unwrap();
     // HEC refuses one of the period's records for good: the sink's own settle of that answer.
-    let head = p.spool.read_batch(1, 1 << 20).unwrap().remove(0);
+    let head = p
+        .spool
+        .read_batch(Destination::Hec, 1, 1 << 20)
+        .unwrap()
+        .remove(0);
     p.spool
         .settle(
+            Destination::Hec,
             None,
             &[rc_audit_hec::spool::DeadLetter {
                 seq: head.seq,

@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, HashSet, VecDeque};
 
 use proptest::prelude::*;
+use rc_audit_hec::config::Destination;
 use rc_audit_hec::spool::{DeadLetter, NewRecord, Spool};
 
 #[derive(Debug, Clone)]
@@ -70,7 +71,7 @@ fn records(ids: &[u8], size: usize) -> Vec<NewRecord> {
 
 fn check(spool: &Spool, m: &Model) {
     let waiting: Vec<(String, String)> = spool
-        .read_batch(100_000, usize::MAX)
+        .read_batch(Destination::Hec, 100_000, usize::MAX)
         .unwrap()
         .into_iter()
         .map(|r| (r.account, r.record_id))
@@ -142,21 +143,21 @@ proptest! {
                     }
                 }
                 Op::Accept(n) => {
-                    let batch = spool.read_batch(n, usize::MAX).unwrap();
+                    let batch = spool.read_batch(Destination::Hec, n, usize::MAX).unwrap();
                     if let (Some(first), Some(last)) = (batch.first(), batch.last()) {
-                        spool.settle(Some((first.seq, last.seq)), &[]).unwrap();
+                        spool.settle(Destination::Hec, Some((first.seq, last.seq)), &[]).unwrap();
                         for _ in 0..batch.len() {
                             m.delivered.push(m.outbox.pop_front().unwrap());
                         }
                     }
                 }
                 Op::RefuseOne(n, k) => {
-                    let batch = spool.read_batch(n, usize::MAX).unwrap();
+                    let batch = spool.read_batch(Destination::Hec, n, usize::MAX).unwrap();
                     if !batch.is_empty() {
                         let k = k.min(batch.len() - 1);
                         let accepted = (k > 0).then(|| (batch[0].seq, batch[k - 1].seq));
                         let dead = DeadLetter { seq: batch[k].seq, reason: "code 6".into(), hec_code: Some(6) };
-                        spool.settle(accepted, &[dead]).unwrap();
+                        spool.settle(Destination::Hec, accepted, &[dead]).unwrap();
                         for _ in 0..k {
                             m.delivered.push(m.outbox.pop_front().unwrap());
                         }

@@ -593,6 +593,7 @@ mod tests {
             dead_letters: 1,
             cursors: vec![("acme".into(), 1_699_999_940_000)],
             depth_by_account: vec![("acme".into(), 3)],
+            ..Status::default()
         };
         let text = render_metrics(&MetricsInput {
             stats: &stats,

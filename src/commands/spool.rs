@@ -16,7 +16,7 @@ use figment::providers::{Format, Toml};
 use serde::Serialize;
 
 use super::{Error, Report};
-use crate::config::{Config, HecConfig, LoadEnv, RawEnv, parse_byte_size};
+use crate::config::{Config, Destination, HecConfig, LoadEnv, RawEnv, parse_byte_size};
 use crate::exit::{self, Code};
 use crate::spool::reader::Reader;
 use crate::spool::{Spool, SpoolError, Status};
@@ -35,6 +35,9 @@ pub struct Settings {
     pub max_bytes: Option<u64>,
     /// Whether the directory was named (`--dir` or `spool.dir`) rather than defaulted.
     pub dir_given: bool,
+    /// The destinations the config names (`[hec]`, `[dynamodb]`; HEC when it names none):
+    /// `spool status` shows a line for each, and for any other that still holds rows.
+    pub destinations: Vec<Destination>,
 }
 
 impl Settings {
@@ -57,11 +60,19 @@ impl Settings {
             .ok()
             .and_then(|s| parse_byte_size(&s))
             .or_else(|| figment.extract_inner_lossy::<u64>("spool.max_bytes").ok());
+        let mut destinations: Vec<Destination> = Destination::ALL
+            .into_iter()
+            .filter(|d| figment.find_value(d.name()).is_ok())
+            .collect();
+        if destinations.is_empty() {
+            destinations.push(Destination::Hec);
+        }
         Settings {
             dir,
             admin,
             max_bytes,
             dir_given,
+            destinations,
         }
     }
 
@@ -131,10 +142,28 @@ pub struct StatusReport {
     pub oldest_age_s: Option<i64>,
     /// Dead letters held.
     pub dead_letters: u64,
+    /// Per destination: the configured ones, and any other still holding rows (the totals
+    /// above are over all of them).
+    pub destinations: Vec<DestinationReport>,
     /// Per account: the cursor and how far it lags behind now.
     pub cursors: Vec<CursorReport>,
     /// The running service's `/healthz`, or why it could not be read.
     pub service: serde_json::Value,
+}
+
+/// One destination's outbox and dead letters in `spool status`.
+#[derive(Debug, Serialize)]
+pub struct DestinationReport {
+    /// hec or dynamodb.
+    pub destination: Destination,
+    /// Whether the config names it (rows wait for one that it does not until it does again).
+    pub configured: bool,
+    /// Events waiting for it.
+    pub depth: u64,
+    /// Age of its oldest waiting event, in seconds.
+    pub oldest_age_s: Option<i64>,
+    /// Its dead letters.
+    pub dead_letters: u64,
 }
 
 /// One account's cursor.
@@ -173,6 +202,20 @@ pub async fn status(settings: &Settings) -> Result<StatusReport, SpoolError> {
         max_bytes: settings.max_bytes,
         oldest_age_s: st.oldest_spooled_ms.map(|t| (now - t) / 1000),
         dead_letters: st.dead_letters,
+        destinations: st
+            .destinations
+            .into_iter()
+            .filter_map(|d| {
+                let configured = settings.destinations.contains(&d.destination);
+                (configured || !d.is_empty()).then(|| DestinationReport {
+                    destination: d.destination,
+                    configured,
+                    depth: d.depth,
+                    oldest_age_s: d.oldest_spooled_ms.map(|t| (now - t) / 1000),
+                    dead_letters: d.dead_letters,
+                })
+            })
+            .collect(),
         cursors: st
             .cursors
             .into_iter()
@@ -258,6 +301,32 @@ pub fn render_status(r: &StatusReport) -> String {
             ""
         }
     );
+    if !r.destinations.is_empty() {
+        let _ = writeln!(out, "  destinations:");
+        for d in &r.destinations {
+            let oldest = d
+                .oldest_age_s
+                .map(|age| {
+                    format!(
+                        ", oldest {} ago",
+                        humantime::format_duration(Duration::from_secs(age.max(0) as u64))
+                    )
+                })
+                .unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "    {:<20} waiting {}{oldest}, dead letters {}{}",
+                d.destination.name(),
+                d.depth,
+                d.dead_letters,
+                if d.configured {
+                    ""
+                } else {
+                    " (not configured: its rows wait until it is again)"
+                }
+            );
+        }
+    }
     if !r.cursors.is_empty() {
         let _ = writeln!(out, "  cursors:");
         for c in &r.cursors {
@@ -307,16 +376,17 @@ pub fn render_dead_letters(rows: &[crate::spool::DeadLetterRow]) -> String {
     let mut out = String::new();
     for d in rows {
         out.push_str(&format!(
-            "#{} {} {} {}: {}\n",
+            "#{} {} {} {} {}: {}\n",
             d.id,
             time(d.dead_at_ms),
+            d.destination.name(),
             d.account,
             d.record_id,
             d.reason
         ));
     }
     out.push_str(
-        "requeue with: rc-audit-hec spool requeue --id N (or --all) once the cause is fixed\n",
+        "requeue with: rc-audit-hec spool requeue --id N (or --all [--destination NAME]) once the cause is fixed\n",
     );
     out
 }
@@ -329,10 +399,12 @@ pub enum Action {
         /// JSON instead of text.
         json: bool,
     },
-    /// `spool dead-letters [--json]`.
+    /// `spool dead-letters [--json] [--destination NAME]`.
     DeadLetters {
         /// JSON instead of text.
         json: bool,
+        /// Only this destination's.
+        destination: Option<Destination>,
     },
     /// `spool ledger [--account NAME] [--since T] [--json]`.
     Ledger {
@@ -343,12 +415,14 @@ pub enum Action {
         /// JSON instead of text.
         json: bool,
     },
-    /// `spool requeue (--all | --id N...)`.
+    /// `spool requeue (--all | --id N...) [--destination NAME]`.
     Requeue {
         /// Every dead letter.
         all: bool,
         /// These dead letters.
         id: Vec<i64>,
+        /// Only this destination's.
+        destination: Option<Destination>,
     },
 }
 
@@ -405,13 +479,16 @@ pub async fn command(
             report: status(settings).await?,
             json,
         },
-        Action::DeadLetters { json } => {
+        Action::DeadLetters { json, destination } => {
             // Read-only, without the lock: works while the service runs.
             let dir = settings.dir.clone();
-            let rows = tokio::task::spawn_blocking(move || Reader::open(&dir)?.dead_letters())
-                .await
-                .map_err(|e| Error::Other(anyhow::Error::new(e).context("the spool task failed")))?
-                .map_err(Error::Spool)?;
+            let rows =
+                tokio::task::spawn_blocking(move || Reader::open(&dir)?.dead_letters(destination))
+                    .await
+                    .map_err(|e| {
+                        Error::Other(anyhow::Error::new(e).context("the spool task failed"))
+                    })?
+                    .map_err(Error::Spool)?;
             SpoolReport::DeadLetters { rows, json }
         }
         Action::Ledger {
@@ -437,7 +514,11 @@ pub async fn command(
             .map_err(Error::Spool)?;
             SpoolReport::Ledger { ledger, json }
         }
-        Action::Requeue { all, id } => {
+        Action::Requeue {
+            all,
+            id,
+            destination,
+        } => {
             // The current routes, index, sourcetype and host re-render each event; no secret
             // is needed for that.
             let renderer = Renderer::new(&Config::load_without_secrets(
@@ -447,7 +528,7 @@ pub async fn command(
             let spool = open(settings.dir.clone()).await?;
             let ids = (!all).then_some(id);
             let done = spool
-                .run(move |s| s.requeue(ids.as_deref(), &|a, e| renderer.render(a, e)))
+                .run(move |s| s.requeue(destination, ids.as_deref(), &|a, e| renderer.render(a, e)))
                 .await?;
             if done.missing.is_empty() {
                 SpoolReport::Requeued { moved: done.moved }

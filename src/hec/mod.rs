@@ -48,7 +48,7 @@ use self::ack::{AckTracker, MAX_IN_FLIGHT, Pending};
 use self::batch::build_body;
 use self::client::{AckError, HecClient};
 use self::response::Outcome;
-use crate::config::HecConfig;
+use crate::config::{Destination, HecConfig};
 use crate::retry::RetryPolicy;
 use crate::spool::{DeadLetter, Spool, SpoolError, Spooled};
 use crate::telemetry::{Component, Health, State, Stats};
@@ -169,7 +169,7 @@ impl Sink {
                 Ok(Step::Idle) => {
                     crate::watchdog::waiting(IDLE_RECHECK);
                     tokio::select! {
-                        _ = self.spool.wait_for_data() => {}
+                        _ = self.spool.wait_for_data(Destination::Hec) => {}
                         _ = tokio::time::sleep(IDLE_RECHECK) => {}
                         _ = shutdown.cancelled() => return,
                     }
@@ -226,7 +226,7 @@ impl Sink {
             Some((rows, body)) if self.acks.is_none() && self.isolate == 0 => (rows, Some(body)),
             _ => (
                 self.spool
-                    .run(move |s| s.read_batch_after(after, limit, max_bytes))
+                    .run(move |s| s.read_batch_after(Destination::Hec, after, limit, max_bytes))
                     .await?,
                 None,
             ),
@@ -261,7 +261,10 @@ impl Sink {
         shutdown: &CancellationToken,
     ) -> Result<Step, SinkError> {
         loop {
-            let rows = self.spool.run(move |s| s.read_range(first, last)).await?;
+            let rows = self
+                .spool
+                .run(move |s| s.read_range(Destination::Hec, first, last))
+                .await?;
             let covered = |seq: i64| self.acks.as_ref().is_some_and(|t| t.covers(seq));
             let limit = if self.isolate > 0 { 1 } else { self.limit };
             // A chunk is a run of untracked rows with no tracked row inside it: it is settled by
@@ -415,7 +418,11 @@ impl Sink {
         let n_dead = dead.len() as u64;
         loop {
             let d = dead.clone();
-            match self.spool.run(move |s| s.settle(accepted, &d)).await {
+            match self
+                .spool
+                .run(move |s| s.settle(Destination::Hec, accepted, &d))
+                .await
+            {
                 Ok(()) => {
                     Stats::add(&self.stats.events_delivered, delivered as u64);
                     Stats::add(&self.stats.events_dead_lettered, n_dead);
@@ -477,7 +484,9 @@ impl Sink {
             let next = prefetch.then(|| {
                 let (limit, max_bytes, gzip) = (self.limit, self.max_bytes, self.gzip);
                 self.spool.run(move |s| {
-                    let rows = s.read_batch_after(last, limit, max_bytes).ok()?;
+                    let rows = s
+                        .read_batch_after(Destination::Hec, last, limit, max_bytes)
+                        .ok()?;
                     let body = build_body(rows.iter().map(|e| e.event.as_slice()), gzip).ok()?;
                     (!rows.is_empty()).then(|| (rows, Bytes::from(body)))
                 })
@@ -692,7 +701,9 @@ impl Sink {
             warn!(record_id = %e.record_id, account = %e.account, "event moved to dead letters: {}", d.reason);
         }
         let n = dead.len() as u64;
-        self.spool.run(move |s| s.settle(None, &dead)).await?;
+        self.spool
+            .run(move |s| s.settle(Destination::Hec, None, &dead))
+            .await?;
         Stats::add(&self.stats.events_dead_lettered, n);
         Ok(())
     }

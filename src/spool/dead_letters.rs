@@ -1,11 +1,13 @@
-//! Dead letters: events HEC refused permanently, listed and requeued.
+//! Dead letters: events a destination refused permanently, listed and requeued, each with
+//! the destination it belongs to.
 
 use rusqlite::params;
 
 use super::*;
+use crate::config::Destination;
 use crate::time::now_ms;
 
-/// An event that HEC refused permanently.
+/// An event that a destination refused permanently (settled with [`Spool::settle`]).
 #[derive(Debug, Clone)]
 pub struct DeadLetter {
     /// The outbox row.
@@ -31,6 +33,8 @@ pub struct DeadLetterRow {
     pub reason: String,
     /// HEC code, when HEC said it.
     pub hec_code: Option<i64>,
+    /// The destination that refused it (a requeue puts it back into that one's outbox).
+    pub destination: Destination,
     /// The serialized HEC event, as it was spooled.
     #[serde(serialize_with = "as_json")]
     pub event: Vec<u8>,
@@ -55,33 +59,44 @@ pub struct Requeued {
 }
 
 impl Spool {
-    /// Dead letters, oldest first.
+    /// Dead letters of every destination, oldest first.
     pub fn dead_letters(&self) -> Result<Vec<DeadLetterRow>, SpoolError> {
-        Ok(reader::dead_letters(&self.conn())?)
+        Ok(reader::dead_letters(&self.conn(), None)?)
     }
 
-    /// Moves dead letters back to the end of the outbox (all of them, or those with the given
-    /// ids), in one transaction, each event passed through `render(account, stored_event)` on
-    /// the way: the cause of a dead letter is usually the envelope (an index HEC refuses), so the
-    /// requeued event is rendered again with the current routes rather than resent as stored.
-    /// An id that is not a dead letter moves nothing at all (the operator mistyped, or another
-    /// requeue came first), and is reported in [`Requeued::missing`].
+    /// Moves dead letters back to the end of their destination's outbox (all of them, or
+    /// those with the given ids; of `dest` only, when given), in one transaction, each event
+    /// passed through `render(account, stored_event)` on the way: the cause of a dead letter
+    /// is usually the envelope (an index HEC refuses), so the requeued event is rendered again
+    /// with the current routes rather than resent as stored. An id that is not a dead letter
+    /// (of `dest`, when given) moves nothing at all (the operator mistyped, or another requeue
+    /// came first), and is reported in [`Requeued::missing`].
     pub fn requeue(
         &self,
+        dest: Option<Destination>,
         ids: Option<&[i64]>,
         render: &dyn Fn(&str, &[u8]) -> Vec<u8>,
     ) -> Result<Requeued, SpoolError> {
         let now = now_ms();
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        let rows: Vec<(i64, String, String, Vec<u8>)> = {
+        let rows: Vec<(i64, String, String, Vec<u8>, Destination)> = {
             let mut stmt = tx.prepare(
-                "SELECT id, account, record_id, event FROM dead_letters
-                 WHERE ?1 IS NULL OR id = ?1 ORDER BY id",
+                "SELECT id, account, record_id, event, destination FROM dead_letters
+                 WHERE (?1 IS NULL OR id = ?1) AND (?2 IS NULL OR destination = ?2) ORDER BY id",
             )?;
+            let dest = dest.map(Destination::name);
             let mut read = |id: Option<i64>| {
-                stmt.query_map([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
-                    .collect::<Result<Vec<_>, _>>()
+                stmt.query_map(params![id, dest], |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        reader::destination(r, 4)?,
+                    ))
+                })?
+                .collect::<Result<Vec<_>, _>>()
             };
             match ids {
                 None => read(None)?,
@@ -105,22 +120,29 @@ impl Spool {
         if !missing.is_empty() {
             return Ok(Requeued { moved: 0, missing });
         }
-        // What moves, per account, for the running counts.
-        let mut by_account: std::collections::HashMap<String, i64> = Default::default();
-        for (id, account, record_id, event) in &rows {
-            tx.execute(
-                "INSERT INTO outbox(account, record_id, event, spooled_at_ms) VALUES (?1, ?2, ?3, ?4)",
-                params![account, record_id, render(account, event), now],
-            )?;
+        // What moves, per destination and account, for the running counts.
+        let mut moved: std::collections::BTreeMap<
+            Destination,
+            std::collections::HashMap<String, i64>,
+        > = Default::default();
+        for (id, account, record_id, event, d) in &rows {
+            tx.prepare_cached(&sql(*d, INSERT_OUTBOX))?
+                .execute(params![account, record_id, render(account, event), now])?;
             tx.execute("DELETE FROM dead_letters WHERE id = ?1", [id])?;
-            *by_account.entry(account.clone()).or_default() += 1;
+            *moved
+                .entry(*d)
+                .or_default()
+                .entry(account.clone())
+                .or_default() += 1;
         }
-        let moving: i64 = by_account.values().sum();
-        add_tallies(&tx, &by_account, -moving)?;
+        for (d, by_account) in &moved {
+            let moving: i64 = by_account.values().sum();
+            add_tallies(&tx, *d, by_account, -moving)?;
+        }
         tx.commit()?;
         drop(conn);
-        if !rows.is_empty() {
-            self.inner.new_data.notify_one();
+        for d in moved.keys() {
+            self.notify(*d);
         }
         Ok(Requeued {
             moved: rows.len(),

@@ -12,6 +12,15 @@ use rusqlite::Connection;
 use tracing::error;
 
 use super::*;
+use crate::config::Destination;
+
+/// `dest`'s position in [`Destination::ALL`] (its wake-up).
+pub(super) fn dest_index(dest: Destination) -> usize {
+    Destination::ALL
+        .iter()
+        .position(|d| *d == dest)
+        .expect("every destination is in Destination::ALL")
+}
 
 /// Files of the state directory besides `spool.db`.
 pub(super) const LOCK_FILE: &str = "spool.lock";
@@ -39,8 +48,12 @@ pub(super) struct Inner {
     pub(super) _lock: Option<(File, File)>,
     /// What recovery did (at start-up, or in place after the background check found damage).
     pub(super) recovery: Mutex<Option<Recovery>>,
-    /// Woken when records are enqueued, so the sink need not poll the database.
-    pub(super) new_data: tokio::sync::Notify,
+    /// One per destination ([`Destination::ALL`] order), woken when rows are added to its
+    /// outbox, so each delivery loop waits without polling the database and none can take
+    /// another's wake-up.
+    pub(super) new_data: [tokio::sync::Notify; Destination::ALL.len()],
+    /// The destinations records are enqueued for ([`Spool::set_destinations`]).
+    pub(super) destinations: Mutex<Vec<Destination>>,
     /// What the background integrity check found (after a clean start) and recovery has not
     /// repaired yet.
     pub(super) background_check: Arc<Mutex<Option<String>>>,
@@ -219,7 +232,8 @@ impl Spool {
                 file_id: Mutex::new(file_id(&path)),
                 path: path.clone(),
                 _lock: Some((dir_lock, lock)),
-                new_data: tokio::sync::Notify::new(),
+                new_data: Default::default(),
+                destinations: Mutex::new(vec![Destination::Hec]),
                 recovery: Mutex::new(recovery),
                 background_check: Arc::new(Mutex::new(None)),
                 check_gate: CheckGate::new(),
@@ -296,7 +310,8 @@ impl Spool {
                 file_id: Mutex::new(None),
                 path,
                 _lock: None,
-                new_data: tokio::sync::Notify::new(),
+                new_data: Default::default(),
+                destinations: Mutex::new(vec![Destination::Hec]),
                 recovery: Mutex::new(None),
                 background_check: Arc::new(Mutex::new(None)),
                 check_gate: CheckGate::new(),
@@ -346,9 +361,39 @@ impl Spool {
         }
     }
 
-    /// Waits until something is enqueued (or returns at once if it was since the last wait).
-    pub async fn wait_for_data(&self) {
-        self.inner.new_data.notified().await;
+    /// Waits until something is added to `dest`'s outbox (or returns at once if something was
+    /// since its last wait). Each destination has its own wake-up (a permit is kept while its
+    /// loop is busy), so every destination's loop wakes for a record enqueued for all of them.
+    pub async fn wait_for_data(&self, dest: Destination) {
+        self.inner.new_data[dest_index(dest)].notified().await;
+    }
+
+    /// Wakes `dest`'s delivery loop.
+    pub(super) fn notify(&self, dest: Destination) {
+        self.inner.new_data[dest_index(dest)].notify_one();
+    }
+
+    /// Sets the destinations new records are enqueued for (from the config: `[hec]`,
+    /// `[dynamodb]`); until called, HEC alone. Rows already waiting for a destination left out
+    /// stay in its outbox (and in [`Spool::status`]) until it is configured again.
+    ///
+    /// # Panics
+    /// On an empty list: records would be marked seen and delivered nowhere (the config
+    /// refuses a configuration without a destination before this is reached).
+    pub fn set_destinations(&self, dests: &[Destination]) {
+        assert!(
+            !dests.is_empty(),
+            "the spool needs at least one destination"
+        );
+        let mut sorted = dests.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        *self.lock_field(&self.inner.destinations) = sorted;
+    }
+
+    /// The destinations new records are enqueued for, in [`Destination::ALL`] order.
+    pub fn destinations(&self) -> Vec<Destination> {
+        self.lock_field(&self.inner.destinations).clone()
     }
 
     pub(super) fn conn(&self) -> MutexGuard<'_, Connection> {

@@ -386,6 +386,7 @@ impl Spool {
         r: &Reconciliation,
         event: Option<Vec<u8>>,
     ) -> Result<(), SpoolError> {
+        let destinations = self.destinations();
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         tx.execute(
@@ -404,18 +405,18 @@ impl Spool {
                 r.checked_at_ms
             ],
         )?;
-        let queued = event.is_some();
+        let mut queued = false;
         if let Some(event) = event {
             let id = format!(
                 "reconciliation:{}",
                 crate::time::ms_rfc3339(r.period.start_ms).unwrap_or_default()
             );
-            super::outbox::insert_internal(&tx, &r.account, &id, event)?;
+            queued = super::outbox::insert_internal(&tx, &destinations, &r.account, &id, event)?;
         }
         tx.commit()?;
         drop(conn);
         if queued {
-            self.inner.new_data.notify_one();
+            self.notify(crate::config::Destination::Hec);
         }
         Ok(())
     }

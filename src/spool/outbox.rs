@@ -8,6 +8,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::*;
+use crate::config::Destination;
 use crate::time::now_ms;
 
 /// How long a record id is remembered: longer than the 180 days RingCentral keeps.
@@ -70,9 +71,20 @@ pub struct Spooled {
     pub event: Vec<u8>,
 }
 
+/// A row into a destination's outbox (records, internal events, requeued dead letters).
+pub(super) const INSERT_OUTBOX: &str =
+    "INSERT INTO {outbox}(account, record_id, event, spooled_at_ms) VALUES (?1, ?2, ?3, ?4)";
+
+/// A dead letter of a destination, from the values (local validation) or, in
+/// [`SETTLE_DEAD`], from its outbox row.
+const INSERT_DEAD: &str =
+    "INSERT INTO dead_letters(account, record_id, event, reason, hec_code, dead_at_ms, destination)
+     VALUES (?1, ?2, ?3, ?4, NULL, ?5, '{destination}')";
+
 /// See [`Spool::purge_delivered`]; a free function so the background purge can run without
 /// holding the spool itself (a handle held there would keep the state directory locked after
-/// the owner dropped its last one).
+/// the owner dropped its last one). Each destination's outbox in turn: a chunk goes to the
+/// first one with settled rows left.
 pub(super) fn purge_delivered(
     conn: &Mutex<Connection>,
     reserve_dir: Option<&Path>,
@@ -80,18 +92,21 @@ pub(super) fn purge_delivered(
 ) -> Result<usize, SpoolError> {
     let conn = conn.lock().unwrap_or_else(|p| p.into_inner());
     let once = |conn: &Connection| -> rusqlite::Result<usize> {
-        let upto = delivered_upto(conn)?;
-        let head: Option<i64> = conn
-            .prepare_cached("SELECT min(seq) FROM outbox")?
-            .query_row([], |r| r.get(0))?;
-        let Some(head) = head.filter(|h| *h <= upto) else {
-            return Ok(0);
-        };
-        let end = upto.min(head.saturating_add(max_rows.max(1) as i64 - 1));
-        durability::relaxed(conn, |c| {
-            c.prepare_cached("DELETE FROM outbox WHERE seq BETWEEN ?1 AND ?2")?
-                .execute(params![head, end])
-        })
+        for d in Destination::ALL {
+            let upto = delivered_upto(conn, d)?;
+            let head: Option<i64> = conn
+                .prepare_cached(&sql(d, "SELECT min(seq) FROM {outbox}"))?
+                .query_row([], |r| r.get(0))?;
+            let Some(head) = head.filter(|h| *h <= upto) else {
+                continue;
+            };
+            let end = upto.min(head.saturating_add(max_rows.max(1) as i64 - 1));
+            return durability::relaxed(conn, |c| {
+                c.prepare_cached(&sql(d, "DELETE FROM {outbox} WHERE seq BETWEEN ?1 AND ?2"))?
+                    .execute(params![head, end])
+            });
+        }
+        Ok(0)
     };
     match once(&conn) {
         Err(e)
@@ -107,19 +122,29 @@ pub(super) fn purge_delivered(
 }
 
 /// [`Spool::enqueue_internal`] within the caller's transaction (a reconciliation result is
-/// stored with its event: [`Spool::store_reconciliation`]).
+/// stored with its event: [`Spool::store_reconciliation`]). The forwarder's own events are
+/// Splunk monitoring events: they go to HEC's outbox only, and nowhere when HEC is not among
+/// `destinations`. True when the event was spooled (HEC's loop is then to be woken).
 pub(super) fn insert_internal(
     tx: &rusqlite::Transaction<'_>,
+    destinations: &[Destination],
     account: &str,
     record_id: &str,
     event: Vec<u8>,
-) -> rusqlite::Result<()> {
-    tx.prepare_cached(
-        "INSERT INTO outbox(account, record_id, event, spooled_at_ms) VALUES (?1, ?2, ?3, ?4)",
-    )?
-    .execute(params![account, record_id, event, now_ms()])?;
+) -> rusqlite::Result<bool> {
+    let d = Destination::Hec;
+    if !destinations.contains(&d) {
+        return Ok(false);
+    }
+    tx.prepare_cached(&sql(d, INSERT_OUTBOX))?.execute(params![
+        account,
+        record_id,
+        event,
+        now_ms()
+    ])?;
     let added = std::collections::HashMap::from([(account.to_string(), 1)]);
-    add_tallies(tx, &added, 0)
+    add_tallies(tx, d, &added, 0)?;
+    Ok(true)
 }
 
 /// Rows one purge step deletes at most: about one batch, a few milliseconds, so a job that
@@ -141,6 +166,14 @@ impl Spool {
     /// [`Spool::enqueue_page`] for a window's pages: with `window` (its last page), the
     /// window's ledger row is written in the same transaction, with this page's counts added
     /// ([`super::ledger`]), so a window is in the ledger exactly when its records are spooled.
+    ///
+    /// A new record gets one outbox row per configured destination ([`Spool::set_destinations`]),
+    /// all in this transaction: either every destination will deliver it or none knows it (and
+    /// its id is not marked seen). A record HEC's local validation refused
+    /// ([`NewRecord::invalid`]) is dead-lettered for HEC only; the other destinations get it
+    /// like any record (they check their own limits when delivering). In [`Enqueued`] each new
+    /// record counts once: `dead_lettered` when HEC is configured and refused it, else
+    /// `inserted`.
     pub fn enqueue_window_page(
         &self,
         account: &str,
@@ -149,40 +182,55 @@ impl Spool {
         window: Option<&LedgerEntry>,
     ) -> Result<Enqueued, SpoolError> {
         let now = now_ms();
+        let destinations = self.destinations();
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let mut done = Enqueued::default();
+        // Rows added per destination: (outbox rows, dead letters).
+        let mut added = vec![(0i64, 0i64); destinations.len()];
         {
             let mut seen = tx.prepare_cached(
                 "INSERT OR IGNORE INTO seen(account, event_time_ms, record_id, seen_at_ms) VALUES (?1, ?2, ?3, ?4)",
             )?;
-            let mut outbox = tx.prepare_cached(
-                "INSERT INTO outbox(account, record_id, event, spooled_at_ms) VALUES (?1, ?2, ?3, ?4)",
-            )?;
-            let mut dead = tx.prepare_cached(
-                "INSERT INTO dead_letters(account, record_id, event, reason, hec_code, dead_at_ms)
-                 VALUES (?1, ?2, ?3, ?4, NULL, ?5)",
-            )?;
+            let mut outboxes = Vec::with_capacity(destinations.len());
+            for d in &destinations {
+                outboxes.push((
+                    *d,
+                    tx.prepare_cached(&sql(*d, INSERT_OUTBOX))?,
+                    tx.prepare_cached(&sql(*d, INSERT_DEAD))?,
+                ));
+            }
             for r in records {
-                if seen.execute(params![account, r.event_time_ms, r.record_id, now])? == 1 {
-                    match &r.invalid {
-                        None => {
-                            outbox.execute(params![account, r.record_id, r.event, now])?;
-                            done.inserted += 1;
-                        }
-                        Some(reason) => {
+                if seen.execute(params![account, r.event_time_ms, r.record_id, now])? != 1 {
+                    done.duplicates += 1;
+                    continue;
+                }
+                let mut refused = false;
+                for ((d, outbox, dead), added) in outboxes.iter_mut().zip(added.iter_mut()) {
+                    match (&r.invalid, *d) {
+                        (Some(reason), Destination::Hec) => {
                             let reason = format!("failed local validation: {reason}");
                             dead.execute(params![account, r.record_id, r.event, reason, now])?;
-                            done.dead_lettered += 1;
+                            added.1 += 1;
+                            refused = true;
+                        }
+                        _ => {
+                            outbox.execute(params![account, r.record_id, r.event, now])?;
+                            added.0 += 1;
                         }
                     }
+                }
+                if refused {
+                    done.dead_lettered += 1;
                 } else {
-                    done.duplicates += 1;
+                    done.inserted += 1;
                 }
             }
         }
-        let added = std::collections::HashMap::from([(account.to_string(), done.inserted as i64)]);
-        add_tallies(&tx, &added, done.dead_lettered as i64)?;
+        for (d, (rows, dead)) in destinations.iter().zip(&added) {
+            let by_account = std::collections::HashMap::from([(account.to_string(), *rows)]);
+            add_tallies(&tx, *d, &by_account, *dead)?;
+        }
         if let Some(w) = window {
             let entry = LedgerEntry {
                 inserted: w.inserted + (done.inserted + done.dead_lettered) as u64,
@@ -212,8 +260,10 @@ impl Spool {
         }
         tx.commit()?;
         drop(conn);
-        if done.inserted > 0 {
-            self.inner.new_data.notify_one();
+        for (d, (rows, _)) in destinations.iter().zip(&added) {
+            if *rows > 0 {
+                self.notify(*d);
+            }
         }
         Ok(done)
     }
@@ -222,19 +272,23 @@ impl Spool {
     /// [`crate::transform::internal_event`]) for delivery like any record, under `account` (an
     /// account's name, or [`INTERNAL_ACCOUNT`] for the forwarder as a whole). It is no record:
     /// `seen` (dedup) and the cursors are not touched, so it can neither hide a record nor be
-    /// hidden as a duplicate. `record_id` names it in logs and the dead letters.
+    /// hidden as a duplicate. `record_id` names it in logs and the dead letters. It is a Splunk
+    /// monitoring event: HEC's outbox only, and nothing at all when HEC is not configured.
     pub fn enqueue_internal(
         &self,
         account: &str,
         record_id: &str,
         event: Vec<u8>,
     ) -> Result<(), SpoolError> {
+        let destinations = self.destinations();
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        insert_internal(&tx, account, record_id, event)?;
+        let queued = insert_internal(&tx, &destinations, account, record_id, event)?;
         tx.commit()?;
         drop(conn);
-        self.inner.new_data.notify_one();
+        if queued {
+            self.notify(Destination::Hec);
+        }
         Ok(())
     }
 
@@ -250,30 +304,34 @@ impl Spool {
             .optional()?)
     }
 
-    /// The oldest waiting events, at most `max_events` of them and at most `max_bytes` in total
-    /// (but always at least one, so an over-size event is still attempted).
+    /// The oldest events waiting for `dest`, at most `max_events` of them and at most
+    /// `max_bytes` in total (but always at least one, so an over-size event is still attempted).
     pub fn read_batch(
         &self,
+        dest: Destination,
         max_events: usize,
         max_bytes: usize,
     ) -> Result<Vec<Spooled>, SpoolError> {
-        self.read_batch_after(0, max_events, max_bytes)
+        self.read_batch_after(dest, 0, max_events, max_bytes)
     }
 
     /// Like [`Spool::read_batch`], but only events after `after_seq` (batches already in flight
-    /// awaiting acknowledgement come before it).
+    /// awaiting acknowledgement come before it). A `seq` belongs to one destination's outbox:
+    /// each destination numbers its own.
     pub fn read_batch_after(
         &self,
+        dest: Destination,
         after_seq: i64,
         max_events: usize,
         max_bytes: usize,
     ) -> Result<Vec<Spooled>, SpoolError> {
         let conn = self.conn();
         // Rows at or below the `delivered` marker are settled, whether deleted yet or not.
-        let after_seq = after_seq.max(delivered_upto(&conn)?);
-        let mut stmt = conn.prepare_cached(
-            "SELECT seq, account, record_id, event FROM outbox WHERE seq > ?1 ORDER BY seq LIMIT ?2",
-        )?;
+        let after_seq = after_seq.max(delivered_upto(&conn, dest)?);
+        let mut stmt = conn.prepare_cached(&sql(
+            dest,
+            "SELECT seq, account, record_id, event FROM {outbox} WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+        ))?;
         let mut rows = stmt.query(params![after_seq, max_events as i64])?;
         let mut out = Vec::new();
         let mut bytes = 0usize;
@@ -293,13 +351,19 @@ impl Spool {
         Ok(out)
     }
 
-    /// The events still spooled with `first <= seq <= last` (a batch to send again).
-    pub fn read_range(&self, first: i64, last: i64) -> Result<Vec<Spooled>, SpoolError> {
+    /// The events still waiting for `dest` with `first <= seq <= last` (a batch to send again).
+    pub fn read_range(
+        &self,
+        dest: Destination,
+        first: i64,
+        last: i64,
+    ) -> Result<Vec<Spooled>, SpoolError> {
         let conn = self.conn();
-        let first = first.max(delivered_upto(&conn)? + 1);
-        let mut stmt = conn.prepare_cached(
-            "SELECT seq, account, record_id, event FROM outbox WHERE seq BETWEEN ?1 AND ?2 ORDER BY seq",
-        )?;
+        let first = first.max(delivered_upto(&conn, dest)? + 1);
+        let mut stmt = conn.prepare_cached(&sql(
+            dest,
+            "SELECT seq, account, record_id, event FROM {outbox} WHERE seq BETWEEN ?1 AND ?2 ORDER BY seq",
+        ))?;
         let rows = stmt
             .query_map(params![first, last], |row| {
                 Ok(Spooled {
@@ -313,9 +377,10 @@ impl Spool {
         Ok(rows)
     }
 
-    /// Settles the outcome of a delivery in one transaction: deletes the events HEC accepted
-    /// (`accepted`, an inclusive `seq` range at the head) and moves `dead` events to the
-    /// dead-letter table with their reason.
+    /// Settles the outcome of a delivery to `dest` in one transaction: removes the events it
+    /// accepted (`accepted`, an inclusive `seq` range of its outbox at the head) and moves
+    /// `dead` events to the dead-letter table with their reason and `dest`. Other
+    /// destinations' rows are untouched: each has its own outbox and marker.
     ///
     /// On a full filesystem (`SQLITE_FULL`: the deletes need WAL frames, a checkpoint may grow
     /// the database) the reserve (`spool.reserve`) is released and the settle retried, then the
@@ -323,15 +388,16 @@ impl Spool {
     /// keeps polling paused until the reserve could be re-created.
     pub fn settle(
         &self,
+        dest: Destination,
         accepted: Option<(i64, i64)>,
         dead: &[DeadLetter],
     ) -> Result<(), SpoolError> {
-        let settled = match self.settle_once(accepted, dead) {
+        let settled = match self.settle_once(dest, accepted, dead) {
             Err(SpoolError::Sqlite(e))
                 if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull)
                     && self.release_reserve() =>
             {
-                self.settle_once(accepted, dead)?;
+                self.settle_once(dest, accepted, dead)?;
                 let conn = self.conn();
                 let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
                 Ok(())
@@ -344,23 +410,28 @@ impl Spool {
 
     pub(super) fn settle_once(
         &self,
+        dest: Destination,
         accepted: Option<(i64, i64)>,
         dead: &[DeadLetter],
     ) -> Result<(), SpoolError> {
         let now = now_ms();
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        let upto = delivered_upto(&tx)?;
+        let upto = delivered_upto(&tx, dest)?;
         let mut removed: std::collections::HashMap<String, i64> = Default::default();
         let mut dead_added = 0;
         for d in dead.iter().filter(|d| d.seq > upto) {
-            dead_added += tx.execute(
-                "INSERT INTO dead_letters(account, record_id, event, reason, hec_code, dead_at_ms)
-                 SELECT account, record_id, event, ?2, ?3, ?4 FROM outbox WHERE seq = ?1",
-                params![d.seq, d.reason, d.hec_code, now],
-            )? as i64;
-            let mut del =
-                tx.prepare_cached("DELETE FROM outbox WHERE seq = ?1 RETURNING account")?;
+            dead_added += tx
+                .prepare_cached(&sql(
+                    dest,
+                    "INSERT INTO dead_letters(account, record_id, event, reason, hec_code, dead_at_ms, destination)
+                     SELECT account, record_id, event, ?2, ?3, ?4, '{destination}' FROM {outbox} WHERE seq = ?1",
+                ))?
+                .execute(params![d.seq, d.reason, d.hec_code, now])? as i64;
+            let mut del = tx.prepare_cached(&sql(
+                dest,
+                "DELETE FROM {outbox} WHERE seq = ?1 RETURNING account",
+            ))?;
             let mut rows = del.query([d.seq])?;
             while let Some(row) = rows.next()? {
                 *removed.entry(row.get(0)?).or_default() -= 1;
@@ -372,9 +443,10 @@ impl Spool {
             if first <= last {
                 {
                     // By rowid range (never the account index): the rows the batch just read.
-                    let mut accounts = tx.prepare_cached(
-                        "SELECT account FROM outbox WHERE seq BETWEEN ?1 AND ?2 ORDER BY seq",
-                    )?;
+                    let mut accounts = tx.prepare_cached(&sql(
+                        dest,
+                        "SELECT account FROM {outbox} WHERE seq BETWEEN ?1 AND ?2 ORDER BY seq",
+                    ))?;
                     let mut rows = accounts.query(params![first, last])?;
                     let mut run: Option<(String, i64)> = None;
                     while let Some(row) = rows.next()? {
@@ -397,25 +469,32 @@ impl Spool {
                 // (with acks, batches can be confirmed out of order): otherwise the range's
                 // rows are deleted now, as before the marker existed.
                 let below: bool = tx
-                    .prepare_cached(
-                        "SELECT EXISTS(SELECT 1 FROM outbox WHERE seq > ?1 AND seq < ?2)",
-                    )?
+                    .prepare_cached(&sql(
+                        dest,
+                        "SELECT EXISTS(SELECT 1 FROM {outbox} WHERE seq > ?1 AND seq < ?2)",
+                    ))?
                     .query_row(params![upto, first], |r| r.get(0))?;
                 if below {
-                    tx.prepare_cached("DELETE FROM outbox WHERE seq BETWEEN ?1 AND ?2")?
-                        .execute(params![first, last])?;
+                    tx.prepare_cached(&sql(
+                        dest,
+                        "DELETE FROM {outbox} WHERE seq BETWEEN ?1 AND ?2",
+                    ))?
+                    .execute(params![first, last])?;
                 } else {
-                    tx.prepare_cached("UPDATE delivered SET upto_seq = ?1 WHERE id = 1")?
-                        .execute([last])?;
+                    tx.prepare_cached(&sql(
+                        dest,
+                        "UPDATE {delivered} SET upto_seq = ?1 WHERE id = 1",
+                    ))?
+                    .execute([last])?;
                 }
             }
         }
-        add_tallies(&tx, &removed, dead_added)?;
+        add_tallies(&tx, dest, &removed, dead_added)?;
         tx.commit()?;
         Ok(())
     }
 
-    /// Deletes up to `max_rows` of the settled rows the `delivered` marker hides, oldest first,
+    /// Deletes up to `max_rows` of the settled rows the `delivered` markers hide, oldest first,
     /// without waiting for the disk ([`durability::relaxed`]); returns how many went. The
     /// spool's writer runs it between jobs while none waits (`writer.rs`), so the bulk deletes of a
     /// drain stay off the sink's critical path; on a full filesystem it releases the reserve
@@ -432,11 +511,17 @@ impl Spool {
             .map(|_| self.inner.path.parent().unwrap_or(Path::new(".")))
     }
 
-    /// Events waiting for delivery (a running count: O(1) in the backlog).
+    /// Events waiting for delivery, summed over every destination's outbox (a record waiting
+    /// for two destinations counts twice); a running count, O(1) in the backlog.
     pub fn depth(&self) -> Result<u64, SpoolError> {
-        Ok(self
-            .conn()
-            .query_row(STATUS_QUERIES[0], [], |r| r.get::<_, i64>(0))?
-            .max(0) as u64)
+        let conn = self.conn();
+        let mut total = 0;
+        for d in Destination::ALL {
+            total += conn
+                .prepare_cached(&sql(d, STATUS_QUERIES[0]))?
+                .query_row([], |r| r.get::<_, i64>(0))?
+                .max(0) as u64;
+        }
+        Ok(total)
     }
 }

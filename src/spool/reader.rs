@@ -17,7 +17,10 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
-use super::{DeadLetterRow, SCHEMA_VERSION, STATUS_QUERIES, SpoolError, Status};
+use super::{
+    DeadLetterRow, DestinationStatus, SCHEMA_VERSION, STATUS_QUERIES, SpoolError, Status, sql,
+};
+use crate::config::Destination;
 
 /// Read-only access to `<dir>/spool.db`, without the directory's lock.
 pub struct Reader {
@@ -95,9 +98,12 @@ impl Reader {
         Ok(status(&self.conn)?)
     }
 
-    /// Dead letters, oldest first.
-    pub fn dead_letters(&self) -> Result<Vec<DeadLetterRow>, SpoolError> {
-        Ok(dead_letters(&self.conn)?)
+    /// Dead letters of `dest` (every destination when `None`), oldest first.
+    pub fn dead_letters(
+        &self,
+        dest: Option<Destination>,
+    ) -> Result<Vec<DeadLetterRow>, SpoolError> {
+        Ok(dead_letters(&self.conn, dest)?)
     }
 
     /// The ledger (see [`super::ledger`]): completed windows of `account` (every account when
@@ -133,39 +139,70 @@ pub(super) fn page_counts(conn: &Connection) -> rusqlite::Result<(i64, i64, u64)
     ))
 }
 
-/// See [`super::Spool::status`]: cheap whatever the backlog ([`STATUS_QUERIES`]).
+/// See [`super::Spool::status`]: cheap whatever the backlog ([`STATUS_QUERIES`], run for each
+/// destination).
 pub(super) fn status(conn: &Connection) -> rusqlite::Result<Status> {
     let (pages, free, size) = page_counts(conn)?;
     let count = |sql: &str| conn.query_row(sql, [], |r| r.get::<_, i64>(0));
-    let depth = count(STATUS_QUERIES[0])?;
-    let oldest: Option<i64> = conn
-        .query_row(STATUS_QUERIES[1], [], |r| r.get(0))
-        .optional()?;
-    let dead = count(STATUS_QUERIES[2])?;
+    let mut st = Status {
+        used_bytes: (pages - free).max(0) as u64 * size,
+        ..Status::default()
+    };
+    let mut by_account: std::collections::BTreeMap<String, u64> = Default::default();
+    for d in Destination::ALL {
+        let q = |i: usize| sql(d, STATUS_QUERIES[i]);
+        let depth = count(&q(0))?.max(0) as u64;
+        let oldest: Option<i64> = conn.query_row(&q(1), [], |r| r.get(0)).optional()?;
+        let dead = count(&q(2))?.max(0) as u64;
+        let mut stmt = conn.prepare(&q(3))?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+        for row in rows {
+            let (account, n) = row?;
+            *by_account.entry(account).or_default() += n.max(0) as u64;
+        }
+        st.depth += depth;
+        st.dead_letters += dead;
+        st.oldest_spooled_ms = match (st.oldest_spooled_ms, oldest) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        st.destinations.push(DestinationStatus {
+            destination: d,
+            depth,
+            oldest_spooled_ms: oldest,
+            dead_letters: dead,
+        });
+    }
+    st.depth_by_account = by_account.into_iter().collect();
     let mut stmt = conn.prepare("SELECT account, cursor_ms FROM cursors ORDER BY account")?;
-    let cursors = stmt
+    st.cursors = stmt
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<Result<Vec<_>, _>>()?;
-    let mut stmt = conn.prepare(STATUS_QUERIES[3])?;
-    let depth_by_account = stmt
-        .query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(Status {
-        depth: depth.max(0) as u64,
-        used_bytes: (pages - free).max(0) as u64 * size,
-        oldest_spooled_ms: oldest,
-        dead_letters: dead.max(0) as u64,
-        cursors,
-        depth_by_account,
+    Ok(st)
+}
+
+/// The [`Destination`] stored in column `i` (`dead_letters.destination`).
+pub(super) fn destination(row: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Destination> {
+    let name: String = row.get(i)?;
+    Destination::from_name(&name).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            i,
+            rusqlite::types::Type::Text,
+            format!("unknown destination {name:?} (written by a newer rc-audit-hec?)").into(),
+        )
     })
 }
 
-/// Dead letters, oldest first.
-pub(super) fn dead_letters(conn: &Connection) -> rusqlite::Result<Vec<DeadLetterRow>> {
+/// Dead letters of `dest` (all when `None`), oldest first.
+pub(super) fn dead_letters(
+    conn: &Connection,
+    dest: Option<Destination>,
+) -> rusqlite::Result<Vec<DeadLetterRow>> {
     let mut stmt = conn.prepare(
-        "SELECT id, dead_at_ms, account, record_id, reason, hec_code, event FROM dead_letters ORDER BY id",
+        "SELECT id, dead_at_ms, account, record_id, reason, hec_code, event, destination
+         FROM dead_letters WHERE ?1 IS NULL OR destination = ?1 ORDER BY id",
     )?;
-    stmt.query_map([], |r| {
+    stmt.query_map([dest.map(Destination::name)], |r| {
         Ok(DeadLetterRow {
             id: r.get(0)?,
             dead_at_ms: r.get(1)?,
@@ -174,6 +211,7 @@ pub(super) fn dead_letters(conn: &Connection) -> rusqlite::Result<Vec<DeadLetter
             reason: r.get(4)?,
             hec_code: r.get(5)?,
             event: r.get(6)?,
+            destination: destination(r, 7)?,
         })
     })?
     .collect()
@@ -183,6 +221,7 @@ pub(super) fn dead_letters(conn: &Connection) -> rusqlite::Result<Vec<DeadLetter
 mod tests {
     use super::super::{DeadLetter, NewRecord, Spool};
     use super::*;
+    use crate::config::Destination;
 
     fn rec(id: &str) -> NewRecord {
         NewRecord::new(id, b"{}".to_vec())
@@ -194,14 +233,18 @@ mod tests {
         let s = Spool::open(dir.path()).unwrap();
         s.enqueue_page("acme", &[rec("r1"), rec("r2"), rec("r3")], Some(42))
             .unwrap();
-        let batch = s.read_batch(1, 1 << 20).unwrap();
+        let batch = s.read_batch(Destination::Hec, 1, 1 << 20).unwrap();
         let dead = DeadLetter {
             seq: batch[0].seq + 1,
             reason: "bad".into(),
             hec_code: Some(6),
         };
-        s.settle(Some((batch[0].seq, batch[0].seq)), &[dead])
-            .unwrap();
+        s.settle(
+            Destination::Hec,
+            Some((batch[0].seq, batch[0].seq)),
+            &[dead],
+        )
+        .unwrap();
         let reader = Reader::open(dir.path()).expect("no lock needed");
         assert_eq!(reader.cursor("acme").unwrap(), Some(42));
         assert!(reader.seen("acme", 0, "r1").unwrap());
@@ -213,7 +256,7 @@ mod tests {
             (1, 1),
             "settled rows are invisible"
         );
-        assert_eq!(reader.dead_letters().unwrap()[0].record_id, "r2");
+        assert_eq!(reader.dead_letters(None).unwrap()[0].record_id, "r2");
         drop(reader);
         assert_eq!(s.depth().unwrap(), 1);
         assert!(Spool::open(dir.path()).is_err(), "the owner still holds it");

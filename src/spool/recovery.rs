@@ -10,6 +10,7 @@ use rusqlite::Connection;
 use tracing::{error, info};
 
 use super::*;
+use crate::config::Destination;
 
 /// What start-up did with a damaged spool.
 #[derive(Debug, Clone)]
@@ -153,9 +154,21 @@ pub(super) fn finish_recovery(path: &Path) -> Result<PathBuf, SpoolError> {
     Ok(aside.unwrap_or_else(|| dir.to_path_buf()))
 }
 
-/// Copies what can still be read from a damaged spool into the new one, in three transactions
-/// ordered so that a crash, or a table that cannot be read, costs duplicates and never loss:
-/// 1. the outbox with the cursors (a cursor only ever arrives with the records it covers);
+/// Whether the attached old file's `table` has `column` (false when unreadable).
+fn has_column(conn: &Connection, table: &str, column: &str) -> bool {
+    conn.query_row(
+        "SELECT count(*) FROM pragma_table_info(?1, 'old') WHERE name = ?2",
+        [table, column],
+        |r| r.get::<_, i64>(0),
+    )
+    .is_ok_and(|n| n > 0)
+}
+
+/// Copies what can still be read from a damaged spool (of this version or an older one) into
+/// the new one, in three transactions ordered so that a crash, or a table that cannot be read,
+/// costs duplicates and never loss:
+/// 1. every destination's outbox with the cursors (a cursor only ever arrives with the records
+///    it covers);
 /// 2. the dead letters;
 /// 3. the remembered ids, only if 1 and 2 both came over: an id marked seen whose record was
 ///    not copied would never be polled again.
@@ -170,6 +183,7 @@ pub(super) fn salvage(conn: &Connection, aside: &Path) -> Vec<(&'static str, Opt
             ("cursors", None),
             ("seen", None),
             ("dead_letters", None),
+            ("outbox_dynamodb", None),
         ];
     }
     let tx = |sqls: &[&str]| -> Option<Vec<usize>> {
@@ -192,36 +206,84 @@ pub(super) fn salvage(conn: &Connection, aside: &Path) -> Vec<(&'static str, Opt
             }
         }
     };
-    // Rows the old `delivered` marker hides were delivered: not copied (a v3 file, or an
-    // unreadable marker, copies everything: duplicates, never loss).
-    let upto: i64 = conn
-        .query_row("SELECT upto_seq FROM old.delivered WHERE id = 1", [], |r| {
-            r.get(0)
+    // Each destination's outbox that the old file has (a file older than v6 has HEC's only).
+    // Rows its old `delivered` marker hides were delivered: not copied (a v3 file, or an
+    // unreadable marker, copies everything: duplicates, never loss). The new file's markers
+    // stay at 0, which hides nothing copied.
+    let has_table = |name: &str| {
+        conn.query_row(
+            "SELECT count(*) FROM old.sqlite_master WHERE type = 'table' AND name = ?1",
+            [name],
+            |r| r.get::<_, i64>(0),
+        )
+        // Unreadable: try to copy it anyway (a failure then counts as an unreadable outbox).
+        .map_or(true, |n| n > 0)
+    };
+    let copies: Vec<(Destination, String)> = Destination::ALL
+        .into_iter()
+        .filter(|d| *d == Destination::Hec || has_table(tables(*d).outbox))
+        .map(|d| {
+            let upto: i64 = conn
+                .query_row(
+                    &sql(d, "SELECT upto_seq FROM old.{delivered} WHERE id = 1"),
+                    [],
+                    |r| r.get(0),
+                )
+                .unwrap_or(0);
+            // Same seq: a sink still holding a batch (recovery in place,
+            // [`Spool::recover_in_place`]) settles exactly the rows it sent.
+            let copy = sql(
+                d,
+                &format!(
+                    "INSERT INTO main.{{outbox}}(seq, account, record_id, event, spooled_at_ms)
+                     SELECT seq, account, record_id, event, spooled_at_ms FROM old.{{outbox}}
+                     WHERE seq > {upto} ORDER BY seq"
+                ),
+            );
+            (d, copy)
         })
-        .unwrap_or(0);
-    let copy_outbox = format!(
-        "INSERT INTO main.outbox(seq, account, record_id, event, spooled_at_ms)
-         SELECT seq, account, record_id, event, spooled_at_ms FROM old.outbox WHERE seq > {upto}
-         ORDER BY seq"
-    );
-    let outbox = tx(&[
-        // Same seq: a sink still holding a batch (recovery in place, [`Spool::recover_in_place`])
-        // settles exactly the rows it sent.
-        &copy_outbox,
-        // By name: a file older than v5 has no `since_ms` (it comes over with the ledger).
+        .collect();
+    let recount = recount_tallies();
+    let mut outbox_sqls: Vec<&str> = copies.iter().map(|(_, c)| c.as_str()).collect();
+    // By name: a file older than v5 has no `since_ms` (it comes over with the ledger).
+    outbox_sqls.push(
         "INSERT OR REPLACE INTO main.cursors(account, cursor_ms, updated_at_ms)
          SELECT account, cursor_ms, updated_at_ms FROM old.cursors",
-        "DELETE FROM main.tallies",
-        "INSERT INTO main.tallies SELECT 'outbox', account, count(*) FROM main.outbox GROUP BY account",
-        "INSERT INTO main.tallies SELECT 'dead', '', count(*) FROM main.dead_letters",
-    ]);
-    let dead_letters = tx(&[
+    );
+    outbox_sqls.extend(recount.iter().map(String::as_str));
+    let outbox = tx(&outbox_sqls);
+    let copied = |d: Destination| {
+        let i = copies.iter().position(|(c, _)| *c == d)?;
+        outbox.as_ref().map(|c| c[i])
+    };
+    // A file older than v6 has no `destination`: its dead letters are HEC's.
+    let dead_copy = if has_column(conn, "dead_letters", "destination") {
+        "INSERT INTO main.dead_letters(account, record_id, event, reason, hec_code, dead_at_ms, destination)
+         SELECT account, record_id, event, reason, hec_code, dead_at_ms, destination FROM old.dead_letters"
+    } else {
         "INSERT INTO main.dead_letters(account, record_id, event, reason, hec_code, dead_at_ms)
-         SELECT account, record_id, event, reason, hec_code, dead_at_ms FROM old.dead_letters",
-        "DELETE FROM main.tallies",
-        "INSERT INTO main.tallies SELECT 'outbox', account, count(*) FROM main.outbox GROUP BY account",
-        "INSERT INTO main.tallies SELECT 'dead', '', count(*) FROM main.dead_letters",
-    ]);
+         SELECT account, record_id, event, reason, hec_code, dead_at_ms FROM old.dead_letters"
+    };
+    let mut dead_sqls = vec![dead_copy];
+    dead_sqls.extend(recount.iter().map(String::as_str));
+    let dead_letters = tx(&dead_sqls);
+    // Best effort: each outbox's sequence continues where the old file's stopped, so no `seq`
+    // is handed out twice (a sink may hold a batch, or an acknowledgement, by `seq`).
+    for (d, _) in &copies {
+        let _ = tx(&[
+            &sql(
+                *d,
+                "INSERT INTO main.sqlite_sequence(name, seq) SELECT '{outbox}', 0
+                 WHERE NOT EXISTS (SELECT 1 FROM main.sqlite_sequence WHERE name = '{outbox}')",
+            ),
+            &sql(
+                *d,
+                "UPDATE main.sqlite_sequence SET seq = max(seq,
+                     coalesce((SELECT seq FROM old.sqlite_sequence WHERE name = '{outbox}'), 0))
+                 WHERE name = '{outbox}'",
+            ),
+        ]);
+    }
     let seen = if outbox.is_some() && dead_letters.is_some() {
         tx(&["INSERT OR IGNORE INTO main.seen SELECT * FROM old.seen"])
     } else {
@@ -254,10 +316,11 @@ pub(super) fn salvage(conn: &Connection, aside: &Path) -> Vec<(&'static str, Opt
     let _ = tx(&[super::ledger::COVER_FROM_OLDEST]);
     let _ = conn.execute("DETACH DATABASE old", []);
     vec![
-        ("outbox", outbox.as_ref().map(|c| c[0])),
-        ("cursors", outbox.as_ref().map(|c| c[1])),
+        ("outbox", copied(Destination::Hec)),
+        ("cursors", outbox.as_ref().map(|c| c[copies.len()])),
         ("seen", seen.map(|c| c[0])),
         ("dead_letters", dead_letters.map(|c| c[0])),
+        ("outbox_dynamodb", copied(Destination::DynamoDb)),
     ]
 }
 
@@ -314,7 +377,29 @@ impl CheckGate {
 /// (polling and requeues change it too).
 pub(super) const CHECK_RECHECK: Duration = Duration::from_secs(5);
 
-/// Runs `PRAGMA quick_check` on its own read-only connection once the outbox is empty; damage
+/// Events waiting for the configured destinations (a destination no longer configured, whose
+/// rows wait until it is again, does not hold the check back); an unreadable count is no
+/// reason to wait (it may be the damage the check is for).
+fn waiting(c: &Connection, spool: &std::sync::Weak<Inner>) -> i64 {
+    let Some(inner) = spool.upgrade() else {
+        return 0;
+    };
+    let destinations = inner
+        .destinations
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    drop(inner);
+    destinations
+        .into_iter()
+        .map(|d| {
+            c.query_row(&sql(d, STATUS_QUERIES[0]), [], |r| r.get::<_, i64>(0))
+                .unwrap_or(0)
+        })
+        .sum()
+}
+
+/// Runs `PRAGMA quick_check` on its own read-only connection once the outboxes are empty; damage
 /// is logged loudly, kept for [`Spool::integrity_problem`] and repaired in place
 /// ([`Spool::recover_in_place`]) while the loops wait on the spool. The marker is gone already,
 /// so if the process dies first, the next start checks (and recovers) before anything else.
@@ -331,7 +416,7 @@ pub(super) fn check_in_background(
                 .and_then(|c| {
                     // Wait for the drain; an unreadable count is no reason to wait (it may be
                     // the damage the check is for).
-                    while c.query_row(STATUS_QUERIES[0], [], |r| r.get::<_, i64>(0)).unwrap_or(0) > 0 {
+                    while waiting(&c, &spool) > 0 {
                         if spool.strong_count() == 0 {
                             return Ok("ok".to_string());
                         }
@@ -396,7 +481,9 @@ impl Spool {
         let recovered = recovered?;
         *self.lock_field(&self.inner.background_check) = None;
         *self.lock_field(&self.inner.recovery) = Some(recovered.clone());
-        self.inner.new_data.notify_one();
+        for d in self.destinations() {
+            self.notify(d);
+        }
         Ok(recovered)
     }
 

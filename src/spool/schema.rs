@@ -9,9 +9,10 @@ use rusqlite::{Connection, params};
 use tracing::info;
 
 use super::*;
+use crate::config::Destination;
 
 /// Schema version in `PRAGMA user_version`.
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
 
 /// Schema steps: a database at version `v` runs every step numbered above `v`, in one
 /// transaction, then records [`SCHEMA_VERSION`]. Steps are never edited once released; a change
@@ -87,18 +88,85 @@ pub(super) const MIGRATIONS: &[(i64, &str)] = &[
     // before the ledger existed is covered from its earliest record the spool remembers (or
     // its cursor), so its recent periods are reconciled too.
     (5, super::ledger::MIGRATION),
+    // v6: one outbox per destination ([`tables`]). HEC keeps `outbox`, its marker `delivered`
+    // and its tallies (`'outbox'`, `'dead'`), so every existing row stays HEC's and nothing is
+    // copied; DynamoDB gets `outbox_dynamodb` (same columns, no account index: nothing reads
+    // it by account) and `delivered_dynamodb`. Dead letters name their destination; the
+    // existing ones are HEC's.
+    (
+        6,
+        "CREATE TABLE IF NOT EXISTS outbox_dynamodb(
+             seq INTEGER PRIMARY KEY AUTOINCREMENT,
+             account TEXT NOT NULL,
+             record_id TEXT NOT NULL,
+             event BLOB NOT NULL,
+             spooled_at_ms INTEGER NOT NULL);
+         CREATE TABLE IF NOT EXISTS delivered_dynamodb(
+             id INTEGER PRIMARY KEY CHECK (id = 1),
+             upto_seq INTEGER NOT NULL);
+         INSERT OR IGNORE INTO delivered_dynamodb(id, upto_seq) VALUES (1, 0);
+         ALTER TABLE dead_letters ADD COLUMN destination TEXT NOT NULL DEFAULT 'hec';",
+    ),
 ];
 
-/// The settled marker (see `delivered` in the module docs).
-pub(super) const DELIVERED_UPTO: &str = "SELECT upto_seq FROM delivered WHERE id = 1";
+/// Where one destination's rows live: its outbox table, its `delivered` marker table and its
+/// two tally kinds. HEC has the names it had before there were destinations (v5 and older
+/// files need no copy); the others carry their name as a suffix. Every query that touches a
+/// destination's rows is written once, as a template ([`sql`]), never once per destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Tables {
+    /// The outbox table (`seq`, `account`, `record_id`, `event`, `spooled_at_ms`).
+    pub outbox: &'static str,
+    /// The marker table (`id = 1`, `upto_seq`).
+    pub delivered: &'static str,
+    /// `tallies.kind` of the per-account waiting count.
+    pub outbox_tally: &'static str,
+    /// `tallies.kind` of the dead-letter count (account `''`).
+    pub dead_tally: &'static str,
+}
 
-/// `delivered.upto_seq`: every outbox row at or below it is settled.
-pub(super) fn delivered_upto(conn: &Connection) -> rusqlite::Result<i64> {
-    conn.prepare_cached(DELIVERED_UPTO)?
+/// The one mapping from a destination to its tables and tally kinds.
+pub(super) const fn tables(d: Destination) -> Tables {
+    match d {
+        Destination::Hec => Tables {
+            outbox: "outbox",
+            delivered: "delivered",
+            outbox_tally: "outbox",
+            dead_tally: "dead",
+        },
+        Destination::DynamoDb => Tables {
+            outbox: "outbox_dynamodb",
+            delivered: "delivered_dynamodb",
+            outbox_tally: "outbox_dynamodb",
+            dead_tally: "dead_dynamodb",
+        },
+    }
+}
+
+/// `template` for destination `d`: `{outbox}`, `{delivered}`, `{outbox_tally}`, `{dead_tally}`
+/// and `{destination}` (the name stored in `dead_letters.destination`) replaced. Table names
+/// cannot be bound parameters; these come from [`tables`], never from input.
+pub(super) fn sql(d: Destination, template: &str) -> String {
+    let t = tables(d);
+    template
+        .replace("{outbox}", t.outbox)
+        .replace("{delivered}", t.delivered)
+        .replace("{outbox_tally}", t.outbox_tally)
+        .replace("{dead_tally}", t.dead_tally)
+        .replace("{destination}", d.name())
+}
+
+/// The settled marker of a destination (see `delivered` in the module docs).
+pub(super) const DELIVERED_UPTO: &str = "SELECT upto_seq FROM {delivered} WHERE id = 1";
+
+/// The destination's `upto_seq`: every row of its outbox at or below it is settled.
+pub(super) fn delivered_upto(conn: &Connection, d: Destination) -> rusqlite::Result<i64> {
+    conn.prepare_cached(&sql(d, DELIVERED_UPTO))?
         .query_row([], |r| r.get(0))
 }
 
-/// Creates (if needed) and recomputes `tallies` from the rows: the v3 migration, and salvage.
+/// Creates `tallies` and computes it from the rows: the v3 migration (released: HEC's outbox
+/// only, as it was then). Salvage recomputes with [`recount_tallies`].
 pub(super) const RECOUNT_TALLIES: &str = "CREATE TABLE IF NOT EXISTS tallies(
          kind TEXT NOT NULL,
          account TEXT NOT NULL,
@@ -108,36 +176,64 @@ pub(super) const RECOUNT_TALLIES: &str = "CREATE TABLE IF NOT EXISTS tallies(
      INSERT INTO tallies SELECT 'outbox', account, count(*) FROM outbox GROUP BY account;
      INSERT INTO tallies SELECT 'dead', '', count(*) FROM dead_letters;";
 
-/// Adds `?3` to the tally `(?1, ?2)` (`'outbox'` per account, `'dead'` with account `''`).
+/// One destination's tallies recomputed from its rows (salvage; the caller empties `tallies`
+/// first).
+pub(super) const RECOUNT_DESTINATION: &str = "
+     INSERT INTO tallies SELECT '{outbox_tally}', account, count(*) FROM {outbox}
+         WHERE seq > (SELECT upto_seq FROM {delivered} WHERE id = 1) GROUP BY account;
+     INSERT INTO tallies SELECT '{dead_tally}', '', count(*) FROM dead_letters
+         WHERE destination = '{destination}';";
+
+/// Empties `tallies` and recomputes every destination's from the rows (salvage), one
+/// statement per entry.
+pub(super) fn recount_tallies() -> Vec<String> {
+    let mut out = vec!["DELETE FROM tallies".to_string()];
+    for d in Destination::ALL {
+        out.extend(
+            sql(d, RECOUNT_DESTINATION)
+                .split(';')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string),
+        );
+    }
+    out
+}
+
+/// Adds `?3` to the tally `(?1, ?2)` (a destination's outbox kind per account, its dead kind
+/// with account `''`: see [`Tables`]).
 pub(super) const ADD_TALLY: &str = "INSERT INTO tallies(kind, account, n) VALUES (?1, ?2, ?3)
      ON CONFLICT(kind, account) DO UPDATE SET n = n + excluded.n";
 
-/// Applies per-account changes of the outbox count and a change of the dead-letter count, in
-/// the caller's transaction.
+/// Applies per-account changes of destination `d`'s outbox count and a change of its
+/// dead-letter count, in the caller's transaction.
 pub(super) fn add_tallies(
     conn: &Connection,
+    d: Destination,
     outbox: &std::collections::HashMap<String, i64>,
     dead: i64,
 ) -> rusqlite::Result<()> {
+    let t = tables(d);
     let mut add = conn.prepare_cached(ADD_TALLY)?;
     for (account, n) in outbox.iter().filter(|(_, n)| **n != 0) {
-        add.execute(params!["outbox", account, n])?;
+        add.execute(params![t.outbox_tally, account, n])?;
     }
     if dead != 0 {
-        add.execute(params!["dead", "", dead])?;
+        add.execute(params![t.dead_tally, "", dead])?;
     }
     Ok(())
 }
 
-/// The queries behind [`Spool::status`] (and so `/metrics` and `STATUS=`): none of them reads
-/// more than a few rows whatever the backlog (`tallies`, the head of the outbox by `seq`),
-/// which `status_queries_never_scan_the_outbox` checks with `EXPLAIN QUERY PLAN`.
+/// The queries behind [`Spool::status`] (and so `/metrics` and `STATUS=`), templates run for
+/// each destination ([`sql`]): none of them reads more than a few rows whatever the backlog
+/// (`tallies`, the head of the outbox by `seq`), which `status_queries_never_scan_the_outbox`
+/// checks with `EXPLAIN QUERY PLAN`.
 pub(super) const STATUS_QUERIES: [&str; 4] = [
-    "SELECT coalesce(sum(n), 0) FROM tallies WHERE kind = 'outbox'",
-    "SELECT spooled_at_ms FROM outbox WHERE seq > (SELECT upto_seq FROM delivered WHERE id = 1)
+    "SELECT coalesce(sum(n), 0) FROM tallies WHERE kind = '{outbox_tally}'",
+    "SELECT spooled_at_ms FROM {outbox} WHERE seq > (SELECT upto_seq FROM {delivered} WHERE id = 1)
      ORDER BY seq LIMIT 1",
-    "SELECT coalesce(sum(n), 0) FROM tallies WHERE kind = 'dead'",
-    "SELECT account, n FROM tallies WHERE kind = 'outbox' AND n > 0 ORDER BY account",
+    "SELECT coalesce(sum(n), 0) FROM tallies WHERE kind = '{dead_tally}'",
+    "SELECT account, n FROM tallies WHERE kind = '{outbox_tally}' AND n > 0 ORDER BY account",
 ];
 
 pub(super) enum OpenProblem {

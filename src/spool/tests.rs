@@ -1,6 +1,7 @@
 //! The spool's unit tests (the storage contract in `spool.rs`'s docs).
 
 use super::*;
+use crate::config::Destination;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -64,7 +65,7 @@ fn records_and_cursor_commit_together_and_dedup_by_id() {
         1
     );
     let ids: Vec<_> = s
-        .read_batch(100, 1 << 20)
+        .read_batch(Destination::Hec, 100, 1 << 20)
         .unwrap()
         .into_iter()
         .map(|r| r.record_id)
@@ -105,15 +106,19 @@ fn batches_respect_limits_and_settle_deletes_and_dead_letters() {
     let recs: Vec<_> = (0..10).map(|i| rec(&format!("r{i}"))).collect();
     s.enqueue_page("acme", &recs, None).unwrap();
     let size = recs[0].event.len();
-    assert_eq!(s.read_batch(4, 1 << 20).unwrap().len(), 4);
-    assert_eq!(s.read_batch(100, size * 3).unwrap().len(), 3);
+    assert_eq!(s.read_batch(Destination::Hec, 4, 1 << 20).unwrap().len(), 4);
     assert_eq!(
-        s.read_batch(100, 1).unwrap().len(),
+        s.read_batch(Destination::Hec, 100, size * 3).unwrap().len(),
+        3
+    );
+    assert_eq!(
+        s.read_batch(Destination::Hec, 100, 1).unwrap().len(),
         1,
         "an over-size event goes alone"
     );
-    let batch = s.read_batch(5, 1 << 20).unwrap();
+    let batch = s.read_batch(Destination::Hec, 5, 1 << 20).unwrap();
     s.settle(
+        Destination::Hec,
         Some((batch[0].seq, batch[2].seq)),
         &[DeadLetter {
             seq: batch[3].seq,
@@ -123,7 +128,7 @@ fn batches_respect_limits_and_settle_deletes_and_dead_letters() {
     )
     .unwrap();
     let rest: Vec<_> = s
-        .read_batch(100, 1 << 20)
+        .read_batch(Destination::Hec, 100, 1 << 20)
         .unwrap()
         .into_iter()
         .map(|r| r.record_id)
@@ -157,7 +162,7 @@ fn contents_survive_reopen() {
 }
 
 fn ids(s: &Spool) -> Vec<String> {
-    s.read_batch(10_000, usize::MAX)
+    s.read_batch(Destination::Hec, 10_000, usize::MAX)
         .unwrap()
         .into_iter()
         .map(|r| r.record_id)
@@ -218,8 +223,9 @@ fn a_corrupted_page_is_detected_and_readable_rows_are_salvaged() {
         let recs: Vec<_> = (0..50).map(|i| rec(&format!("r{i}"))).collect();
         s.enqueue_page("acme", &recs, Some(77)).unwrap();
         // Delivered: the background check waits for an empty backlog.
-        let batch = s.read_batch(50, usize::MAX).unwrap();
-        s.settle(Some((batch[0].seq, batch[49].seq)), &[]).unwrap();
+        let batch = s.read_batch(Destination::Hec, 50, usize::MAX).unwrap();
+        s.settle(Destination::Hec, Some((batch[0].seq, batch[49].seq)), &[])
+            .unwrap();
         // Checkpoint so the data lives in the main file, then damage an index page.
         s.conn()
             .execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -310,9 +316,14 @@ fn a_recovery_interrupted_after_its_salvage_is_finished_by_the_next_start() {
 fn status_queries_never_scan_the_outbox() {
     let dir = tempfile::tempdir().unwrap();
     let s = Spool::open(dir.path()).unwrap();
+    // Every query, for every destination.
+    let queries: Vec<String> = Destination::ALL
+        .into_iter()
+        .flat_map(|d| STATUS_QUERIES.map(|q| sql(d, q)))
+        .collect();
     let steps = |s: &Spool| -> Vec<i32> {
         let conn = s.conn();
-        STATUS_QUERIES
+        queries
             .iter()
             .map(|sql| {
                 let mut stmt = conn.prepare(sql).unwrap();
@@ -323,11 +334,12 @@ fn status_queries_never_scan_the_outbox() {
             })
             .collect()
     };
+    s.set_destinations(&Destination::ALL);
     for account in ["acme", "beta"] {
         let recs: Vec<_> = (0..2000).map(|i| rec(&format!("{account}{i}"))).collect();
         s.enqueue_page(account, &recs, None).unwrap();
     }
-    for sql in STATUS_QUERIES {
+    for sql in &queries {
         let conn = s.conn();
         let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
         let plan: Vec<String> = stmt
@@ -407,8 +419,9 @@ fn running_counts_stay_right_across_enqueue_settle_dead_letter_requeue_and_reope
     s.enqueue_page("beta", &recs[..3], None).unwrap();
     s.enqueue_page("acme", &recs, None).unwrap(); // duplicates only
     check(&s, "enqueue");
-    let batch = s.read_batch(5, usize::MAX).unwrap();
+    let batch = s.read_batch(Destination::Hec, 5, usize::MAX).unwrap();
     s.settle(
+        Destination::Hec,
         Some((batch[0].seq, batch[2].seq)),
         &[DeadLetter {
             seq: batch[3].seq,
@@ -424,12 +437,13 @@ fn running_counts_stay_right_across_enqueue_settle_dead_letter_requeue_and_reope
     };
     s.enqueue_page("beta", &[invalid], None).unwrap();
     check(&s, "a locally invalid record");
-    assert_eq!(s.requeue(None, &|_, e| e.to_vec()).unwrap().moved, 2);
+    assert_eq!(s.requeue(None, None, &|_, e| e.to_vec()).unwrap().moved, 2);
     check(&s, "requeue");
     // Another process (`spool requeue` beside the service) writes through its own
     // connection: the counts follow, as they live in the database.
-    let dl = s.read_batch(1, usize::MAX).unwrap();
+    let dl = s.read_batch(Destination::Hec, 1, usize::MAX).unwrap();
     s.settle(
+        Destination::Hec,
         None,
         &[DeadLetter {
             seq: dl[0].seq,
@@ -443,7 +457,7 @@ fn running_counts_stay_right_across_enqueue_settle_dead_letter_requeue_and_reope
     let id = other.dead_letters().unwrap()[0].id;
     assert_eq!(
         other
-            .requeue(Some(&[id, id]), &|_, e| e.to_vec())
+            .requeue(None, Some(&[id, id]), &|_, e| e.to_vec())
             .unwrap()
             .moved,
         1
@@ -452,9 +466,13 @@ fn running_counts_stay_right_across_enqueue_settle_dead_letter_requeue_and_reope
     drop(s);
     let s = Spool::open(dir.path()).unwrap();
     check(&s, "reopen");
-    let all = s.read_batch(1000, usize::MAX).unwrap();
-    s.settle(Some((all[0].seq, all[all.len() - 1].seq)), &[])
-        .unwrap();
+    let all = s.read_batch(Destination::Hec, 1000, usize::MAX).unwrap();
+    s.settle(
+        Destination::Hec,
+        Some((all[0].seq, all[all.len() - 1].seq)),
+        &[],
+    )
+    .unwrap();
     check(&s, "draining everything");
     assert_eq!(s.status().unwrap().depth_by_account, vec![]);
 }
@@ -670,9 +688,10 @@ fn inspection_works_beside_a_running_instance() {
     running
         .enqueue_page("acme", &[rec("a"), rec("b")], None)
         .unwrap();
-    let batch = running.read_batch(1, usize::MAX).unwrap();
+    let batch = running.read_batch(Destination::Hec, 1, usize::MAX).unwrap();
     running
         .settle(
+            Destination::Hec,
             None,
             &[DeadLetter {
                 seq: batch[0].seq,
@@ -687,7 +706,9 @@ fn inspection_works_beside_a_running_instance() {
     assert_eq!(dead[0].record_id, "a");
     let keep = |_: &str, e: &[u8]| e.to_vec();
     assert_eq!(
-        inspect.requeue(Some(&[dead[0].id + 1]), &keep).unwrap(),
+        inspect
+            .requeue(None, Some(&[dead[0].id + 1]), &keep)
+            .unwrap(),
         Requeued {
             moved: 0,
             missing: vec![dead[0].id + 1]
@@ -695,7 +716,10 @@ fn inspection_works_beside_a_running_instance() {
         "an unknown id moves nothing"
     );
     assert_eq!(
-        inspect.requeue(Some(&[dead[0].id]), &keep).unwrap().moved,
+        inspect
+            .requeue(None, Some(&[dead[0].id]), &keep)
+            .unwrap()
+            .moved,
         1
     );
     assert_eq!(
@@ -770,7 +794,7 @@ fn stored(s: &Spool) -> i64 {
 }
 
 fn upto(s: &Spool) -> i64 {
-    delivered_upto(&s.conn()).unwrap()
+    delivered_upto(&s.conn(), Destination::Hec).unwrap()
 }
 
 #[test]
@@ -779,17 +803,23 @@ fn a_settle_moves_the_marker_and_settled_rows_vanish_for_readers_before_they_are
     let s = Spool::open(dir.path()).unwrap();
     let recs: Vec<_> = (0..10).map(|i| rec(&format!("r{i}"))).collect();
     s.enqueue_page("acme", &recs, None).unwrap();
-    let batch = s.read_batch(4, 1 << 20).unwrap();
-    s.settle(Some((batch[0].seq, batch[3].seq)), &[]).unwrap();
+    let batch = s.read_batch(Destination::Hec, 4, 1 << 20).unwrap();
+    s.settle(Destination::Hec, Some((batch[0].seq, batch[3].seq)), &[])
+        .unwrap();
     assert_eq!(upto(&s), batch[3].seq, "one marker update");
     assert_eq!(stored(&s), 10, "the settle itself deletes nothing");
     assert_eq!(ids(&s), ["r4", "r5", "r6", "r7", "r8", "r9"]);
-    assert!(s.read_range(batch[0].seq, batch[3].seq).unwrap().is_empty());
+    assert!(
+        s.read_range(Destination::Hec, batch[0].seq, batch[3].seq)
+            .unwrap()
+            .is_empty()
+    );
     let st = s.status().unwrap();
     assert_eq!(st.depth, 6);
     assert_eq!(st.depth_by_account, vec![("acme".to_string(), 6)]);
     // Settling the same range again (a late ack for a resent copy) changes nothing.
-    s.settle(Some((batch[0].seq, batch[3].seq)), &[]).unwrap();
+    s.settle(Destination::Hec, Some((batch[0].seq, batch[3].seq)), &[])
+        .unwrap();
     assert_eq!(s.depth().unwrap(), 6);
     // The purge deletes the hidden rows in chunks, and only those.
     assert_eq!(s.purge_delivered(3).unwrap(), 3);
@@ -806,9 +836,10 @@ fn a_batch_settled_before_an_older_one_is_deleted_and_the_marker_hides_nothing_w
     let s = Spool::open(dir.path()).unwrap();
     let recs: Vec<_> = (0..10).map(|i| rec(&format!("r{i}"))).collect();
     s.enqueue_page("acme", &recs, None).unwrap();
-    let all = s.read_batch(10, 1 << 20).unwrap();
+    let all = s.read_batch(Destination::Hec, 10, 1 << 20).unwrap();
     // With acks, the second batch can be confirmed first.
-    s.settle(Some((all[5].seq, all[9].seq)), &[]).unwrap();
+    s.settle(Destination::Hec, Some((all[5].seq, all[9].seq)), &[])
+        .unwrap();
     assert_eq!(
         upto(&s),
         0,
@@ -816,7 +847,8 @@ fn a_batch_settled_before_an_older_one_is_deleted_and_the_marker_hides_nothing_w
     );
     assert_eq!(ids(&s), ["r0", "r1", "r2", "r3", "r4"]);
     assert_eq!(s.depth().unwrap(), 5);
-    s.settle(Some((all[0].seq, all[4].seq)), &[]).unwrap();
+    s.settle(Destination::Hec, Some((all[0].seq, all[4].seq)), &[])
+        .unwrap();
     assert_eq!(upto(&s), all[4].seq);
     assert!(ids(&s).is_empty());
     assert_eq!(s.depth().unwrap(), 0);
@@ -831,19 +863,21 @@ fn a_400_settles_the_head_dead_letters_one_event_and_keeps_the_rest_visible() {
     let s = Spool::open(dir.path()).unwrap();
     let recs: Vec<_> = (0..6).map(|i| rec(&format!("r{i}"))).collect();
     s.enqueue_page("acme", &recs, None).unwrap();
-    let all = s.read_batch(6, 1 << 20).unwrap();
+    let all = s.read_batch(Destination::Hec, 6, 1 << 20).unwrap();
     let dead = DeadLetter {
         seq: all[2].seq,
         reason: "bad".into(),
         hec_code: Some(6),
     };
-    s.settle(Some((all[0].seq, all[1].seq)), &[dead]).unwrap();
+    s.settle(Destination::Hec, Some((all[0].seq, all[1].seq)), &[dead])
+        .unwrap();
     assert_eq!(ids(&s), ["r3", "r4", "r5"]);
     assert_eq!(s.dead_letters().unwrap()[0].record_id, "r2");
     let st = s.status().unwrap();
     assert_eq!((st.depth, st.dead_letters), (3, 1));
     // The rest settles by the marker across the dead letter's gap.
-    s.settle(Some((all[3].seq, all[5].seq)), &[]).unwrap();
+    s.settle(Destination::Hec, Some((all[3].seq, all[5].seq)), &[])
+        .unwrap();
     assert_eq!(upto(&s), all[5].seq);
     assert_eq!(s.depth().unwrap(), 0);
     assert_eq!(s.dead_letters().unwrap().len(), 1, "the dead letter stays");
@@ -855,8 +889,9 @@ fn a_crash_between_the_marker_and_the_purge_resends_nothing_and_loses_nothing() 
     let s = Spool::open(live.path()).unwrap();
     let recs: Vec<_> = (0..10).map(|i| rec(&format!("r{i}"))).collect();
     s.enqueue_page("acme", &recs, Some(7)).unwrap();
-    let batch = s.read_batch(6, 1 << 20).unwrap();
-    s.settle(Some((batch[0].seq, batch[5].seq)), &[]).unwrap();
+    let batch = s.read_batch(Destination::Hec, 6, 1 << 20).unwrap();
+    s.settle(Destination::Hec, Some((batch[0].seq, batch[5].seq)), &[])
+        .unwrap();
     assert_eq!(stored(&s), 10, "the purge has not run");
     // The files as a SIGKILL right after the marker's commit leaves them.
     let crashed = tempfile::tempdir().unwrap();
@@ -884,8 +919,9 @@ fn recovery_does_not_bring_back_delivered_rows_the_marker_hides() {
     let s = Spool::open(dir.path()).unwrap();
     let recs: Vec<_> = (0..8).map(|i| rec(&format!("r{i}"))).collect();
     s.enqueue_page("acme", &recs, None).unwrap();
-    let batch = s.read_batch(5, 1 << 20).unwrap();
-    s.settle(Some((batch[0].seq, batch[4].seq)), &[]).unwrap();
+    let batch = s.read_batch(Destination::Hec, 5, 1 << 20).unwrap();
+    s.settle(Destination::Hec, Some((batch[0].seq, batch[4].seq)), &[])
+        .unwrap();
     s.recover_in_place("test".into()).unwrap();
     assert_eq!(ids(&s), ["r5", "r6", "r7"]);
     assert_eq!(s.depth().unwrap(), 3);
@@ -918,8 +954,9 @@ fn a_version_3_spool_is_migrated_to_the_marker_and_keeps_its_outbox() {
     assert_eq!(upto(&s), 0);
     assert_eq!(ids(&s), ["b", "c"]);
     assert_eq!(s.depth().unwrap(), 2);
-    let batch = s.read_batch(1, 1 << 20).unwrap();
-    s.settle(Some((batch[0].seq, batch[0].seq)), &[]).unwrap();
+    let batch = s.read_batch(Destination::Hec, 1, 1 << 20).unwrap();
+    s.settle(Destination::Hec, Some((batch[0].seq, batch[0].seq)), &[])
+        .unwrap();
     assert_eq!(ids(&s), ["c"]);
     assert_eq!(
         s.status().unwrap().depth_by_account,
@@ -1017,9 +1054,12 @@ async fn runs_purge_settled_rows_between_jobs_and_the_directory_is_free_once_dro
     let s = Spool::open(dir.path()).unwrap();
     let recs: Vec<_> = (0..2500).map(|i| rec(&format!("r{i}"))).collect();
     s.enqueue_page("acme", &recs, None).unwrap();
-    let batch = s.run(|s| s.read_batch(2500, usize::MAX)).await.unwrap();
+    let batch = s
+        .run(|s| s.read_batch(Destination::Hec, 2500, usize::MAX))
+        .await
+        .unwrap();
     let (first, last) = (batch[0].seq, batch[2499].seq);
-    s.run(move |s| s.settle(Some((first, last)), &[]))
+    s.run(move |s| s.settle(Destination::Hec, Some((first, last)), &[]))
         .await
         .unwrap();
     // The purge runs between jobs, a chunk at a time.
@@ -1063,12 +1103,14 @@ fn the_background_check_waits_until_the_backlog_is_drained() {
         matches!(state, CheckState::Waiting { .. }),
         "checked with a backlog: {state:?}"
     );
-    let batch = s.read_batch(3, 1 << 20).unwrap();
-    s.settle(Some((batch[0].seq, batch[1].seq)), &[]).unwrap();
+    let batch = s.read_batch(Destination::Hec, 3, 1 << 20).unwrap();
+    s.settle(Destination::Hec, Some((batch[0].seq, batch[1].seq)), &[])
+        .unwrap();
     let state = wait_for(&|s| matches!(s, CheckState::Waiting { seen_backlog: n } if n >= 2));
     assert!(matches!(state, CheckState::Waiting { .. }), "{state:?}");
     // The last settle drains it: the check runs and finds nothing wrong.
-    s.settle(Some((batch[2].seq, batch[2].seq)), &[]).unwrap();
+    s.settle(Destination::Hec, Some((batch[2].seq, batch[2].seq)), &[])
+        .unwrap();
     assert_eq!(wait_for(&|s| s == CheckState::Done), CheckState::Done);
     assert!(s.integrity_problem().is_none());
 }
@@ -1164,7 +1206,7 @@ fn a_version_4_spool_gains_the_ledger_and_its_accounts_are_covered_from_their_ol
         .conn()
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(v, 5);
+    assert_eq!(v, SCHEMA_VERSION);
     let since = |a: &str| s.reconcile_state(a, 0, i64::MAX).unwrap().since_ms;
     assert_eq!(since("acme"), Some(5000), "its oldest record with a time");
     assert_eq!(since("beta"), Some(7000));
@@ -1296,11 +1338,12 @@ fn internal_events_are_spooled_without_dedup_or_cursor_and_keep_their_sourcetype
         1
     );
 
-    let batch = s.read_batch(10, 1 << 20).unwrap();
+    let batch = s.read_batch(Destination::Hec, 10, 1 << 20).unwrap();
     assert_eq!(batch.len(), 3);
     assert_eq!(batch[0].event, hb, "delivered as stored");
     // The first is accepted, the second refused and requeued through the renderer.
     s.settle(
+        Destination::Hec,
         Some((batch[0].seq, batch[0].seq)),
         &[DeadLetter {
             seq: batch[1].seq,
@@ -1311,10 +1354,12 @@ fn internal_events_are_spooled_without_dedup_or_cursor_and_keep_their_sourcetype
     .unwrap();
     let fallback = Transformer::for_account(&c.hec, INTERNAL_ACCOUNT, None, None);
     let moved = s
-        .requeue(None, &|_, stored| fallback.rerender(stored).unwrap())
+        .requeue(None, None, &|_, stored| fallback.rerender(stored).unwrap())
         .unwrap();
     assert_eq!(moved.moved, 1);
-    let again = s.read_batch_after(batch[2].seq, 10, 1 << 20).unwrap();
+    let again = s
+        .read_batch_after(Destination::Hec, batch[2].seq, 10, 1 << 20)
+        .unwrap();
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].account, INTERNAL_ACCOUNT);
     let doc: serde_json::Value = serde_json::from_slice(&again[0].event).unwrap();
