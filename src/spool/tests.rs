@@ -1366,3 +1366,465 @@ fn internal_events_are_spooled_without_dedup_or_cursor_and_keep_their_sourcetype
     assert_eq!(doc["sourcetype"], HEARTBEAT_SOURCETYPE, "{doc}");
     assert_eq!(doc["event"], body);
 }
+
+// ---- One outbox per destination (schema v6) ----
+
+const BOTH: [Destination; 2] = [Destination::Hec, Destination::DynamoDb];
+
+/// Record ids waiting for `d`, in `seq` order.
+fn ids_of(s: &Spool, d: Destination) -> Vec<String> {
+    s.read_batch(d, 1000, usize::MAX)
+        .unwrap()
+        .into_iter()
+        .map(|r| r.record_id)
+        .collect()
+}
+
+/// `(depth, dead letters)` of `d` from [`Spool::status`] (the running counts), checked
+/// against a count of the rows themselves.
+fn counts_of(s: &Spool, d: Destination) -> (u64, u64) {
+    let st = s.status().unwrap();
+    let mine = st
+        .destinations
+        .iter()
+        .find(|x| x.destination == d)
+        .expect("every destination has a status")
+        .clone();
+    let conn = s.conn();
+    let n = |q: &str| {
+        conn.query_row(&sql(d, q), [], |r| r.get::<_, i64>(0))
+            .unwrap() as u64
+    };
+    let truth = (
+        n("SELECT count(*) FROM {outbox} WHERE seq > (SELECT upto_seq FROM {delivered})"),
+        n("SELECT count(*) FROM dead_letters WHERE destination = '{destination}'"),
+    );
+    assert_eq!(
+        (mine.depth, mine.dead_letters),
+        truth,
+        "{d}: tallies drifted"
+    );
+    truth
+}
+
+/// A v5 spool (as the previous release wrote it: HEC's outbox with a moved marker, a dead
+/// letter, tallies) migrates to v6 with every row HEC's and nothing copied.
+#[test]
+fn a_version_5_spool_keeps_its_rows_marker_and_dead_letters_as_hecs() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let conn = Connection::open(dir.path().join("spool.db")).unwrap();
+        for (_, sql) in &MIGRATIONS[..5] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.execute_batch(
+            "INSERT INTO outbox(account, record_id, event, spooled_at_ms) VALUES
+                 ('acme', 'a', x'7b7d', 1), ('acme', 'b', x'7b7d', 2),
+                 ('acme', 'c', x'7b7d', 3), ('beta', 'd', x'7b7d', 4);
+             UPDATE delivered SET upto_seq = 2 WHERE id = 1;
+             INSERT INTO dead_letters(account, record_id, event, reason, hec_code, dead_at_ms)
+                 VALUES ('acme', 'x', x'7b7d', 'Invalid data format', 6, 5);
+             DELETE FROM tallies;
+             INSERT INTO tallies VALUES ('outbox', 'acme', 1), ('outbox', 'beta', 1), ('dead', '', 1);
+             PRAGMA user_version = 5;",
+        )
+        .unwrap();
+    }
+    let s = Spool::open(dir.path()).unwrap();
+    let v: i64 = s
+        .conn()
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(v, SCHEMA_VERSION);
+    assert_eq!(upto(&s), 2, "HEC's marker is kept");
+    assert_eq!(ids_of(&s, Destination::Hec), ["c", "d"]);
+    assert!(ids_of(&s, Destination::DynamoDb).is_empty());
+    assert_eq!(counts_of(&s, Destination::Hec), (2, 1));
+    assert_eq!(counts_of(&s, Destination::DynamoDb), (0, 0));
+    let dead = s.dead_letters().unwrap();
+    assert_eq!(
+        (dead[0].record_id.as_str(), dead[0].destination),
+        ("x", Destination::Hec)
+    );
+    let st = s.status().unwrap();
+    assert_eq!((st.depth, st.dead_letters), (2, 1));
+    // The migrated spool takes a second destination: new records go to both, the old rows
+    // stay HEC's alone.
+    s.set_destinations(&BOTH);
+    s.enqueue_page("acme", &[rec("e")], None).unwrap();
+    assert_eq!(ids_of(&s, Destination::Hec), ["c", "d", "e"]);
+    assert_eq!(ids_of(&s, Destination::DynamoDb), ["e"]);
+    assert_eq!(
+        s.status().unwrap().depth,
+        4,
+        "the total counts both deliveries"
+    );
+}
+
+/// One transaction per page: each new record gets a row in every configured destination's
+/// outbox (the same event bytes), and a failure in either outbox rolls all of it back.
+#[test]
+fn a_record_is_enqueued_once_per_destination_in_one_transaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Spool::open(dir.path()).unwrap();
+    assert_eq!(s.destinations(), [Destination::Hec], "HEC until told");
+    s.set_destinations(&[Destination::DynamoDb, Destination::Hec]);
+    assert_eq!(s.destinations(), BOTH);
+    let done = s
+        .enqueue_page("acme", &[rec("a"), rec("b"), rec("a")], Some(1))
+        .unwrap();
+    assert_eq!(
+        (done.inserted, done.duplicates),
+        (2, 1),
+        "counted per record"
+    );
+    let hec = s.read_batch(Destination::Hec, 10, usize::MAX).unwrap();
+    let ddb = s.read_batch(Destination::DynamoDb, 10, usize::MAX).unwrap();
+    assert_eq!(ids_of(&s, Destination::Hec), ["a", "b"]);
+    assert_eq!(ids_of(&s, Destination::DynamoDb), ["a", "b"]);
+    assert_eq!(hec[1].event, ddb[1].event, "the same envelope for both");
+    assert_eq!(counts_of(&s, Destination::Hec), (2, 0));
+    assert_eq!(counts_of(&s, Destination::DynamoDb), (2, 0));
+    // DynamoDB's outbox fails after HEC's row and `seen` went in: nothing of the page stays.
+    s.conn()
+        .execute_batch(
+            "CREATE TRIGGER boom BEFORE INSERT ON outbox_dynamodb WHEN NEW.record_id = 'bad'
+             BEGIN SELECT RAISE(ABORT, 'disk full (simulated)'); END;",
+        )
+        .unwrap();
+    assert!(
+        s.enqueue_page("acme", &[rec("c"), rec("bad")], Some(2))
+            .is_err()
+    );
+    assert_eq!(s.cursor("acme").unwrap(), Some(1), "cursor must not move");
+    assert_eq!(
+        ids_of(&s, Destination::Hec),
+        ["a", "b"],
+        "HEC's rows rolled back"
+    );
+    assert_eq!(ids_of(&s, Destination::DynamoDb), ["a", "b"]);
+    assert_eq!(counts_of(&s, Destination::Hec), (2, 0));
+    s.conn().execute_batch("DROP TRIGGER boom").unwrap();
+    // The ids were not remembered: the retry enqueues them for both.
+    let retry = s
+        .enqueue_page("acme", &[rec("c"), rec("bad")], Some(2))
+        .unwrap();
+    assert_eq!(retry.inserted, 2);
+    assert_eq!(ids_of(&s, Destination::DynamoDb), ["a", "b", "c", "bad"]);
+    assert_eq!(ids_of(&s, Destination::Hec), ["a", "b", "c", "bad"]);
+    // DynamoDB alone: HEC's outbox gets nothing new.
+    s.set_destinations(&[Destination::DynamoDb]);
+    s.enqueue_page("acme", &[rec("d")], None).unwrap();
+    assert_eq!(counts_of(&s, Destination::Hec), (4, 0));
+    assert_eq!(counts_of(&s, Destination::DynamoDb), (5, 0));
+}
+
+/// Settling one destination (marker, deletes, dead letters, purge) leaves the other's rows,
+/// depth and marker as they were.
+#[test]
+fn settling_one_destination_leaves_the_others_rows_and_depth() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Spool::open(dir.path()).unwrap();
+    s.set_destinations(&BOTH);
+    let recs: Vec<_> = (0..6).map(|i| rec(&format!("r{i}"))).collect();
+    s.enqueue_page("acme", &recs, None).unwrap();
+    let hec = s.read_batch(Destination::Hec, 4, usize::MAX).unwrap();
+    s.settle(
+        Destination::Hec,
+        Some((hec[0].seq, hec[2].seq)),
+        &[DeadLetter {
+            seq: hec[3].seq,
+            reason: "bad".into(),
+            hec_code: Some(6),
+        }],
+    )
+    .unwrap();
+    assert_eq!(ids_of(&s, Destination::Hec), ["r4", "r5"]);
+    assert_eq!(counts_of(&s, Destination::Hec), (2, 1));
+    assert_eq!(ids_of(&s, Destination::DynamoDb), recs_ids(6));
+    assert_eq!(counts_of(&s, Destination::DynamoDb), (6, 0));
+    // The purge deletes HEC's settled rows only.
+    while s.purge_delivered(2).unwrap() > 0 {}
+    assert_eq!(stored(&s), 2);
+    assert_eq!(ids_of(&s, Destination::DynamoDb), recs_ids(6));
+    // DynamoDB settles its own head (its own seq numbers); HEC's rows and marker stay.
+    let ddb = s.read_batch(Destination::DynamoDb, 2, usize::MAX).unwrap();
+    let hec_upto = upto(&s);
+    s.settle(Destination::DynamoDb, Some((ddb[0].seq, ddb[1].seq)), &[])
+        .unwrap();
+    assert_eq!(upto(&s), hec_upto);
+    assert_eq!(
+        delivered_upto(&s.conn(), Destination::DynamoDb).unwrap(),
+        ddb[1].seq
+    );
+    assert_eq!(ids_of(&s, Destination::Hec), ["r4", "r5"]);
+    assert_eq!(ids_of(&s, Destination::DynamoDb), ["r2", "r3", "r4", "r5"]);
+    assert_eq!(
+        s.read_range(Destination::DynamoDb, ddb[0].seq, ddb[1].seq + 1)
+            .unwrap()
+            .len(),
+        1,
+        "settled rows are gone from its ranges"
+    );
+    while s.purge_delivered(1000).unwrap() > 0 {}
+    let physical: i64 = s
+        .conn()
+        .query_row("SELECT count(*) FROM outbox_dynamodb", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(physical, 4, "DynamoDB's settled rows purged too");
+    assert_eq!(counts_of(&s, Destination::DynamoDb), (4, 0));
+    assert_eq!(counts_of(&s, Destination::Hec), (2, 1));
+    let st = s.status().unwrap();
+    assert_eq!((st.depth, st.dead_letters), (6, 1));
+    assert_eq!(st.depth_by_account, vec![("acme".to_string(), 6)]);
+    drop(s);
+    // Reopened, each keeps its own.
+    let s = Spool::open(dir.path()).unwrap();
+    assert_eq!(ids_of(&s, Destination::Hec), ["r4", "r5"]);
+    assert_eq!(ids_of(&s, Destination::DynamoDb), ["r2", "r3", "r4", "r5"]);
+}
+
+fn recs_ids(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("r{i}")).collect()
+}
+
+/// Dead letters carry their destination; a record HEC's local validation refused is
+/// dead-lettered for HEC only; requeue takes one destination's (or all) back into each one's
+/// own outbox; an id dead-lettered for any destination is left out of the forwarded count.
+#[test]
+fn dead_letters_and_requeue_are_per_destination() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Spool::open(dir.path()).unwrap();
+    s.set_destinations(&BOTH);
+    let invalid = NewRecord {
+        invalid: Some("empty event".into()),
+        ..rec("inv")
+    };
+    let done = s
+        .enqueue_page("acme", &[rec("a"), rec("b"), invalid], None)
+        .unwrap();
+    assert_eq!((done.inserted, done.dead_lettered), (2, 1));
+    assert_eq!(ids_of(&s, Destination::Hec), ["a", "b"]);
+    assert_eq!(ids_of(&s, Destination::DynamoDb), ["a", "b", "inv"]);
+    assert_eq!(counts_of(&s, Destination::Hec), (2, 1));
+    // DynamoDB refuses "b".
+    let ddb = s.read_batch(Destination::DynamoDb, 3, usize::MAX).unwrap();
+    s.settle(
+        Destination::DynamoDb,
+        Some((ddb[0].seq, ddb[0].seq)),
+        &[DeadLetter {
+            seq: ddb[1].seq,
+            reason: "item too large".into(),
+            hec_code: None,
+        }],
+    )
+    .unwrap();
+    assert_eq!(counts_of(&s, Destination::DynamoDb), (1, 1));
+    let dead = s.dead_letters().unwrap();
+    let by: Vec<(&str, Destination)> = dead
+        .iter()
+        .map(|d| (d.record_id.as_str(), d.destination))
+        .collect();
+    assert_eq!(
+        by,
+        [("inv", Destination::Hec), ("b", Destination::DynamoDb)]
+    );
+    let reader = reader::Reader::open(dir.path()).unwrap();
+    let only = reader.dead_letters(Some(Destination::DynamoDb)).unwrap();
+    assert_eq!(only.len(), 1);
+    assert_eq!(only[0].record_id, "b");
+    assert_eq!(reader.dead_letters(None).unwrap().len(), 2);
+    drop(reader);
+    // Both ids are short of a destination: reconciliation counts neither as forwarded.
+    assert_eq!(s.dead_lettered_count("acme", 0, 0).unwrap(), 2);
+    // HEC's requeue by the id of DynamoDB's dead letter: not HEC's, nothing moves.
+    let ddb_id = dead[1].id;
+    let r = s
+        .requeue(Some(Destination::Hec), Some(&[ddb_id]), &|_, e| e.to_vec())
+        .unwrap();
+    assert_eq!((r.moved, r.missing), (0, vec![ddb_id]));
+    // DynamoDB's requeue moves its own back into its own outbox.
+    let r = s
+        .requeue(Some(Destination::DynamoDb), None, &|_, e| e.to_vec())
+        .unwrap();
+    assert_eq!(r.moved, 1);
+    assert_eq!(ids_of(&s, Destination::DynamoDb), ["inv", "b"]);
+    assert_eq!(ids_of(&s, Destination::Hec), ["a", "b"]);
+    assert_eq!(counts_of(&s, Destination::DynamoDb), (2, 0));
+    assert_eq!(counts_of(&s, Destination::Hec), (2, 1));
+    // Without a destination: every dead letter, each to its own.
+    assert_eq!(s.requeue(None, None, &|_, e| e.to_vec()).unwrap().moved, 1);
+    assert_eq!(ids_of(&s, Destination::Hec), ["a", "b", "inv"]);
+    assert_eq!(counts_of(&s, Destination::Hec), (3, 0));
+    assert_eq!(counts_of(&s, Destination::DynamoDb), (2, 0));
+    assert_eq!(s.dead_lettered_count("acme", 0, 0).unwrap(), 0);
+}
+
+/// The forwarder's own events are Splunk monitoring events: HEC's outbox only, and nothing
+/// (the reconciliation result itself is still stored) when HEC is not configured.
+#[test]
+fn internal_events_go_to_hec_only_and_nowhere_without_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Spool::open(dir.path()).unwrap();
+    s.set_destinations(&BOTH);
+    s.enqueue_internal(INTERNAL_ACCOUNT, "heartbeat:1", b"{}".to_vec())
+        .unwrap();
+    assert_eq!(counts_of(&s, Destination::Hec), (1, 0));
+    assert_eq!(counts_of(&s, Destination::DynamoDb), (0, 0));
+    s.set_destinations(&[Destination::DynamoDb]);
+    s.enqueue_internal(INTERNAL_ACCOUNT, "heartbeat:2", b"{}".to_vec())
+        .unwrap();
+    let r = crate::reconcile::Reconciliation {
+        account: "acme".into(),
+        period: crate::reconcile::Period {
+            start_ms: 0,
+            end_ms: 1000,
+        },
+        ringcentral_count: 0,
+        forwarded_count: 0,
+        status: crate::reconcile::Status::Complete,
+        recovered: None,
+        reason: None,
+        checked_at_ms: 5,
+    };
+    s.store_reconciliation(&r, Some(b"{}".to_vec())).unwrap();
+    assert_eq!(
+        counts_of(&s, Destination::Hec),
+        (1, 0),
+        "nothing more for HEC"
+    );
+    assert_eq!(counts_of(&s, Destination::DynamoDb), (0, 0));
+    assert_eq!(s.reconciliations(Some("acme"), 0).unwrap().len(), 1);
+}
+
+/// Salvage of a damaged v6 spool keeps both outboxes (with their seq, without what their
+/// markers hid), the dead letters' destinations and the running counts; `seq` numbering
+/// continues after the old file's, per outbox.
+#[test]
+fn salvage_keeps_every_destinations_outbox_and_dead_letters() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("spool.db");
+    let (hec_left, ddb_left) = {
+        let s = Spool::open(dir.path()).unwrap();
+        s.set_destinations(&BOTH);
+        let recs: Vec<_> = (0..5).map(|i| rec(&format!("r{i}"))).collect();
+        s.enqueue_page("acme", &recs, Some(9)).unwrap();
+        let hec = s.read_batch(Destination::Hec, 5, usize::MAX).unwrap();
+        // HEC's tail is delivered: its sequence must not restart below it.
+        s.settle(Destination::Hec, Some((hec[0].seq, hec[4].seq)), &[])
+            .unwrap();
+        let ddb = s.read_batch(Destination::DynamoDb, 5, usize::MAX).unwrap();
+        s.settle(
+            Destination::DynamoDb,
+            Some((ddb[0].seq, ddb[1].seq)),
+            &[DeadLetter {
+                seq: ddb[2].seq,
+                reason: "too large".into(),
+                hec_code: None,
+            }],
+        )
+        .unwrap();
+        (hec[4].seq, ddb[3].seq)
+    };
+    let r = recover(&path, "test".into()).unwrap();
+    assert_eq!(r.salvaged[0], ("outbox", Some(0)), "{:?}", r.salvaged);
+    assert!(
+        r.salvaged.contains(&("outbox_dynamodb", Some(2))),
+        "{:?}",
+        r.salvaged
+    );
+    let s = Spool::open(dir.path()).unwrap();
+    s.set_destinations(&BOTH);
+    assert!(ids_of(&s, Destination::Hec).is_empty());
+    let ddb = s.read_batch(Destination::DynamoDb, 10, usize::MAX).unwrap();
+    assert_eq!(
+        ddb.iter().map(|r| r.record_id.as_str()).collect::<Vec<_>>(),
+        ["r3", "r4"]
+    );
+    assert_eq!(ddb[0].seq, ddb_left, "same seq");
+    let dead = s.dead_letters().unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].destination, Destination::DynamoDb);
+    assert_eq!(counts_of(&s, Destination::Hec), (0, 0));
+    assert_eq!(counts_of(&s, Destination::DynamoDb), (2, 1));
+    assert_eq!(s.cursor("acme").unwrap(), Some(9));
+    s.enqueue_page("acme", &[rec("new")], None).unwrap();
+    let hec = s.read_batch(Destination::Hec, 10, usize::MAX).unwrap();
+    assert!(hec[0].seq > hec_left, "{} after {hec_left}", hec[0].seq);
+    assert_eq!(ids_of(&s, Destination::DynamoDb), ["r3", "r4", "new"]);
+}
+
+/// A damaged v5 spool is salvaged into v6: its outbox becomes HEC's, its dead letters HEC's.
+#[test]
+fn a_damaged_version_5_spool_is_salvaged_into_hecs_outbox() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("spool.db");
+    {
+        let conn = Connection::open(&path).unwrap();
+        for (_, sql) in &MIGRATIONS[..5] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.execute_batch(
+            "INSERT INTO outbox(account, record_id, event, spooled_at_ms) VALUES
+                 ('acme', 'a', x'7b7d', 1), ('acme', 'b', x'7b7d', 2);
+             UPDATE delivered SET upto_seq = 1 WHERE id = 1;
+             INSERT INTO dead_letters(account, record_id, event, reason, hec_code, dead_at_ms)
+                 VALUES ('acme', 'x', x'7b7d', 'Invalid data format', 6, 5);
+             PRAGMA user_version = 5;",
+        )
+        .unwrap();
+    }
+    let r = recover(&path, "test".into()).unwrap();
+    assert_eq!(r.salvaged[0], ("outbox", Some(1)), "{:?}", r.salvaged);
+    assert_eq!(r.salvaged[3], ("dead_letters", Some(1)), "{:?}", r.salvaged);
+    let s = Spool::open(dir.path()).unwrap();
+    assert_eq!(ids_of(&s, Destination::Hec), ["b"]);
+    assert_eq!(counts_of(&s, Destination::Hec), (1, 1));
+    assert_eq!(counts_of(&s, Destination::DynamoDb), (0, 0));
+    assert_eq!(s.dead_letters().unwrap()[0].destination, Destination::Hec);
+}
+
+/// Two delivery loops wait at once: a record enqueued for both wakes both (one shared
+/// `notify_one` woke only one of them, and the other slept until its next timer).
+#[tokio::test(start_paused = true)]
+async fn every_destinations_loop_is_woken_for_a_record_enqueued_for_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Spool::open(dir.path()).unwrap();
+    s.set_destinations(&BOTH);
+    let waiters: Vec<_> = BOTH
+        .into_iter()
+        .map(|d| {
+            let s = s.clone();
+            tokio::spawn(async move { s.wait_for_data(d).await })
+        })
+        .collect();
+    // Both are waiting before anything arrives.
+    tokio::task::yield_now().await;
+    tokio::task::yield_now().await;
+    s.run(|s| s.enqueue_page("acme", &[rec("a")], None))
+        .await
+        .unwrap();
+    for (d, w) in BOTH.into_iter().zip(waiters) {
+        tokio::time::timeout(Duration::from_secs(3600), w)
+            .await
+            .unwrap_or_else(|_| panic!("{d}'s loop was not woken"))
+            .unwrap();
+    }
+    // A wake-up that comes while a loop is busy is kept for its next wait; an internal event
+    // wakes HEC's loop only.
+    s.run(|s| s.enqueue_internal(INTERNAL_ACCOUNT, "hb", b"{}".to_vec()))
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(1), s.wait_for_data(Destination::Hec))
+        .await
+        .expect("HEC's wake-up kept");
+    assert!(
+        tokio::time::timeout(
+            Duration::from_secs(1),
+            s.wait_for_data(Destination::DynamoDb)
+        )
+        .await
+        .is_err(),
+        "nothing arrived for DynamoDB"
+    );
+}
