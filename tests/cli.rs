@@ -791,3 +791,113 @@ async fn config_shows_where_each_value_came_from() {
     );
     assert!(!t.contains(common::HEC_TOKEN), "{t}");
 }
+
+/// `spool status`, `dead-letters` and `requeue` per destination: a line (and a JSON entry) for
+/// each destination the config names and for any other still holding rows; dead letters name
+/// their destination and filter by it; requeue moves one destination's only; an unknown
+/// destination name is a usage error that names the valid ones.
+#[tokio::test]
+async fn spool_commands_show_and_requeue_per_destination() {
+    use rc_audit_hec::config::Destination;
+    use rc_audit_hec::spool::{DeadLetter, NewRecord, Spool};
+    let w = World::new(1).await;
+    let cfg = write_config(w.dir.path(), &w.toml("", ""));
+    let state = tempfile::tempdir().unwrap();
+    {
+        let s = Spool::open(state.path()).unwrap();
+        s.set_destinations(&[Destination::Hec, Destination::DynamoDb]);
+        let recs: Vec<_> = ["a", "b", "c"]
+            .iter()
+            .map(|id| NewRecord::new(*id, b"{\"event\":{}}".to_vec()))
+            .collect();
+        s.enqueue_page("acct0", &recs, None).unwrap();
+        for (d, n) in [(Destination::Hec, 0), (Destination::DynamoDb, 1)] {
+            let batch = s.read_batch(d, 3, usize::MAX).unwrap();
+            let dead = DeadLetter {
+                seq: batch[n].seq,
+                reason: format!("{d} refused it"),
+                hec_code: None,
+            };
+            s.settle(d, None, &[dead]).unwrap();
+        }
+    }
+    let spool = |args: &[&str]| {
+        let mut c = bin();
+        c.arg("--config")
+            .arg(&cfg)
+            .arg("spool")
+            .arg("--dir")
+            .arg(state.path())
+            .args(args);
+        c
+    };
+    let out = run(spool(&["status"])).await;
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{t}");
+    assert!(t.contains("waiting events: 4"), "{t}");
+    assert!(t.contains("hec") && t.contains("waiting 2"), "{t}");
+    assert!(
+        t.contains("dynamodb") && t.contains("not configured"),
+        "the config names HEC only, yet DynamoDB's rows are shown: {t}"
+    );
+    let out = run(spool(&["status", "--json"])).await;
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let dests = doc["destinations"].as_array().expect("destinations");
+    assert_eq!(dests.len(), 2, "{doc}");
+    assert_eq!(dests[0]["destination"], "hec");
+    assert_eq!(dests[0]["configured"], true);
+    assert_eq!(
+        (dests[0]["depth"].clone(), dests[0]["dead_letters"].clone()),
+        (2.into(), 1.into())
+    );
+    assert_eq!(dests[1]["destination"], "dynamodb");
+    assert_eq!(dests[1]["configured"], false);
+    assert_eq!(
+        (dests[1]["depth"].clone(), dests[1]["dead_letters"].clone()),
+        (2.into(), 1.into())
+    );
+
+    let out = run(spool(&["dead-letters"])).await;
+    let t = text(&out);
+    assert!(t.contains(" hec acct0 a: hec refused it"), "{t}");
+    assert!(t.contains(" dynamodb acct0 b: dynamodb refused it"), "{t}");
+    let out = run(spool(&[
+        "dead-letters",
+        "--json",
+        "--destination",
+        "dynamodb",
+    ]))
+    .await;
+    let dead: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(dead.as_array().unwrap().len(), 1, "{dead}");
+    assert_eq!(dead[0]["destination"], "dynamodb");
+    assert_eq!(dead[0]["record_id"], "b");
+
+    for args in [
+        &["dead-letters", "--destination", "splunk"][..],
+        &["requeue", "--all", "--destination", "splunk"][..],
+    ] {
+        let out = run(spool(args)).await;
+        let t = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {t}");
+        assert!(
+            t.contains("no destination called \"splunk\": use one of hec, dynamodb"),
+            "{t}"
+        );
+    }
+
+    let out = run(spool(&["requeue", "--all", "--destination", "dynamodb"])).await;
+    assert!(text(&out).contains("requeued 1"), "{}", text(&out));
+    let out = run(spool(&["dead-letters", "--json"])).await;
+    let dead: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(dead.as_array().unwrap().len(), 1, "HEC's stays: {dead}");
+    assert_eq!(dead[0]["destination"], "hec");
+    let s = Spool::open(state.path()).unwrap();
+    let ddb: Vec<String> = s
+        .read_batch(Destination::DynamoDb, 10, usize::MAX)
+        .unwrap()
+        .into_iter()
+        .map(|r| r.record_id)
+        .collect();
+    assert_eq!(ddb, ["a", "c", "b"], "back into DynamoDB's own outbox");
+}
