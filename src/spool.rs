@@ -6,10 +6,17 @@
 //! memory once its page is fetched.
 //!
 //! # On-disk format (`<state dir>/spool.db`, `PRAGMA user_version` = [`SCHEMA_VERSION`])
-//! - `outbox(seq, account, record_id, event, spooled_at_ms)`: serialized HEC events waiting for
-//!   delivery, in `seq` order (AUTOINCREMENT, so a seq is never reused). Besides records, the
-//!   forwarder's own events (heartbeats, reconciliation results) wait here too
-//!   ([`Spool::enqueue_internal`]): they pass no dedup and move no cursor.
+//! - One outbox per destination ([`Destination`]; v6): `outbox` is HEC's (the only one before
+//!   v6, so an older spool's rows stay HEC's and nothing is copied), `outbox_dynamodb` is
+//!   DynamoDB's, with the same columns `(seq, account, record_id, event, spooled_at_ms)`:
+//!   serialized HEC events waiting for that destination, in `seq` order (AUTOINCREMENT, so a
+//!   seq is never reused; each outbox numbers its own). The event bytes are the same HEC
+//!   envelope for every destination (DynamoDB's sink reads the record out of it). Besides
+//!   records, the forwarder's own events (heartbeats, reconciliation results) wait in HEC's
+//!   outbox, and only there ([`Spool::enqueue_internal`]): they pass no dedup and move no
+//!   cursor. The destination is the table, not a column: HEC's reads and settles stay rowid
+//!   ranges of one table. One function maps a destination to its table, marker and tally
+//!   names (`tables` in `schema.rs`), and every per-destination query is one template.
 //! - `seen(account, event_time_ms, record_id, seen_at_ms)`: every record id ever enqueued, kept for
 //!   [`SEEN_RETENTION`] after it was first seen, so overlapping windows and re-polls after a crash
 //!   enqueue a record once. Pruning goes by when we saw an id, not by its `eventTime`: a record
@@ -18,16 +25,22 @@
 //!   every overlapping poll.
 //! - `cursors(account, cursor_ms, updated_at_ms, since_ms)`: the end of the last complete window per
 //!   account.
-//! - `dead_letters(...)`: events HEC refused permanently, with the reason; never deleted by us.
+//! - `dead_letters(..., destination)`: events a destination refused permanently, with the
+//!   reason and the destination (`'hec'` for rows older than v6); never deleted by us. A
+//!   requeue puts one back into its own destination's outbox.
 //! - `backfill_done(account, from_ms, to_ms)`: past ranges `backfill` has completed
 //!   ([`backfill`]; created on first use).
 //! - `ledger(...)`, `reconciliations(...)`, `cursors.since_ms` (v5): every completed window
 //!   (live, backfill, repair) with its counts, each reconciliation result, and where each
 //!   account's coverage starts ([`ledger`]); pruned with `seen`.
-//! - `delivered(id = 1, upto_seq)` (v4): every outbox row with `seq <= upto_seq` is settled
-//!   (delivered) and invisible to every reader, status, depth and tally, whether or not it has
-//!   been deleted yet. It only moves when no unsettled row lies below the settled range, so it
-//!   never hides a waiting event.
+//! - `delivered(id = 1, upto_seq)` (v4; HEC's), `delivered_dynamodb` (v6): per destination,
+//!   every row of its outbox with `seq <= upto_seq` is settled (delivered) and invisible to
+//!   every reader, status, depth and tally, whether or not it has been deleted yet. It only
+//!   moves when no unsettled row lies below the settled range, so it never hides a waiting
+//!   event.
+//! - `tallies(kind, account, n)` (v3): running counts per destination (`'outbox'` and `'dead'`
+//!   for HEC, `'outbox_dynamodb'` and `'dead_dynamodb'` for DynamoDB), so [`Spool::status`]
+//!   reads a few rows whatever the backlog.
 //!
 //! # Durability (the policy: [`durability`], applied by every connection that writes)
 //! WAL with `synchronous=FULL`: a committed transaction survives power loss. Commits are per page
@@ -39,18 +52,24 @@
 //! [`durability::WAL_CHECKPOINT_BYTES`].
 //!
 //! # Invariants enforced here
-//! 1. *Cursor after records*: [`Spool::enqueue_page`] stores a page of records and, when given, the
-//!    window's cursor in one transaction; a cursor never moves without its records.
+//! 1. *Cursor after records*: [`Spool::enqueue_page`] stores a page of records, one outbox row
+//!    per configured destination ([`Spool::set_destinations`]), and, when given, the window's
+//!    cursor in one transaction; a cursor never moves without its records, and a record is
+//!    spooled for every destination or for none.
 //! 2. *Delete after acceptance*: only [`Spool::settle`] removes outbox rows from view (the
-//!    `delivered` marker, or a delete when the batch is not at the head), and the sink calls it
-//!    only for what HEC accepted (or dead-lettered); [`Spool::purge_delivered`] deletes only rows
-//!    the marker already hides.
+//!    destination's `delivered` marker, or a delete when the batch is not at the head), and a
+//!    sink calls it only for what its destination accepted (or dead-lettered), and only for its
+//!    own outbox; [`Spool::purge_delivered`] deletes only rows a marker already hides.
+//! 3. *Once per record id*: an id already in `seen` is not enqueued again (for any
+//!    destination: `seen` is shared, so a destination added later gets new records only).
 //! 4. *The marker hides only settled rows*: it moves to a settled range's end only when no
-//!    unsettled row lies below the range, and new rows always get a higher `seq` (AUTOINCREMENT).
-//! 3. *Once per record id*: an id already in `seen` is not enqueued again.
+//!    unsettled row lies below the range, and new rows always get a higher `seq` (AUTOINCREMENT;
+//!    salvage carries each outbox's sequence over).
 //!
-//! The sink is the only reader and reads from the head, one batch at a time, so a batch is always
-//! a contiguous range of `seq` and can be settled by range.
+//! Each destination's sink is the only reader of its outbox and reads from the head, one batch
+//! at a time, so a batch is always a contiguous range of that outbox's `seq` and can be settled
+//! by range. [`Spool::wait_for_data`] has one wake-up per destination, so every sink wakes for a
+//! record enqueued for all of them.
 //!
 //! # One writer
 //! [`Spool::run`] runs its closures one at a time, in the order they get the turn (`writer.rs`):
@@ -67,7 +86,8 @@
 //! # Damage and recovery
 //! A damaged `spool.db` (found at start-up, or by the background check after a clean start,
 //! which then recovers it in place) is recovered in restartable steps ([`recover`]): what is
-//! readable is copied into `spool.db.salvage`, renamed `spool.db.salvaged` once complete, then
+//! readable (every destination's outbox, of this version or an older one) is copied into
+//! `spool.db.salvage`, renamed `spool.db.salvaged` once complete, then
 //! swapped in; the damaged file is kept as `spool.db.damaged-<time>`. A kill at any step leaves
 //! either the damaged file in place (recovered again) or the complete salvage (swapped in).
 //!
