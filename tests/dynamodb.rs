@@ -32,7 +32,11 @@ const T0: i64 = 1_796_076_000_000;
 fn items(account: &str, n: usize) -> Vec<Item> {
     (0..n)
         .map(|i| {
-            let action = if i % 2 == 0 { "LOGIN_FAILED" } else { "CHANGE_USER_INFO" };
+            let action = if i % 2 == 0 {
+                "LOGIN_FAILED"
+            } else {
+                "CHANGE_USER_INFO"
+            };
             build(
                 account,
                 &format!("{account}-{i}"),
@@ -65,7 +69,9 @@ async fn table(db: &Dynalite) -> rc_audit_hec::dynamodb::Dynamo {
 
 #[tokio::test]
 async fn create_table_then_verify_and_create_twice_is_fine() {
-    let Some(db) = Dynalite::start().await else { return };
+    let Some(db) = Dynalite::start().await else {
+        return;
+    };
     let cfg = dynamo_config(&db.url(), "audit");
     let d = dynamo(&cfg).await;
     let first = create_table(&d, &cfg).await.expect("create-table");
@@ -101,13 +107,18 @@ async fn create_table_then_verify_and_create_twice_is_fine() {
 
 #[tokio::test]
 async fn verify_names_a_missing_table_and_a_wrong_key_schema() {
-    let Some(db) = Dynalite::start().await else { return };
+    let Some(db) = Dynalite::start().await else {
+        return;
+    };
     let cfg = dynamo_config(&db.url(), "nowhere");
     let d = dynamo(&cfg).await;
     let err = verify(&d, &cfg).await.unwrap_err();
     assert!(matches!(err, DynamoError::TableMissing { .. }), "{err}");
     let text = err.to_string();
-    assert!(text.contains("\"nowhere\"") && text.contains("us-east-1"), "{text}");
+    assert!(
+        text.contains("\"nowhere\"") && text.contains("us-east-1"),
+        "{text}"
+    );
     assert!(text.contains("dynamodb create-table"), "{text}");
 
     // A table keyed `id` only, made by someone else.
@@ -139,7 +150,10 @@ async fn verify_names_a_missing_table_and_a_wrong_key_schema() {
     let err = verify(&d, &cfg).await.unwrap_err();
     assert!(matches!(err, DynamoError::Schema { .. }), "{err}");
     let text = err.to_string();
-    assert!(text.contains("id (HASH)") && text.contains("account (S, HASH)"), "{text}");
+    assert!(
+        text.contains("id (HASH)") && text.contains("account (S, HASH)"),
+        "{text}"
+    );
     // create-table refuses to adopt it too.
     assert!(matches!(
         create_table(&d, &cfg).await,
@@ -149,7 +163,9 @@ async fn verify_names_a_missing_table_and_a_wrong_key_schema() {
 
 #[tokio::test]
 async fn writes_are_idempotent_the_same_batch_twice_is_the_same_items() {
-    let Some(db) = Dynalite::start().await else { return };
+    let Some(db) = Dynalite::start().await else {
+        return;
+    };
     let d = table(&db).await;
     let batch = items("main", 25);
     assert_eq!(d.write_batch(&batch).await, WriteOutcome::Written);
@@ -165,7 +181,10 @@ async fn writes_are_idempotent_the_same_batch_twice_is_the_same_items() {
         .get_item()
         .table_name("audit")
         .key("account", AttributeValue::S("main".into()))
-        .key("sk", AttributeValue::S("2026-11-30T22:00:07.000Z#main-7".into()))
+        .key(
+            "sk",
+            AttributeValue::S("2026-11-30T22:00:07.000Z#main-7".into()),
+        )
         .send()
         .await
         .unwrap();
@@ -174,7 +193,9 @@ async fn writes_are_idempotent_the_same_batch_twice_is_the_same_items() {
 
 #[tokio::test]
 async fn unprocessed_items_come_back_with_their_indexes_and_resending_them_completes_the_set() {
-    let Some(db) = Dynalite::start().await else { return };
+    let Some(db) = Dynalite::start().await else {
+        return;
+    };
     let d = table(&db).await;
     let proxy = FaultProxy::start(&db.url()).await;
     let via = dynamo(&dynamo_config(&proxy.url(), "audit")).await;
@@ -189,36 +210,60 @@ async fn unprocessed_items_come_back_with_their_indexes_and_resending_them_compl
     assert_eq!(out, WriteOutcome::Unprocessed(vec![1, 4, 5, 6, 8, 9]));
     assert_eq!(count(&d).await, 4);
     // The sink resends only those (after backoff); one of them is left over again.
-    let WriteOutcome::Unprocessed(left) = out else { unreachable!() };
+    let WriteOutcome::Unprocessed(left) = out else {
+        unreachable!()
+    };
     let resend: Vec<Item> = left.iter().map(|&i| batch[i].clone()).collect();
-    proxy.push("BatchWriteItem", Fault::Partial { apply: vec![0, 1, 2, 3, 4] });
-    assert_eq!(via.write_batch(&resend).await, WriteOutcome::Unprocessed(vec![5]));
+    proxy.push(
+        "BatchWriteItem",
+        Fault::Partial {
+            apply: vec![0, 1, 2, 3, 4],
+        },
+    );
+    assert_eq!(
+        via.write_batch(&resend).await,
+        WriteOutcome::Unprocessed(vec![5])
+    );
     assert_eq!(via.write_batch(&resend[5..]).await, WriteOutcome::Written);
     assert_eq!(count(&d).await, 10);
     // The proxy forwarded each of the three requests once.
-    let writes = proxy.seen().iter().filter(|(op, _)| op == "BatchWriteItem").count();
+    let writes = proxy
+        .seen()
+        .iter()
+        .filter(|(op, _)| op == "BatchWriteItem")
+        .count();
     assert_eq!(writes, 3);
 }
 
 #[tokio::test]
 async fn throttling_and_500_classify_as_retry_and_the_same_batch_then_goes_through() {
-    let Some(db) = Dynalite::start().await else { return };
+    let Some(db) = Dynalite::start().await else {
+        return;
+    };
     let d = table(&db).await;
     let proxy = FaultProxy::start(&db.url()).await;
     let via = dynamo(&dynamo_config(&proxy.url(), "audit")).await;
     let batch = items("main", 5);
     for fault in [Fault::throttle(), Fault::throttling(), Fault::internal()] {
-        let Fault::Error { code, .. } = fault.clone() else { unreachable!() };
+        let Fault::Error { code, .. } = fault.clone() else {
+            unreachable!()
+        };
         proxy.push("BatchWriteItem", fault);
         match via.write_batch(&batch).await {
-            WriteOutcome::Retry { reason, retry_after } => {
+            WriteOutcome::Retry {
+                reason,
+                retry_after,
+            } => {
                 assert!(reason.contains(code), "{reason}");
                 assert_eq!(retry_after, None);
             }
             other => panic!("{code}: {other:?}"),
         }
         proxy.push("PutItem", Fault::throttle());
-        assert!(matches!(via.put_one(&batch[0]).await, WriteOutcome::Retry { .. }));
+        assert!(matches!(
+            via.put_one(&batch[0]).await,
+            WriteOutcome::Retry { .. }
+        ));
     }
     // One attempt per call: the SDK's own retries are off (3 batches, 3 puts, nothing more).
     assert_eq!(proxy.seen().len(), 6);
@@ -229,7 +274,9 @@ async fn throttling_and_500_classify_as_retry_and_the_same_batch_then_goes_throu
 
 #[tokio::test]
 async fn a_missing_table_pauses_and_an_unreachable_endpoint_retries() {
-    let Some(db) = Dynalite::start().await else { return };
+    let Some(db) = Dynalite::start().await else {
+        return;
+    };
     let cfg = dynamo_config(&db.url(), "missing");
     let d = dynamo(&cfg).await;
     let batch = items("main", 3);
@@ -244,20 +291,31 @@ async fn a_missing_table_pauses_and_an_unreachable_endpoint_retries() {
         }
     }
     // Nothing listening: a network problem, retried (not a pause, not data loss).
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let gone = dynamo(&dynamo_config(&format!("http://127.0.0.1:{port}"), "audit")).await;
-    assert!(matches!(gone.write_batch(&batch).await, WriteOutcome::Retry { .. }));
+    assert!(matches!(
+        gone.write_batch(&batch).await,
+        WriteOutcome::Retry { .. }
+    ));
 }
 
 #[tokio::test]
 async fn a_bad_batch_is_invalid_and_put_one_isolates_the_item() {
-    let Some(db) = Dynalite::start().await else { return };
+    let Some(db) = Dynalite::start().await else {
+        return;
+    };
     let d = table(&db).await;
     // The same key twice in one batch: DynamoDB rejects the whole batch (ValidationException).
     let mut batch = items("main", 3);
     batch.push(batch[1].clone());
     match d.write_batch(&batch).await {
-        WriteOutcome::Invalid { reason } => assert!(reason.contains("ValidationException"), "{reason}"),
+        WriteOutcome::Invalid { reason } => {
+            assert!(reason.contains("ValidationException"), "{reason}")
+        }
         other => panic!("{other:?}"),
     }
     assert_eq!(count(&d).await, 0);
@@ -269,7 +327,9 @@ async fn a_bad_batch_is_invalid_and_put_one_isolates_the_item() {
 
 #[tokio::test]
 async fn an_oversized_record_is_too_large_and_the_largest_accepted_one_is_written() {
-    let Some(db) = Dynalite::start().await else { return };
+    let Some(db) = Dynalite::start().await else {
+        return;
+    };
     let d = table(&db).await;
     // Pseudo-random hex: gzip gets it to about half.
     let mut x: u64 = 0x2545_F491_4F6C_DD1D;
@@ -284,10 +344,8 @@ async fn an_oversized_record_is_too_large_and_the_largest_accepted_one_is_writte
             .collect()
     };
     let record = |pad: &str| {
-        format!(
-            r#"{{"time":1796076000.000,"event":{{"id":"big","actionId":"A","pad":"{pad}"}}}}"#
-        )
-        .into_bytes()
+        format!(r#"{{"time":1796076000.000,"event":{{"id":"big","actionId":"A","pad":"{pad}"}}}}"#)
+            .into_bytes()
     };
     let huge = record(&noise(900 * 1024));
     match build("main", "big", &huge, None) {
@@ -296,9 +354,16 @@ async fn an_oversized_record_is_too_large_and_the_largest_accepted_one_is_writte
     }
     // About 360 KB compressed: under the limit by our count, and DynamoDB agrees.
     let large = build("main", "big", &record(&noise(720 * 1024)), None).unwrap();
-    assert!(large.size() > 300 * 1024 && large.size() < 400 * 1024, "{}", large.size());
+    assert!(
+        large.size() > 300 * 1024 && large.size() < 400 * 1024,
+        "{}",
+        large.size()
+    );
     assert_eq!(d.put_one(&large).await, WriteOutcome::Written);
-    assert_eq!(d.write_batch(std::slice::from_ref(&large)).await, WriteOutcome::Written);
+    assert_eq!(
+        d.write_batch(std::slice::from_ref(&large)).await,
+        WriteOutcome::Written
+    );
     assert_eq!(count(&d).await, 1);
 }
 
@@ -306,20 +371,39 @@ async fn an_oversized_record_is_too_large_and_the_largest_accepted_one_is_writte
 /// by account and time range (the table), by `actionId` and time range (the `byAction` index).
 #[tokio::test]
 async fn queries_by_account_and_time_and_by_action_through_the_index() {
-    let Some(db) = Dynalite::start().await else { return };
+    let Some(db) = Dynalite::start().await else {
+        return;
+    };
     let d = table(&db).await;
     // main: 20 records a second apart from T0, LOGIN_FAILED on even ones; other: 6 records.
-    assert_eq!(d.write_batch(&items("main", 20)).await, WriteOutcome::Written);
-    assert_eq!(d.write_batch(&items("other", 6)).await, WriteOutcome::Written);
+    assert_eq!(
+        d.write_batch(&items("main", 20)).await,
+        WriteOutcome::Written
+    );
+    assert_eq!(
+        d.write_batch(&items("other", 6)).await,
+        WriteOutcome::Written
+    );
     // A record without actionId: in the table, not in the index.
     let quiet = br#"{"time":1796076005.500,"event":{"id":"q"}}"#;
-    assert_eq!(d.put_one(&build("main", "q", quiet, None).unwrap()).await, WriteOutcome::Written);
+    assert_eq!(
+        d.put_one(&build("main", "q", quiet, None).unwrap()).await,
+        WriteOutcome::Written
+    );
 
     let s = |v: &str| AttributeValue::S(v.to_owned());
     let ids = |items: &[std::collections::HashMap<String, AttributeValue>]| -> BTreeSet<String> {
         items
             .iter()
-            .map(|i| i["sk"].as_s().unwrap().split_once('#').unwrap().1.to_owned())
+            .map(|i| {
+                i["sk"]
+                    .as_s()
+                    .unwrap()
+                    .split_once('#')
+                    .unwrap()
+                    .1
+                    .to_owned()
+            })
             .collect()
     };
 
@@ -344,7 +428,11 @@ async fn queries_by_account_and_time_and_by_action_through_the_index() {
         .collect();
     assert_eq!(ids(by_time.items()), want);
     // In time order.
-    let order: Vec<&str> = by_time.items().iter().map(|i| i["sk"].as_s().unwrap().as_str()).collect();
+    let order: Vec<&str> = by_time
+        .items()
+        .iter()
+        .map(|i| i["sk"].as_s().unwrap().as_str())
+        .collect();
     let mut sorted = order.clone();
     sorted.sort();
     assert_eq!(order, sorted);

@@ -75,7 +75,10 @@ impl Dynalite {
                 if matches!(db.child.try_wait(), Ok(Some(_))) {
                     break;
                 }
-                if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+                if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .is_ok()
+                {
                     return Some(db);
                 }
                 assert!(Instant::now() < deadline, "dynalite did not listen in 30 s");
@@ -248,7 +251,11 @@ async fn handle(
 ) -> Response {
     let op = operation(&headers);
     let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    state.seen.lock().unwrap().push((op.clone(), request.clone()));
+    state
+        .seen
+        .lock()
+        .unwrap()
+        .push((op.clone(), request.clone()));
     let fault = {
         let mut faults = state.faults.lock().unwrap();
         let at = faults.iter().position(|(o, _)| *o == op);
@@ -265,21 +272,26 @@ async fn handle(
                 "__type": format!("com.amazonaws.dynamodb.v20120810#{code}"),
                 "message": message,
             });
-            let mut r = (
-                StatusCode::from_u16(status).unwrap(),
-                body.to_string(),
-            )
-                .into_response();
+            let mut r = (StatusCode::from_u16(status).unwrap(), body.to_string()).into_response();
             let h = r.headers_mut();
-            h.insert("content-type", HeaderValue::from_static("application/x-amz-json-1.0"));
+            h.insert(
+                "content-type",
+                HeaderValue::from_static("application/x-amz-json-1.0"),
+            );
             h.insert("x-amzn-errortype", HeaderValue::from_static(code));
-            h.insert("x-amzn-requestid", HeaderValue::from_static("FAULTPROXY0000000000000000000000000000000000000000000"));
+            h.insert(
+                "x-amzn-requestid",
+                HeaderValue::from_static("FAULTPROXY0000000000000000000000000000000000000000000"),
+            );
             r
         }
         Some(Fault::Partial { apply }) => {
             let mut applied = request.clone();
             let mut unprocessed = serde_json::Map::new();
-            let tables = request["RequestItems"].as_object().cloned().unwrap_or_default();
+            let tables = request["RequestItems"]
+                .as_object()
+                .cloned()
+                .unwrap_or_default();
             for (table, writes) in tables {
                 let writes = writes.as_array().cloned().unwrap_or_default();
                 let (keep, rest): (Vec<_>, Vec<_>) = writes
@@ -289,7 +301,10 @@ async fn handle(
                 let keep: Vec<Value> = keep.into_iter().map(|(_, w)| w).collect();
                 let rest: Vec<Value> = rest.into_iter().map(|(_, w)| w).collect();
                 if keep.is_empty() {
-                    applied["RequestItems"].as_object_mut().unwrap().remove(&table);
+                    applied["RequestItems"]
+                        .as_object_mut()
+                        .unwrap()
+                        .remove(&table);
                 } else {
                     applied["RequestItems"][&table] = Value::Array(keep);
                 }
@@ -297,13 +312,18 @@ async fn handle(
                     unprocessed.insert(table, Value::Array(rest));
                 }
             }
-            if applied["RequestItems"].as_object().is_some_and(|m| !m.is_empty()) {
+            if applied["RequestItems"]
+                .as_object()
+                .is_some_and(|m| !m.is_empty())
+            {
                 let r = forward(&state, &headers, Bytes::from(applied.to_string())).await;
                 if r.status() != StatusCode::OK {
                     return r;
                 }
             }
-            let mut r = json!({ "UnprocessedItems": unprocessed }).to_string().into_response();
+            let mut r = json!({ "UnprocessedItems": unprocessed })
+                .to_string()
+                .into_response();
             r.headers_mut().insert(
                 "content-type",
                 HeaderValue::from_static("application/x-amz-json-1.0"),
