@@ -106,6 +106,61 @@ async fn create_table_then_verify_and_create_twice_is_fine() {
 }
 
 #[tokio::test]
+async fn create_table_turns_ttl_on_once_and_verify_checks_its_attribute() {
+    let Some(db) = Dynalite::start().await else {
+        return;
+    };
+    let proxy = FaultProxy::start(&db.url()).await;
+    proxy.emulate_ttl();
+    let cfg = rc_audit_hec::config::DynamoDbConfig {
+        ttl: Some(std::time::Duration::from_secs(400 * 86_400)),
+        ..dynamo_config(&proxy.url(), "audit")
+    };
+    let d = dynamo(&cfg).await;
+    let first = create_table(&d, &cfg).await.expect("create-table");
+    assert!(first.created && first.ttl_enabled_now, "{first:?}");
+    assert_eq!(first.ttl_attribute.as_deref(), Some("expiresAt"));
+    let again = create_table(&d, &cfg).await.expect("create-table again");
+    assert!(!again.created && !again.ttl_enabled_now, "{again:?}");
+    assert_eq!(
+        verify(&d, &cfg).await.unwrap().ttl_attribute.as_deref(),
+        Some("expiresAt")
+    );
+    let updates = proxy
+        .seen()
+        .iter()
+        .filter(|(op, _)| op == "UpdateTimeToLive")
+        .count();
+    assert_eq!(updates, 1);
+    // Items carry the attribute; DynamoDB takes them.
+    let item = build("main", "r", &envelope("r", T0, "A"), cfg.ttl).unwrap();
+    assert!(item.attributes().contains_key("expiresAt"));
+    assert_eq!(d.put_one(&item).await, WriteOutcome::Written);
+
+    // TTL on another attribute (someone else's setting): named, not overwritten.
+    d.sdk()
+        .update_time_to_live()
+        .table_name("audit")
+        .time_to_live_specification(
+            aws_sdk_dynamodb::types::TimeToLiveSpecification::builder()
+                .enabled(true)
+                .attribute_name("purgeAt")
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    for err in [
+        verify(&d, &cfg).await.unwrap_err(),
+        create_table(&d, &cfg).await.unwrap_err(),
+    ] {
+        assert!(matches!(err, DynamoError::Ttl { .. }), "{err}");
+        assert!(err.to_string().contains("\"purgeAt\""), "{err}");
+    }
+}
+
+#[tokio::test]
 async fn verify_names_a_missing_table_and_a_wrong_key_schema() {
     let Some(db) = Dynalite::start().await else {
         return;

@@ -179,6 +179,9 @@ struct ProxyState {
     http: reqwest::Client,
     faults: Mutex<VecDeque<(String, Fault)>>,
     seen: Mutex<Vec<(String, Value)>>,
+    /// `Some` once [`FaultProxy::emulate_ttl`] is called: each table's TTL attribute, once
+    /// turned on (dynalite has no `UpdateTimeToLive`, and always says DISABLED).
+    ttl: Mutex<Option<std::collections::HashMap<String, String>>>,
 }
 
 /// An HTTP proxy in front of DynamoDB that injects [`Fault`]s, one per request, in order.
@@ -196,6 +199,7 @@ impl FaultProxy {
             http: reqwest::Client::new(),
             faults: Mutex::new(VecDeque::new()),
             seen: Mutex::new(Vec::new()),
+            ttl: Mutex::new(None),
         });
         let app = axum::Router::new()
             .fallback(handle)
@@ -221,6 +225,16 @@ impl FaultProxy {
             .lock()
             .unwrap()
             .push_back((operation.to_owned(), fault));
+    }
+
+    /// Answers `UpdateTimeToLive` and `DescribeTimeToLive` as DynamoDB does (dynalite has no
+    /// TTL): a table's TTL is on once turned on, for the attribute given.
+    pub fn emulate_ttl(&self) {
+        self.state
+            .ttl
+            .lock()
+            .unwrap()
+            .get_or_insert_with(Default::default);
     }
 
     /// The operations and request bodies seen so far, in order.
@@ -261,7 +275,55 @@ async fn handle(
         let at = faults.iter().position(|(o, _)| *o == op);
         at.and_then(|i| faults.remove(i)).map(|(_, f)| f)
     };
+    let emulate_ttl = state.ttl.lock().unwrap().is_some();
     match fault {
+        None if emulate_ttl && matches!(op.as_str(), "UpdateTimeToLive" | "DescribeTimeToLive") => {
+            // The table must exist: dynalite's DescribeTimeToLive says so (or answers
+            // ResourceNotFoundException, passed on).
+            let mut check = headers.clone();
+            check.insert(
+                "x-amz-target",
+                HeaderValue::from_static("DynamoDB_20120810.DescribeTimeToLive"),
+            );
+            let table = request["TableName"].as_str().unwrap_or_default().to_owned();
+            let described = forward(
+                &state,
+                &check,
+                Bytes::from(json!({ "TableName": table }).to_string()),
+            )
+            .await;
+            if described.status() != StatusCode::OK {
+                return described;
+            }
+            let answer = {
+                let mut ttl = state.ttl.lock().unwrap();
+                let ttl = ttl.as_mut().unwrap();
+                if op == "UpdateTimeToLive" {
+                    let spec = &request["TimeToLiveSpecification"];
+                    let attribute = spec["AttributeName"].as_str().unwrap_or_default();
+                    if spec["Enabled"] == json!(true) {
+                        ttl.insert(table, attribute.to_owned());
+                    } else {
+                        ttl.remove(&table);
+                    }
+                    json!({ "TimeToLiveSpecification": spec })
+                } else {
+                    match ttl.get(&table) {
+                        Some(a) => json!({ "TimeToLiveDescription": {
+                            "TimeToLiveStatus": "ENABLED", "AttributeName": a } }),
+                        None => {
+                            json!({ "TimeToLiveDescription": { "TimeToLiveStatus": "DISABLED" } })
+                        }
+                    }
+                }
+            };
+            let mut r = answer.to_string().into_response();
+            r.headers_mut().insert(
+                "content-type",
+                HeaderValue::from_static("application/x-amz-json-1.0"),
+            );
+            r
+        }
         None => forward(&state, &headers, body).await,
         Some(Fault::Error {
             status,
