@@ -52,7 +52,7 @@
 //! | leaves | `exit`, `notify`, `retry`, `runtime`, `signals`, `time`, `watchdog`, `sim` | import nothing of the crate |
 //! | shared | `config`, `telemetry`, `reconcile` | settings; counters, health, logging; which period is due for reconciliation, its verdict and event |
 //! | storage | `transform`, `spool` | record to event; the durable outbox |
-//! | endpoints | `ringcentral`, `hec`, `heartbeat` | the source (pollers), the destination (sink), the forwarder's own heartbeat |
+//! | endpoints | `ringcentral`, `hec`, `dynamodb`, `heartbeat` | the source (pollers), the destinations (Splunk HEC, AWS DynamoDB), the forwarder's own heartbeat |
 //! | pipeline | `pipeline` | wires spool, pollers and sink; `once` |
 //! | planning | `backfill` | a past range cut into pieces |
 //! | admin | `admin` | the admin endpoint, `/metrics` rendering |
@@ -81,6 +81,7 @@ pub mod backfill;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod dynamodb;
 pub mod exit;
 pub mod heartbeat;
 pub mod hec;
