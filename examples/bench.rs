@@ -216,7 +216,7 @@ fn transformer() -> anyhow::Result<Transformer> {
         ),
         &LoadEnv::default(),
     )?;
-    Ok(Transformer::new(&c.hec, &c.accounts[0]))
+    Ok(Transformer::new(&c.envelope_settings(), &c.accounts[0]))
 }
 
 /// Pages of 1000 realistic records as RingCentral would send them.

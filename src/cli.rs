@@ -124,6 +124,12 @@ pub enum Command {
         #[command(subcommand)]
         command: SpoolCommand,
     },
+    /// The DynamoDB destination's table.
+    Dynamodb {
+        /// What to do.
+        #[command(subcommand)]
+        command: DynamodbCommand,
+    },
     /// Print the shell completion script on stdout, e.g.
     /// `rc-audit-hec completions bash > /etc/bash_completion.d/rc-audit-hec`.
     Completions {
@@ -147,6 +153,16 @@ pub enum Command {
         #[arg(long, default_value = "5s", value_parser = parse_duration)]
         timeout: Duration,
     },
+}
+
+/// `dynamodb` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum DynamodbCommand {
+    /// Create the table named by dynamodb.table (on-demand capacity; keys `account` and `sk`,
+    /// the `byAction` index, TTL when dynamodb.ttl is set) and wait until it is active. A table
+    /// that already has this layout is left as it is. Needs dynamodb:CreateTable,
+    /// DescribeTable and UpdateTimeToLive (the service itself needs neither Create nor Update).
+    CreateTable,
 }
 
 /// `spool` subcommands.
@@ -303,6 +319,9 @@ pub async fn execute(cli: Cli) -> Result<u8, Error> {
         Command::Healthcheck { url, timeout } => {
             finish(&commands::healthcheck::command(&url, timeout).await?)
         }
+        Command::Dynamodb {
+            command: DynamodbCommand::CreateTable,
+        } => finish(&commands::dynamodb::create_table_command(path).await?),
         Command::Check { offline } => finish(&commands::check::command(path, offline).await?),
     }
 }

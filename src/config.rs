@@ -103,8 +103,8 @@ pub struct Config {
     pub accounts: Vec<AccountConfig>,
     /// How and how often the audit trail is polled.
     pub poll: PollConfig,
-    /// Where and how events are delivered.
-    pub hec: HecConfig,
+    /// Splunk HEC delivery, when configured (`[hec]`; at least one of it and `dynamodb` is).
+    pub hec: Option<HecConfig>,
     /// The durable buffer between poller and sink.
     pub spool: SpoolConfig,
     /// The admin HTTP endpoint.
@@ -181,11 +181,40 @@ pub const DYNAMODB_TTL_ATTRIBUTE: &str = "expiresAt";
 impl Config {
     /// The configured destinations, in [`Destination::ALL`] order.
     pub fn destinations(&self) -> Vec<Destination> {
-        let mut out = vec![Destination::Hec];
+        let mut out = Vec::new();
+        if self.hec.is_some() {
+            out.push(Destination::Hec);
+        }
         if self.dynamodb.is_some() {
             out.push(Destination::DynamoDb);
         }
         out
+    }
+
+    /// The settings every spooled event is rendered with (index, sourcetype, host, routes):
+    /// `[hec]`'s, or the defaults when HEC is not configured. Every destination stores the same
+    /// envelope (the DynamoDB sink reads the record and its time out of it), so a record is
+    /// rendered once whichever destinations are configured.
+    pub fn envelope_settings(&self) -> std::borrow::Cow<'_, HecConfig> {
+        match &self.hec {
+            Some(hec) => std::borrow::Cow::Borrowed(hec),
+            None => std::borrow::Cow::Owned(HecConfig {
+                urls: Vec::new(),
+                token: Secret::new(""),
+                index: None,
+                sourcetype: DEFAULT_SOURCETYPE.to_string(),
+                host: default_host(),
+                gzip: true,
+                batch_max_events: default_batch_events(),
+                batch_max_bytes: default_batch_bytes().0 as usize,
+                timeout: default_timeout(),
+                use_ack: false,
+                ack_timeout: default_ack_timeout(),
+                tls_ca_file: None,
+                tls_verify: true,
+                routes: Vec::new(),
+            }),
+        }
     }
 }
 
@@ -911,113 +940,13 @@ impl Validator<'_> {
             include_hidden: p.include_hidden,
         };
 
-        let h = raw.hec;
-        let urls = match (h.url, h.urls) {
-            (Some(_), Some(_)) => {
-                self.flag(self.invalid("hec.url", "set either hec.url or hec.urls, not both"));
-                Vec::new()
-            }
-            (Some(u), None) => vec![u],
-            (None, Some(us)) if us.is_empty() => {
-                self.flag(self.invalid("hec.urls", "needs at least one URL"));
-                us
-            }
-            (None, Some(us)) => us,
-            (None, None) => {
-                self.flag(self.invalid(
-                    "hec.urls",
-                    "missing: the Splunk HEC base URL(s), e.g. [\"https://splunk.example.com:8088\"]",
-                ));
-                Vec::new()
-            }
-        };
-        let urls = urls
-            .into_iter()
-            .map(|u| {
-                self.keep(self.check_url("hec.urls", &u), ());
-                u.trim_end_matches('/').to_string()
-            })
-            .collect::<Vec<_>>();
-        if h.batch_max_events == 0 {
-            self.flag(self.invalid("hec.batch_max_events", "must be at least 1"));
-        }
-        let batch_max_bytes = usize::try_from(h.batch_max_bytes.0).unwrap_or(usize::MAX);
-        if batch_max_bytes < 1024 {
+        let hec = raw.hec.map(|h| self.hec(h));
+        if hec.is_none() && raw.dynamodb.is_none() {
             self.flag(self.invalid(
-                "hec.batch_max_bytes",
-                "must be at least 1024; Splunk's default request limit is about 1 MB (1000000)",
+                "hec",
+                "no destination: configure [hec] (Splunk HTTP Event Collector), [dynamodb] (AWS DynamoDB), or both",
             ));
         }
-        if h.timeout.is_zero() || h.timeout > Duration::from_secs(3600) {
-            self.flag(self.invalid(
-                "hec.timeout",
-                "must be more than 0 and at most 1h, e.g. \"60s\"",
-            ));
-        }
-        if h.ack_timeout < Duration::from_secs(1) || h.ack_timeout > Duration::from_secs(86_400) {
-            self.flag(self.invalid(
-                "hec.ack_timeout",
-                "must be between 1s and 24h (Splunk's own default is 300s)",
-            ));
-        }
-        let sourcetype = h
-            .sourcetype
-            .unwrap_or_else(|| DEFAULT_SOURCETYPE.to_string());
-        if sourcetype.is_empty() {
-            self.flag(self.invalid("hec.sourcetype", "must not be empty"));
-        }
-        let mut routes = Vec::with_capacity(h.routes.len());
-        for (i, r) in h.routes.into_iter().enumerate() {
-            let key = format!("hec.routes.{i}");
-            if r.action_id.is_empty() {
-                self.flag(self.invalid(&format!("{key}.action_id"), "must not be empty"));
-            }
-            if r.index.is_none() && r.sourcetype.is_none() {
-                self.flag(self.invalid(&key, "a route needs an index or a sourcetype"));
-            }
-            routes.push(Route {
-                action_id: r.action_id,
-                index: self.keep(self.opt_name(&format!("{key}.index"), r.index), None),
-                sourcetype: self.keep(
-                    self.opt_name(&format!("{key}.sourcetype"), r.sourcetype),
-                    None,
-                ),
-            });
-        }
-        if let Some(ca) = &h.tls_ca_file
-            && !ca.is_file()
-        {
-            self.flag(self.invalid(
-                "hec.tls_ca_file",
-                format!(
-                    "{} is not a readable file (a PEM CA certificate)",
-                    ca.display()
-                ),
-            ));
-        }
-        let host = match h.host {
-            Some(host) if !host.is_empty() => host,
-            _ => gethostname::gethostname().to_string_lossy().into_owned(),
-        };
-        let hec = HecConfig {
-            token: self.keep(
-                self.secret("hec.token", h.token, h.token_file),
-                Secret::new(""),
-            ),
-            urls,
-            index: self.keep(self.opt_name("hec.index", h.index), None),
-            sourcetype,
-            host,
-            gzip: h.gzip,
-            batch_max_events: h.batch_max_events,
-            batch_max_bytes,
-            timeout: h.timeout,
-            use_ack: h.use_ack,
-            ack_timeout: h.ack_timeout,
-            tls_ca_file: h.tls_ca_file,
-            tls_verify: h.tls_verify,
-            routes,
-        };
 
         let dir = raw
             .spool
@@ -1114,6 +1043,117 @@ impl Validator<'_> {
             reconcile,
             dynamodb,
         })
+    }
+
+    /// `[hec]`: URLs, token, batching, TLS and the envelope settings (index, sourcetype, host,
+    /// routes).
+    fn hec(&self, h: RawHec) -> HecConfig {
+        let urls = match (h.url, h.urls) {
+            (Some(_), Some(_)) => {
+                self.flag(self.invalid("hec.url", "set either hec.url or hec.urls, not both"));
+                Vec::new()
+            }
+            (Some(u), None) => vec![u],
+            (None, Some(us)) if us.is_empty() => {
+                self.flag(self.invalid("hec.urls", "needs at least one URL"));
+                us
+            }
+            (None, Some(us)) => us,
+            (None, None) => {
+                self.flag(self.invalid(
+                    "hec.urls",
+                    "missing: the Splunk HEC base URL(s), e.g. [\"https://splunk.example.com:8088\"]",
+                ));
+                Vec::new()
+            }
+        };
+        let urls = urls
+            .into_iter()
+            .map(|u| {
+                self.keep(self.check_url("hec.urls", &u), ());
+                u.trim_end_matches('/').to_string()
+            })
+            .collect::<Vec<_>>();
+        if h.batch_max_events == 0 {
+            self.flag(self.invalid("hec.batch_max_events", "must be at least 1"));
+        }
+        let batch_max_bytes = usize::try_from(h.batch_max_bytes.0).unwrap_or(usize::MAX);
+        if batch_max_bytes < 1024 {
+            self.flag(self.invalid(
+                "hec.batch_max_bytes",
+                "must be at least 1024; Splunk's default request limit is about 1 MB (1000000)",
+            ));
+        }
+        if h.timeout.is_zero() || h.timeout > Duration::from_secs(3600) {
+            self.flag(self.invalid(
+                "hec.timeout",
+                "must be more than 0 and at most 1h, e.g. \"60s\"",
+            ));
+        }
+        if h.ack_timeout < Duration::from_secs(1) || h.ack_timeout > Duration::from_secs(86_400) {
+            self.flag(self.invalid(
+                "hec.ack_timeout",
+                "must be between 1s and 24h (Splunk's own default is 300s)",
+            ));
+        }
+        let sourcetype = h
+            .sourcetype
+            .unwrap_or_else(|| DEFAULT_SOURCETYPE.to_string());
+        if sourcetype.is_empty() {
+            self.flag(self.invalid("hec.sourcetype", "must not be empty"));
+        }
+        let mut routes = Vec::with_capacity(h.routes.len());
+        for (i, r) in h.routes.into_iter().enumerate() {
+            let key = format!("hec.routes.{i}");
+            if r.action_id.is_empty() {
+                self.flag(self.invalid(&format!("{key}.action_id"), "must not be empty"));
+            }
+            if r.index.is_none() && r.sourcetype.is_none() {
+                self.flag(self.invalid(&key, "a route needs an index or a sourcetype"));
+            }
+            routes.push(Route {
+                action_id: r.action_id,
+                index: self.keep(self.opt_name(&format!("{key}.index"), r.index), None),
+                sourcetype: self.keep(
+                    self.opt_name(&format!("{key}.sourcetype"), r.sourcetype),
+                    None,
+                ),
+            });
+        }
+        if let Some(ca) = &h.tls_ca_file
+            && !ca.is_file()
+        {
+            self.flag(self.invalid(
+                "hec.tls_ca_file",
+                format!(
+                    "{} is not a readable file (a PEM CA certificate)",
+                    ca.display()
+                ),
+            ));
+        }
+        let host = match h.host {
+            Some(host) if !host.is_empty() => host,
+            _ => default_host(),
+        };
+        HecConfig {
+            token: self.keep(
+                self.secret("hec.token", h.token, h.token_file),
+                Secret::new(""),
+            ),
+            urls,
+            index: self.keep(self.opt_name("hec.index", h.index), None),
+            sourcetype,
+            host,
+            gzip: h.gzip,
+            batch_max_events: h.batch_max_events,
+            batch_max_bytes,
+            timeout: h.timeout,
+            use_ack: h.use_ack,
+            ack_timeout: h.ack_timeout,
+            tls_ca_file: h.tls_ca_file,
+            tls_verify: h.tls_verify,
+            routes,
+        }
     }
 
     /// `[dynamodb]`: table and region are required; DynamoDB's own naming rules are checked here
@@ -1290,7 +1330,8 @@ struct RawConfig {
     accounts: Vec<RawAccount>,
     #[serde(default)]
     poll: RawPoll,
-    hec: RawHec,
+    #[serde(default)]
+    hec: Option<RawHec>,
     #[serde(default)]
     spool: RawSpool,
     #[serde(default)]
@@ -1433,6 +1474,10 @@ struct RawHec {
 
 fn yes() -> bool {
     true
+}
+/// `host` of every event when `hec.host` is not set: this machine's name.
+fn default_host() -> String {
+    gethostname::gethostname().to_string_lossy().into_owned()
 }
 fn default_batch_events() -> usize {
     1000
@@ -1664,17 +1709,91 @@ mod tests {
         assert_eq!(c.poll.settle_delay, Duration::from_secs(60));
         assert_eq!(c.poll.page_size, 1000);
         assert_eq!(c.poll.initial_lookback, Duration::from_secs(86400));
-        assert_eq!(c.hec.urls, vec!["https://splunk.example.com:8088"]);
-        assert_eq!(c.hec.sourcetype, "ringcentral:audit");
-        assert!(c.hec.gzip);
-        assert_eq!(c.hec.batch_max_events, 1000);
-        assert_eq!(c.hec.batch_max_bytes, 1_000_000);
-        assert_eq!(c.hec.timeout, Duration::from_secs(60));
+        assert_eq!(
+            c.hec.as_ref().unwrap().urls,
+            vec!["https://splunk.example.com:8088"]
+        );
+        assert_eq!(c.hec.as_ref().unwrap().sourcetype, "ringcentral:audit");
+        assert!(c.hec.as_ref().unwrap().gzip);
+        assert_eq!(c.hec.as_ref().unwrap().batch_max_events, 1000);
+        assert_eq!(c.hec.as_ref().unwrap().batch_max_bytes, 1_000_000);
+        assert_eq!(c.hec.as_ref().unwrap().timeout, Duration::from_secs(60));
         assert_eq!(c.spool.max_bytes, 1 << 30);
         assert_eq!(c.spool.min_free_bytes, 64 << 20);
         assert_eq!(c.spool.dir, PathBuf::from("./state"));
         assert_eq!(c.admin.listen, Some("127.0.0.1:9464".parse().unwrap()));
-        assert_eq!(c.hec.token.expose(), "hec-token-123");
+        assert_eq!(c.hec.as_ref().unwrap().token.expose(), "hec-token-123");
+    }
+
+    /// MINIMAL's account without `[hec]`.
+    fn accounts_only() -> String {
+        MINIMAL[..MINIMAL.find("[hec]").unwrap()].to_string()
+    }
+
+    #[test]
+    fn dynamodb_alone_is_a_destination_and_events_keep_the_default_envelope() {
+        let c = load(&format!(
+            "{}\n[dynamodb]\ntable = \"rc-audit\"\nregion = \"eu-west-1\"\nttl = \"400d\"",
+            accounts_only()
+        ))
+        .unwrap();
+        assert!(c.hec.is_none());
+        assert_eq!(c.destinations(), vec![Destination::DynamoDb]);
+        let d = c.dynamodb.as_ref().unwrap();
+        assert_eq!(
+            (d.table.as_str(), d.region.as_str()),
+            ("rc-audit", "eu-west-1")
+        );
+        assert_eq!(d.ttl, Some(Duration::from_secs(400 * 86_400)));
+        assert!(
+            d.create_table,
+            "the default lets `dynamodb create-table` work"
+        );
+        assert_eq!(c.envelope_settings().sourcetype, DEFAULT_SOURCETYPE);
+        let both = load(&format!(
+            "{MINIMAL}\n[dynamodb]\ntable = \"rc-audit\"\nregion = \"eu-west-1\""
+        ))
+        .unwrap();
+        assert_eq!(
+            both.destinations(),
+            vec![Destination::Hec, Destination::DynamoDb]
+        );
+    }
+
+    #[test]
+    fn a_config_without_any_destination_is_refused_by_name() {
+        let e = err(&accounts_only());
+        assert!(e.contains("no destination"), "{e}");
+        assert!(e.contains("[hec]") && e.contains("[dynamodb]"), "{e}");
+    }
+
+    #[test]
+    fn bad_dynamodb_values_name_the_key() {
+        let cases = [
+            ("table = \"a b\"\nregion = \"us-east-1\"", "dynamodb.table"),
+            ("region = \"us-east-1\"", "dynamodb.table"),
+            ("table = \"audit\"\nregion = \"US East\"", "dynamodb.region"),
+            ("table = \"audit\"", "dynamodb.region"),
+            (
+                "table = \"audit\"\nregion = \"us-east-1\"\nttl = \"1h\"",
+                "dynamodb.ttl",
+            ),
+            (
+                "table = \"audit\"\nregion = \"us-east-1\"\nendpoint_url = \"http://dynamo.example.com:8000\"",
+                "dynamodb.endpoint_url",
+            ),
+        ];
+        for (body, key) in cases {
+            let e = err(&format!("{MINIMAL}\n[dynamodb]\n{body}"));
+            assert!(e.contains(key), "{body}: {e}");
+        }
+        let local = load(&format!(
+            "{MINIMAL}\n[dynamodb]\ntable = \"audit\"\nregion = \"us-east-1\"\nendpoint_url = \"http://127.0.0.1:8000\"\ncreate_table = false"
+        ))
+        .unwrap();
+        let d = local.dynamodb.unwrap();
+        assert_eq!(d.endpoint_url.as_deref(), Some("http://127.0.0.1:8000"));
+        assert!(!d.create_table);
     }
 
     #[test]
@@ -1810,7 +1929,7 @@ mod tests {
             system_state_dir: Some(PathBuf::from("/var/lib/rc-audit-hec")),
         };
         let c = Config::from_toml_str(&toml, &env).unwrap();
-        assert_eq!(c.hec.token.expose(), "from-file-token");
+        assert_eq!(c.hec.as_ref().unwrap().token.expose(), "from-file-token");
         assert_eq!(c.spool.dir, PathBuf::from("/var/lib/x"));
 
         // Without the credentials directory the relative path does not resolve: named error.
@@ -1914,7 +2033,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.accounts[0].name, "acme");
-        assert_eq!(c.hec.token.expose(), "", "never read");
+        assert_eq!(c.hec.as_ref().unwrap().token.expose(), "", "never read");
     }
 
     #[test]
@@ -1947,10 +2066,14 @@ mod tests {
             ],
         )
         .unwrap();
-        assert_eq!(c.hec.token.expose(), "007", "leading zeros survive");
-        assert_eq!(c.hec.batch_max_events, 250);
-        assert!(!c.hec.gzip);
-        assert_eq!(c.hec.urls, vec!["https://a:8088"]);
+        assert_eq!(
+            c.hec.as_ref().unwrap().token.expose(),
+            "007",
+            "leading zeros survive"
+        );
+        assert_eq!(c.hec.as_ref().unwrap().batch_max_events, 250);
+        assert!(!c.hec.as_ref().unwrap().gzip);
+        assert_eq!(c.hec.as_ref().unwrap().urls, vec!["https://a:8088"]);
         assert_eq!(c.poll.interval, Duration::from_secs(120));
         let toml = MINIMAL.replace("url = \"https://splunk.example.com:8088\"", "");
         let c = with_env(
@@ -1961,15 +2084,19 @@ mod tests {
             )],
         )
         .unwrap();
-        assert_eq!(c.hec.urls.len(), 2, "a list in the environment");
+        assert_eq!(
+            c.hec.as_ref().unwrap().urls.len(),
+            2,
+            "a list in the environment"
+        );
     }
 
     #[test]
     fn batch_max_bytes_takes_units_and_accounts_in_the_environment_are_refused_with_how() {
         let c = load(&format!("{MINIMAL}\nbatch_max_bytes = \"512KiB\"")).unwrap();
-        assert_eq!(c.hec.batch_max_bytes, 512 * 1024);
+        assert_eq!(c.hec.as_ref().unwrap().batch_max_bytes, 512 * 1024);
         let c = with_env(MINIMAL, &[("RC_AUDIT_HEC_HEC__BATCH_MAX_BYTES", "1MB")]).unwrap();
-        assert_eq!(c.hec.batch_max_bytes, 1_000_000);
+        assert_eq!(c.hec.as_ref().unwrap().batch_max_bytes, 1_000_000);
         assert!(
             err(&format!("{MINIMAL}\nbatch_max_bytes = \"lots\"")).contains("hec.batch_max_bytes")
         );

@@ -121,7 +121,7 @@ pub fn beat(config: &Config, stats: &Stats, health: &Health, status: &Status, no
     let hec = doc.hec.get("*");
     Beat {
         version: env!("CARGO_PKG_VERSION").to_string(),
-        forwarder_host: config.hec.host.clone(),
+        forwarder_host: config.envelope_settings().host.clone(),
         status: doc.status,
         interval_s: config.heartbeat.interval.as_secs(),
         delivery_state: hec.map_or(State::Ok, |h| h.state),
@@ -159,7 +159,13 @@ impl Heartbeat {
         let now = now_ms();
         let beat = beat(&self.config, &self.stats, &self.health, &status, now);
         let event = serde_json::to_value(&beat).unwrap_or_default();
-        let envelope = internal_event(&self.config.hec, None, HEARTBEAT_SOURCETYPE, now, &event);
+        let envelope = internal_event(
+            &self.config.envelope_settings(),
+            None,
+            HEARTBEAT_SOURCETYPE,
+            now,
+            &event,
+        );
         let id = format!("heartbeat:{now}");
         self.spool
             .run(move |s| s.enqueue_internal(INTERNAL_ACCOUNT, &id, envelope))
@@ -171,7 +177,9 @@ impl Heartbeat {
     /// logged and skipped: the next one says the same, and the spool's own health reports why.
     pub async fn run(self, stop: CancellationToken) {
         let every = self.config.heartbeat.interval;
-        if every.is_zero() {
+        // A Splunk event (the "forwarder silent" alert reads it): nothing to send it to
+        // without HEC.
+        if every.is_zero() || self.config.hec.is_none() {
             return;
         }
         let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);

@@ -40,6 +40,9 @@ pub enum AppError {
     /// The RingCentral HTTP client cannot be built.
     #[error("cannot build the RingCentral HTTP client: {0}")]
     Http(String),
+    /// The DynamoDB client cannot be set up.
+    #[error(transparent)]
+    DynamoDb(#[from] crate::dynamodb::DynamoError),
 }
 
 /// Knobs of the pipeline the commands do not expose but tests and the demo need (the service's
@@ -134,6 +137,13 @@ pub struct OnceReport {
     /// Why HEC refused the setup itself (a rejected token, a wrong URL) when that is what left
     /// records spooled: a configuration error (exit 78), which trying later will not fix.
     pub hec_config_error: Option<String>,
+    /// Items DynamoDB wrote.
+    pub dynamodb_written: u64,
+    /// Records dead-lettered for DynamoDB during this run.
+    pub dynamodb_dead_lettered: u64,
+    /// Why DynamoDB delivery was paused (a missing table, denied access, no credentials) when
+    /// records were left spooled: a configuration error (exit 78).
+    pub dynamodb_config_error: Option<String>,
 }
 
 impl crate::exit::Code for OnceReport {
@@ -141,8 +151,11 @@ impl crate::exit::Code for OnceReport {
     /// events were dead-lettered, 75 when records remain spooled, else 0.
     fn exit_code(&self) -> u8 {
         let accounts = self.account_errors.iter().map(AccountError::outcome);
-        let hec = self.hec_config_error.as_ref().map(|_| Outcome::Config);
-        let dead = (self.dead_lettered > 0).then_some(Outcome::Failed);
+        let hec = (self.hec_config_error.iter())
+            .chain(&self.dynamodb_config_error)
+            .map(|_| Outcome::Config);
+        let dead =
+            (self.dead_lettered + self.dynamodb_dead_lettered > 0).then_some(Outcome::Failed);
         let remaining = (self.remaining > 0).then_some(Outcome::RecordsRemain);
         Outcome::worst(accounts.chain(hec).chain(dead).chain(remaining)).exit_code()
     }
@@ -167,6 +180,7 @@ impl Pipeline {
             );
         }
         spool.set_min_free_bytes(config.spool.min_free_bytes);
+        spool.set_destinations(&config.destinations());
         let rc_http = RcHttp::new(options.rc_timeout).map_err(|e| AppError::Http(e.to_string()))?;
         Ok(Pipeline {
             config,
@@ -217,7 +231,7 @@ impl Pipeline {
                     &a.name,
                     self.rc_client(i, max_attempts),
                     self.spool.clone(),
-                    Transformer::new(&self.config.hec, a),
+                    Transformer::new(&self.config.envelope_settings(), a),
                     self.config.poll.clone(),
                     self.config.reconcile.clone(),
                     self.config.spool.max_bytes,
@@ -228,15 +242,32 @@ impl Pipeline {
             .collect()
     }
 
-    /// The HEC sink.
+    /// The HEC sink ([`HecError::NotConfigured`] without `[hec]`).
     pub fn sink(&self) -> Result<Sink, HecError> {
         Sink::new(
-            &self.config.hec,
+            self.config.hec.as_ref().ok_or(HecError::NotConfigured)?,
             self.spool.clone(),
             self.options.retry,
             self.stats.clone(),
             self.health.clone(),
         )
+    }
+
+    /// The DynamoDB sink, when `[dynamodb]` is configured (connects the SDK client: reads the
+    /// AWS credential chain's settings, sends nothing yet).
+    pub async fn dynamodb_sink(&self) -> Result<Option<crate::dynamodb::Sink>, AppError> {
+        let Some(cfg) = &self.config.dynamodb else {
+            return Ok(None);
+        };
+        let dynamo = crate::dynamodb::client::connect(cfg).await?;
+        Ok(Some(crate::dynamodb::Sink::new(
+            dynamo,
+            cfg,
+            self.spool.clone(),
+            self.options.retry,
+            self.stats.clone(),
+            self.health.clone(),
+        )))
     }
 
     /// How many RingCentral HTTP clients this pipeline built: one per distinct server, however
@@ -256,7 +287,11 @@ impl Pipeline {
         max_wait: Duration,
         shutdown: CancellationToken,
     ) -> Result<OnceReport, AppError> {
-        let mut sink = self.sink()?;
+        let mut sink = match self.config.hec {
+            Some(_) => Some(self.sink()?),
+            None => None,
+        };
+        let mut dynamodb = self.dynamodb_sink().await?;
         let mut report = OnceReport::default();
         let mut polls = JoinSet::new();
         for mut poller in self.pollers(Some(5)) {
@@ -291,7 +326,9 @@ impl Pipeline {
             }
         }
         report.spooled = Stats::get(&self.stats.records_spooled);
-        sink.log_health().await;
+        if let Some(sink) = &sink {
+            sink.log_health().await;
+        }
         let deadline = shutdown.child_token();
         let timer = {
             let deadline = deadline.clone();
@@ -300,16 +337,39 @@ impl Pipeline {
                 deadline.cancel();
             })
         };
-        if let Err(e) = sink.drain(&deadline).await {
-            error!(
-                "delivery stopped: {e}; check free disk space and the state directory's permissions"
-            );
-        }
+        // Both destinations at once: one that is down never holds up the other.
+        let hec = async {
+            if let Some(sink) = sink.as_mut()
+                && let Err(e) = sink.drain(&deadline).await
+            {
+                error!(
+                    "delivery to HEC stopped: {e}; check free disk space and the state directory's permissions"
+                );
+            }
+        };
+        let dynamo = async {
+            if let Some(sink) = dynamodb.as_mut()
+                && let Err(e) = sink.drain(&deadline).await
+            {
+                error!(
+                    "delivery to DynamoDB stopped: {e}; check free disk space and the state directory's permissions"
+                );
+            }
+        };
+        tokio::join!(hec, dynamo);
         timer.abort();
         report.delivered = Stats::get(&self.stats.events_delivered);
         report.dead_lettered = Stats::get(&self.stats.events_dead_lettered);
+        report.dynamodb_written = Stats::get(&self.stats.dynamodb_items_written);
+        report.dynamodb_dead_lettered = Stats::get(&self.stats.dynamodb_dead_lettered);
         report.remaining = self.spool.run(|s| s.depth()).await?;
         if report.remaining > 0 {
+            report.dynamodb_config_error = self
+                .health
+                .components()
+                .get(&Component::DynamoDb)
+                .filter(|h| h.state == State::Failing)
+                .and_then(|h| h.reason.clone());
             // Every URL answered, and refused the setup (Pause): none worked, at least one
             // paused. A URL that is merely down would be degraded, which trying later fixes.
             let components = self.health.components();

@@ -1,4 +1,6 @@
-//! The `run` service: one poll loop per account and the delivery loop under the [`watchdog`],
+//! The `run` service: one poll loop per account and one delivery loop per destination (HEC,
+//! DynamoDB; each on its own outbox, so one that is down never delays the other) under the
+//! [`watchdog`],
 //! the admin endpoint, and the conversation with systemd (`READY=1`, `STATUS=`, `WATCHDOG=1`,
 //! `RELOADING=1`, `STOPPING=1`).
 //!
@@ -16,8 +18,10 @@
 //! service keeps running with the old config. Otherwise the poll loops are restarted with the new
 //! accounts and poll settings (a window cut short is polled again; the spool's dedup absorbs
 //! it; an account whose connection settings are unchanged keeps its rate-limit penalty, token
-//! and clock skew, see [`crate::ringcentral::client::Session`]), and the delivery loop is restarted only if a `hec.*` setting changed (a batch cut short
-//! is resent: at most one batch may reach Splunk twice, as at shutdown). `spool.dir` and `log.*`
+//! and clock skew, see [`crate::ringcentral::client::Session`]), and a destination's delivery loop is restarted only if its own settings changed (`hec.*`, `dynamodb.*`;
+//! a destination added or removed starts or stops its loop). A HEC batch cut short is resent:
+//! at most one batch may reach Splunk twice, as at shutdown; DynamoDB items resent overwrite
+//! themselves. `spool.dir` and `log.*`
 //! need a restart and say so; `admin.listen` is re-bound.
 
 use std::sync::Arc;
@@ -92,7 +96,11 @@ pub struct Reload {
 /// The default stall limit: the longest bounded wait a loop step has (an HTTP request) plus a
 /// minute for everything else (SQLite busy timeout, scheduling).
 pub fn default_stall_limit(config: &Config, rc_timeout: Duration) -> Duration {
-    config.hec.timeout.max(rc_timeout) + Duration::from_secs(60)
+    config
+        .hec
+        .as_ref()
+        .map_or(rc_timeout, |h| h.timeout.max(rc_timeout))
+        + Duration::from_secs(60)
 }
 
 /// A group of loops that stop together.
@@ -134,7 +142,10 @@ struct Service {
     stall_limit: Duration,
     shutdown: CancellationToken,
     pollers: Loops,
+    /// HEC's delivery loop (none without `[hec]`).
     sink: Loops,
+    /// DynamoDB's delivery loop (none without `[dynamodb]`).
+    dynamodb: Loops,
     admin: Loops,
 }
 
@@ -162,14 +173,36 @@ impl Service {
     }
 
     fn start_sink(&self) -> Result<Loops, AppError> {
-        Ok(self.spawn_sink(self.pipeline.sink()?))
+        Ok(match self.pipeline.config.hec {
+            Some(_) => self.spawn_sink(self.pipeline.sink()?),
+            None => Loops::new(&self.shutdown),
+        })
     }
 
-    /// Runs `sink` as the delivery loop. Only one may run at a time: two would read the same
+    /// Runs `sink` as HEC's delivery loop. Only one may run at a time: two would read the same
     /// batch from the head of the spool and send it twice.
     fn spawn_sink(&self, sink: crate::hec::Sink) -> Loops {
         let loops = Loops::new(&self.shutdown);
         let hb = self.watchdog.register("delivery", self.stall_limit);
+        loops
+            .tracker
+            .spawn(watchdog::supervise(hb, sink.run(loops.stop.clone())));
+        loops
+    }
+
+    async fn start_dynamodb(&self) -> Result<Loops, AppError> {
+        Ok(match self.pipeline.dynamodb_sink().await? {
+            Some(sink) => self.spawn_dynamodb(sink),
+            None => Loops::new(&self.shutdown),
+        })
+    }
+
+    /// Runs `sink` as DynamoDB's delivery loop (one at a time, like HEC's).
+    fn spawn_dynamodb(&self, sink: crate::dynamodb::Sink) -> Loops {
+        let loops = Loops::new(&self.shutdown);
+        let hb = self
+            .watchdog
+            .register("delivery:dynamodb", self.stall_limit);
         loops
             .tracker
             .spawn(watchdog::supervise(hb, sink.run(loops.stop.clone())));
@@ -214,19 +247,29 @@ impl Service {
         if new.log.format != old.log.format || new.log.level != old.log.level {
             warn!("log.format and log.level take effect at the next restart");
         }
-        let hec_changed = hec_fingerprint(&new.hec) != hec_fingerprint(&old.hec);
+        let hec_changed = hec_fingerprint(new.hec.as_ref()) != hec_fingerprint(old.hec.as_ref());
+        let dynamodb_changed =
+            toml::to_string(&new.dynamodb).ok() != toml::to_string(&old.dynamodb).ok();
         let admin_changed = new.admin.listen != old.admin.listen;
         let old_names: Vec<String> = old.accounts.iter().map(|a| a.name.clone()).collect();
         let new_names: Vec<String> = new.accounts.iter().map(|a| a.name.clone()).collect();
         self.pipeline
             .spool
             .set_min_free_bytes(new.spool.min_free_bytes);
+        self.pipeline.spool.set_destinations(&new.destinations());
         let old_config = std::mem::replace(&mut self.pipeline.config, new);
         // Build the new sink before stopping the old one: a new HEC setting that does not work
         // (an unreadable CA file) must not leave the service without delivery. It starts only
         // once the old one has stopped.
         let sink = if hec_changed {
-            match self.pipeline.sink() {
+            match self
+                .pipeline
+                .config
+                .hec
+                .as_ref()
+                .map(|_| self.pipeline.sink())
+                .transpose()
+            {
                 Ok(s) => Some(s),
                 Err(e) => {
                     error!(
@@ -239,6 +282,23 @@ impl Service {
         } else {
             None
         };
+        let dynamodb = if dynamodb_changed {
+            match self.pipeline.dynamodb_sink().await {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    error!(
+                        "reload: the new DynamoDB settings cannot be used ({e}); keeping the previous dynamodb.* settings. Fix them and reload again"
+                    );
+                    self.pipeline.config.dynamodb = old_config.dynamodb.clone();
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        self.pipeline
+            .spool
+            .set_destinations(&self.pipeline.config.destinations());
         let grace = self.options.shutdown_grace;
         // A longer hec.timeout lengthens what a loop step may take.
         self.stall_limit = self.options.stall_limit.unwrap_or_else(|| {
@@ -249,7 +309,16 @@ impl Service {
         if let Some(new_sink) = sink {
             let old_sink = std::mem::replace(&mut self.sink, Loops::new(&self.shutdown));
             old_sink.stop(grace).await;
-            self.sink = self.spawn_sink(new_sink);
+            if let Some(new_sink) = new_sink {
+                self.sink = self.spawn_sink(new_sink);
+            }
+        }
+        if let Some(new_sink) = dynamodb {
+            let old_sink = std::mem::replace(&mut self.dynamodb, Loops::new(&self.shutdown));
+            old_sink.stop(grace).await;
+            if let Some(new_sink) = new_sink {
+                self.dynamodb = self.spawn_dynamodb(new_sink);
+            }
         }
         for gone in old_names.iter().filter(|n| !new_names.contains(n)) {
             let health = &self.pipeline.health;
@@ -276,7 +345,7 @@ impl Service {
         let removed = old_names.iter().filter(|n| !new_names.contains(n)).count();
         info!(
             accounts = new_names.len(),
-            added, removed, hec_changed, admin_changed, "configuration reloaded"
+            added, removed, hec_changed, dynamodb_changed, admin_changed, "configuration reloaded"
         );
         self.options
             .notifier
@@ -286,10 +355,11 @@ impl Service {
 
 /// What decides whether the sink must be rebuilt: every `hec.*` value, the token, and the CA
 /// file's contents (a renewed CA under the same path counts as a change).
-fn hec_fingerprint(hec: &HecConfig) -> (String, String, Option<Vec<u8>>) {
+fn hec_fingerprint(hec: Option<&HecConfig>) -> Option<(String, String, Option<Vec<u8>>)> {
+    let hec = hec?;
     let shown = toml::to_string(hec).unwrap_or_default();
     let ca = hec.tls_ca_file.as_ref().and_then(|p| std::fs::read(p).ok());
-    (shown, hec.token.expose().to_string(), ca)
+    Some((shown, hec.token.expose().to_string(), ca))
 }
 
 /// Runs the service until `shutdown` (see the module docs). `reload` is `None` for callers that
@@ -319,11 +389,13 @@ pub async fn run(
         shutdown: shutdown.clone(),
         pollers: Loops::new(&shutdown),
         sink: Loops::new(&shutdown),
+        dynamodb: Loops::new(&shutdown),
         admin: Loops::new(&shutdown),
         pipeline,
         options: options.clone(),
     };
     service.sink = service.start_sink()?;
+    service.dynamodb = service.start_dynamodb().await?;
     service.admin = service.start_admin().await;
     service.pollers = service.start_pollers();
     let depth = service.pipeline.spool.run(|s| s.depth()).await.unwrap_or(0);
@@ -401,10 +473,16 @@ pub async fn run(
     let Service {
         pollers,
         sink,
+        dynamodb,
         admin,
         ..
     } = service;
-    tokio::join!(pollers.stop(grace), sink.stop(grace), admin.stop(grace));
+    tokio::join!(
+        pollers.stop(grace),
+        sink.stop(grace),
+        dynamodb.stop(grace),
+        admin.stop(grace)
+    );
     helpers.wait().await;
     Ok(())
 }

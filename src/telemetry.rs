@@ -56,6 +56,18 @@ pub struct Stats {
     pub events_duplicate_suspected: AtomicU64,
     /// When HEC last accepted events (ms since the epoch; 0 = not since start).
     pub last_delivery_ms: AtomicI64,
+    /// DynamoDB requests sent (BatchWriteItem, and PutItem to isolate a refused item).
+    pub dynamodb_requests: AtomicU64,
+    /// DynamoDB requests that did not write every item (throttled, 5xx, no answer, paused).
+    pub dynamodb_failures: AtomicU64,
+    /// Items DynamoDB handed back as `UnprocessedItems` (resent after a backoff).
+    pub dynamodb_unprocessed: AtomicU64,
+    /// Items DynamoDB wrote (their rows leave DynamoDB's outbox).
+    pub dynamodb_items_written: AtomicU64,
+    /// Records moved to the dead letters for DynamoDB (over the item size limit, refused).
+    pub dynamodb_dead_lettered: AtomicU64,
+    /// When DynamoDB last wrote items (ms since the epoch; 0 = not since start).
+    pub dynamodb_last_delivery_ms: AtomicI64,
     /// HEC answers by (URL, HTTP status, HEC code); status 0 = no answer (timeout, refused).
     pub hec_responses: Mutex<BTreeMap<HecAnswer, u64>>,
     /// Per-account counters, created on first use.
@@ -125,6 +137,8 @@ pub struct ComponentHealth {
 pub enum Component {
     /// Delivery as a whole (`hec`).
     Hec,
+    /// Delivery to DynamoDB (`dynamodb`).
+    DynamoDb,
     /// One HEC URL (`hec:<url>`).
     HecUrl(String),
     /// One account's polling (`account:<name>`).
@@ -141,6 +155,7 @@ impl std::fmt::Display for Component {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Component::Hec => f.write_str("hec"),
+            Component::DynamoDb => f.write_str("dynamodb"),
             Component::HecUrl(url) => write!(f, "hec:{url}"),
             Component::Account(name) => write!(f, "account:{name}"),
             Component::Clock(account) => write!(f, "clock:{account}"),
@@ -153,7 +168,7 @@ impl std::fmt::Display for Component {
 /// A component name that is not one of [`Component`]'s wire forms.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "unknown health component {0:?} (expected hec, hec:<url>, account:<name>, clock:<account>, loop:<name> or spool)"
+    "unknown health component {0:?} (expected hec, hec:<url>, dynamodb, account:<name>, clock:<account>, loop:<name> or spool)"
 )]
 pub struct UnknownComponent(pub String);
 
@@ -166,6 +181,7 @@ impl std::str::FromStr for Component {
         match (kind, s.contains(':')) {
             ("hec", false) => Ok(Component::Hec),
             ("spool", false) => Ok(Component::Spool),
+            ("dynamodb", false) => Ok(Component::DynamoDb),
             ("hec", true) => Ok(Component::HecUrl(rest)),
             ("account", true) => Ok(Component::Account(rest)),
             ("clock", true) => Ok(Component::Clock(rest)),
@@ -266,7 +282,7 @@ impl HealthDoc {
                 Component::HecUrl(url) => (&mut doc.hec, url.clone()),
                 Component::Loop(name) => (&mut doc.loops, name.clone()),
                 Component::Clock(account) => (&mut doc.clocks, account.clone()),
-                Component::Spool => {
+                Component::Spool | Component::DynamoDb => {
                     doc.components.insert(component.to_string(), h);
                     continue;
                 }
@@ -300,6 +316,7 @@ mod tests {
             (Component::Clock("acme".into()), "clock:acme"),
             (Component::Loop("poll:acme".into()), "loop:poll:acme"),
             (Component::Spool, "spool"),
+            (Component::DynamoDb, "dynamodb"),
         ];
         for (component, wire) in all {
             assert_eq!(component.to_string(), wire);

@@ -425,7 +425,7 @@ mod tests {
     #[test]
     fn envelope_has_the_contract_fields_and_the_record_verbatim() {
         let c = config("index = \"ringcentral\"");
-        let t = Transformer::new(&c.hec, &c.accounts[0]);
+        let t = Transformer::new(&c.envelope_settings(), &c.accounts[0]);
         let record = r#"{"id":"r1","eventTime":"2024-08-06T10:50:19.442Z","actionId":"CHANGE_USER_ROLE","zz_unknown":{"a":[1,2]},"eventType":"Create"}"#;
         let r = raw(record);
         let bytes = t.event(&r, &inspect_record(&r), 0);
@@ -449,7 +449,7 @@ mod tests {
     #[test]
     fn records_with_missing_or_bad_fields_are_still_events() {
         let c = config("");
-        let t = Transformer::new(&c.hec, &c.accounts[0]);
+        let t = Transformer::new(&c.envelope_settings(), &c.accounts[0]);
         let v = event_json(&t, r#"{"eventTime":"not a time"}"#);
         assert_eq!(
             v["time"].to_string(),
@@ -482,14 +482,17 @@ mod tests {
 
     #[test]
     fn a_rerendered_envelope_takes_the_current_routes_and_keeps_record_and_time() {
-        let old = Transformer::new(&config("index = \"old\"").hec, &config("").accounts[0]);
+        let old = Transformer::new(
+            &config("index = \"old\"").envelope_settings(),
+            &config("").accounts[0],
+        );
         let with_time =
             r#"{"id":"r1","actionId":"LOGIN","eventTime":"2024-08-06T10:50:19.442Z","x":[1, 2]}"#;
         let no_time = r#"{"id":"r2","actionId":"LOGIN"}"#;
         let current = config(
             "index = \"main\"\n[[hec.routes]]\naction_id = \"LOG*\"\nindex = \"security\"\nsourcetype = \"rc:login\"",
         );
-        let new = Transformer::new(&current.hec, &current.accounts[0]);
+        let new = Transformer::new(&current.envelope_settings(), &current.accounts[0]);
         for record in [with_time, no_time] {
             let r = raw(record);
             let stored = old.event(&r, &inspect_record(&r), 1_700_000_000_123);
@@ -519,7 +522,13 @@ mod tests {
             "index = \"main\"\n[[hec.routes]]\naction_id = \"*\"\nindex = \"security\"\nsourcetype = \"rc:routed\"",
         );
         let body = serde_json::json!({"id": "looks-like-a-record", "actionId": "LOGIN", "n": 1});
-        let hb = internal_event(&c.hec, None, HEARTBEAT_SOURCETYPE, 1_700_000_000_123, &body);
+        let hb = internal_event(
+            &c.envelope_settings(),
+            None,
+            HEARTBEAT_SOURCETYPE,
+            1_700_000_000_123,
+            &body,
+        );
         let doc: serde_json::Value = serde_json::from_slice(&hb).unwrap();
         assert_eq!(doc["sourcetype"], HEARTBEAT_SOURCETYPE);
         assert_eq!(doc["source"], INTERNAL_SOURCE);
@@ -531,7 +540,13 @@ mod tests {
 
         let mut acct = c.accounts[0].clone();
         acct.index = Some("acme_idx".into());
-        let rec = internal_event(&c.hec, Some(&acct), RECONCILIATION_SOURCETYPE, 5, &body);
+        let rec = internal_event(
+            &c.envelope_settings(),
+            Some(&acct),
+            RECONCILIATION_SOURCETYPE,
+            5,
+            &body,
+        );
         let doc: serde_json::Value = serde_json::from_slice(&rec).unwrap();
         assert_eq!(doc["index"], "acme_idx", "the account's index");
         assert_eq!(doc["fields"], serde_json::json!({"rc_account": "acme"}));
@@ -541,8 +556,8 @@ mod tests {
         let mut now = config(
             "index = \"fixed\"\n[[hec.routes]]\naction_id = \"*\"\nsourcetype = \"rc:routed\"",
         );
-        now.hec.host = "fwd2".into();
-        let t = Transformer::new(&now.hec, &now.accounts[0]);
+        now.hec.as_mut().unwrap().host = "fwd2".into();
+        let t = Transformer::new(&now.envelope_settings(), &now.accounts[0]);
         for (stored, st, account) in [
             (&hb, HEARTBEAT_SOURCETYPE, None),
             (&rec, RECONCILIATION_SOURCETYPE, Some("acme")),
@@ -579,7 +594,7 @@ mod tests {
             sourcetype = "ringcentral:audit:roles"
             "#,
         );
-        let t = Transformer::new(&c.hec, &c.accounts[0]);
+        let t = Transformer::new(&c.envelope_settings(), &c.accounts[0]);
         assert_eq!(
             t.route(Some("LOGIN_SUCCESSFULLY")),
             (Some("security"), "ringcentral:audit")

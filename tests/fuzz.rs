@@ -32,7 +32,7 @@ fn transformer() -> Transformer {
         &LoadEnv::default(),
     )
     .unwrap();
-    Transformer::new(&c.hec, &c.accounts[0])
+    Transformer::new(&c.envelope_settings(), &c.accounts[0])
 }
 
 fn json_value() -> impl Strategy<Value = Value> {

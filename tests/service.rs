@@ -754,7 +754,11 @@ async fn a_black_holed_hec_never_stalls_the_delivery_loop() {
         ..ServiceOptions::default()
     };
     let config = Config::from_toml_str(&toml, &LoadEnv::default()).unwrap();
-    assert_eq!(config.hec.timeout, Duration::from_secs(60), "the default");
+    assert_eq!(
+        config.hec.as_ref().unwrap().timeout,
+        Duration::from_secs(60),
+        "the default"
+    );
     let p = Pipeline::open(config, common::fast()).unwrap();
     let (health, stats) = (p.health.clone(), p.stats.clone());
     let shutdown = CancellationToken::new();

@@ -61,7 +61,7 @@ static EVENTS: LazyLock<Vec<Value>> = LazyLock::new(|| {
         host = "fwd1"
     "#;
     let config = Config::from_toml_str(toml, &LoadEnv::default()).expect("test config is valid");
-    let transformer = Transformer::new(&config.hec, &config.accounts[0]);
+    let transformer = Transformer::new(&config.envelope_settings(), &config.accounts[0]);
     let at = |s: &str| {
         DateTime::parse_from_rfc3339(s)
             .expect("valid time")
@@ -158,7 +158,13 @@ static INTERNAL_EVENTS: LazyLock<Vec<Value>> = LazyLock::new(|| {
     let mut out = Vec::new();
     for b in [quiet, busy] {
         let event = serde_json::to_value(&b).expect("a heartbeat is JSON");
-        let bytes = internal_event(&config.hec, None, HEARTBEAT_SOURCETYPE, now, &event);
+        let bytes = internal_event(
+            &config.envelope_settings(),
+            None,
+            HEARTBEAT_SOURCETYPE,
+            now,
+            &event,
+        );
         out.push(serde_json::from_slice(&bytes).expect("envelope"));
     }
     // Reconciliation results as the poller makes them: `reconcile::verdict` and
@@ -175,7 +181,7 @@ static INTERNAL_EVENTS: LazyLock<Vec<Value>> = LazyLock::new(|| {
         };
         let event = event_body(&verdict("acme", period, count, before, after, 0, now));
         let bytes = internal_event(
-            &config.hec,
+            &config.envelope_settings(),
             Some(&config.accounts[0]),
             RECONCILIATION_SOURCETYPE,
             now + 7_200_000,

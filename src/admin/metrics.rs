@@ -186,6 +186,31 @@ const COUNTERS: &[Counter] = &[
         |s| &s.ack_resends,
     ),
     (
+        "dynamodb_requests_total",
+        "DynamoDB requests sent (BatchWriteItem, and PutItem to isolate a refused item).",
+        |s| &s.dynamodb_requests,
+    ),
+    (
+        "dynamodb_failures_total",
+        "DynamoDB requests that did not write every item (throttled, 5xx, no answer, paused).",
+        |s| &s.dynamodb_failures,
+    ),
+    (
+        "dynamodb_unprocessed_items_total",
+        "Items DynamoDB handed back as UnprocessedItems (resent after a backoff).",
+        |s| &s.dynamodb_unprocessed,
+    ),
+    (
+        "dynamodb_items_written_total",
+        "Items DynamoDB wrote.",
+        |s| &s.dynamodb_items_written,
+    ),
+    (
+        "dynamodb_dead_lettered_total",
+        "Records moved to the dead letters for DynamoDB (over the item size limit, refused).",
+        |s| &s.dynamodb_dead_lettered,
+    ),
+    (
         "events_duplicate_suspected_total",
         "Events resent after HEC gave no answer in time; Splunk may hold them twice.",
         |s| &s.events_duplicate_suspected,
@@ -377,6 +402,21 @@ pub fn render_metrics(input: &MetricsInput<'_>) -> String {
         sample(
             &mut out,
             "last_delivery_timestamp_seconds",
+            &[],
+            last as f64 / 1000.0,
+        );
+    }
+    family(
+        &mut out,
+        "dynamodb_last_delivery_timestamp_seconds",
+        "When DynamoDB last wrote items (Unix time; absent until it did since start).",
+        "gauge",
+    );
+    let last = stats.dynamodb_last_delivery_ms.load(Ordering::Relaxed);
+    if last > 0 {
+        sample(
+            &mut out,
+            "dynamodb_last_delivery_timestamp_seconds",
             &[],
             last as f64 / 1000.0,
         );

@@ -15,7 +15,7 @@ use std::time::Duration;
 use chrono::Utc;
 
 use super::{Error, Report, load_config};
-use crate::config::Config;
+use crate::config::{Config, DynamoDbConfig, HecConfig};
 use crate::exit::{Code, Outcome};
 use crate::hec::client::HecClient;
 use crate::pipeline::{AppError, ringcentral_http};
@@ -70,11 +70,7 @@ pub async fn command(path: &Path, offline: bool) -> Result<CheckReport, Error> {
     let config = load_config(path)?;
     if offline {
         return Ok(CheckReport {
-            config_line: Some(format!(
-                "config: ok ({} account(s), HEC {})",
-                config.accounts.len(),
-                config.hec.urls.join(", ")
-            )),
+            config_line: Some(format!("config: ok ({})", destinations_summary(&config))),
             rows: local_rows(&config),
         });
     }
@@ -107,11 +103,7 @@ pub async fn run(config: &Config) -> Result<Vec<Row>, AppError> {
     let mut rows = vec![Row {
         what: "config".into(),
         ok: true,
-        detail: format!(
-            "{} account(s), HEC {}",
-            config.accounts.len(),
-            config.hec.urls.join(", ")
-        ),
+        detail: destinations_summary(config),
         diagnosis: None,
         config: false,
     }];
@@ -165,7 +157,76 @@ pub async fn run(config: &Config) -> Result<Vec<Row>, AppError> {
             Err(e) => rc_failure(search, &e),
         });
     }
-    match HecClient::new(&config.hec) {
+    if let Some(hec) = &config.hec {
+        rows.extend(hec_rows(hec).await);
+    }
+    if let Some(dynamodb) = &config.dynamodb {
+        rows.extend(dynamodb_rows(dynamodb).await);
+    }
+    Ok(rows)
+}
+
+/// `N account(s), HEC <urls>, DynamoDB table <t> in <region>`: what the config delivers to.
+fn destinations_summary(config: &Config) -> String {
+    let mut parts = vec![format!("{} account(s)", config.accounts.len())];
+    if let Some(hec) = &config.hec {
+        parts.push(format!("HEC {}", hec.urls.join(", ")));
+    }
+    if let Some(d) = &config.dynamodb {
+        parts.push(format!("DynamoDB table {} in {}", d.table, d.region));
+    }
+    parts.join(", ")
+}
+
+/// DynamoDB: the credentials are found and accepted, and the table is there with the key
+/// schema and index the forwarder writes (DescribeTable, DescribeTimeToLive).
+async fn dynamodb_rows(cfg: &DynamoDbConfig) -> Vec<Row> {
+    let what = format!("dynamodb table {} ({})", cfg.table, cfg.region);
+    let dynamo = match crate::dynamodb::client::connect(cfg).await {
+        Ok(d) => d,
+        Err(e) => {
+            return vec![Row {
+                what,
+                ok: false,
+                detail: e.to_string(),
+                diagnosis: diag(
+                    "the DynamoDB client cannot be set up",
+                    "check dynamodb.region and dynamodb.endpoint_url, and that AWS credentials are available (environment, ~/.aws, web identity or instance role)",
+                ),
+                config: true,
+            }];
+        }
+    };
+    vec![match crate::dynamodb::table::verify(&dynamo, cfg).await {
+        Ok(report) => Row {
+            what,
+            ok: true,
+            detail: format!(
+                "{}, keys and the {} index as expected, TTL {}",
+                report.status,
+                crate::dynamodb::table::INDEX_NAME,
+                report.ttl_attribute.as_deref().unwrap_or("off")
+            ),
+            diagnosis: None,
+            config: false,
+        },
+        Err(e) => Row {
+            what,
+            ok: false,
+            detail: e.to_string(),
+            diagnosis: diag(
+                "the table is missing, laid out differently, or these credentials may not read it",
+                "run `rc-audit-hec dynamodb create-table`, or grant dynamodb:DescribeTable, PutItem and BatchWriteItem on the table (README, \"DynamoDB\")",
+            ),
+            config: true,
+        },
+    }]
+}
+
+/// HEC: the client can be built (TLS settings), and each URL is healthy with the token.
+async fn hec_rows(hec: &HecConfig) -> Vec<Row> {
+    let mut rows = Vec::new();
+    match HecClient::new(hec) {
         Err(e) => rows.push(Row {
             what: "hec: client".into(),
             ok: false,
@@ -192,14 +253,14 @@ pub async fn run(config: &Config) -> Result<Vec<Row>, AppError> {
             }
         }
     }
-    Ok(rows)
+    rows
 }
 
 /// The checks that need no network, also run by `check --offline` (systemd's `ExecStartPre=`):
 /// the state directory is writable by this user, and a warning for `hec.tls_verify = false`.
 pub fn local_rows(config: &Config) -> Vec<Row> {
     let mut rows = vec![state_dir_row(&config.spool.dir)];
-    if !config.hec.tls_verify {
+    if config.hec.as_ref().is_some_and(|h| !h.tls_verify) {
         rows.push(Row {
             what: "hec: tls_verify".into(),
             ok: true,

@@ -110,7 +110,7 @@ pub async fn run(
         let job = Job {
             name: account.name.clone(),
             client,
-            transformer: Transformer::new(&config.hec, account),
+            transformer: Transformer::new(&config.envelope_settings(), account),
             config: config.clone(),
             peek: peek.clone(),
             out: out.clone(),

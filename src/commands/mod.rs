@@ -9,6 +9,7 @@ pub mod check;
 pub mod config;
 pub mod demo;
 pub mod dry_run;
+pub mod dynamodb;
 pub mod healthcheck;
 pub mod once;
 pub mod packaging;

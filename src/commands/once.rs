@@ -39,6 +39,18 @@ impl Report for OnceReport {
         if let Some(why) = &self.hec_config_error {
             eprintln!("once: HEC refused the configuration, not just this attempt: {why}");
         }
+        if self.dynamodb_written > 0 || self.dynamodb_dead_lettered > 0 {
+            eprintln!("once: DynamoDB wrote {} item(s)", self.dynamodb_written);
+        }
+        if self.dynamodb_dead_lettered > 0 {
+            eprintln!(
+                "once: {} record(s) DynamoDB cannot take moved to dead letters: see `rc-audit-hec spool dead-letters --destination dynamodb`",
+                self.dynamodb_dead_lettered
+            );
+        }
+        if let Some(why) = &self.dynamodb_config_error {
+            eprintln!("once: DynamoDB delivery is paused by a configuration problem: {why}");
+        }
         Ok(())
     }
 }

@@ -104,9 +104,14 @@ impl Renderer {
             by_account: config
                 .accounts
                 .iter()
-                .map(|a| (a.name.clone(), Transformer::new(&config.hec, a)))
+                .map(|a| {
+                    (
+                        a.name.clone(),
+                        Transformer::new(&config.envelope_settings(), a),
+                    )
+                })
                 .collect(),
-            hec: config.hec.clone(),
+            hec: config.envelope_settings().into_owned(),
         }
     }
 

@@ -44,11 +44,13 @@
 
 pub mod client;
 pub mod item;
+pub mod sink;
 pub mod table;
 pub mod write;
 
 pub use client::{Dynamo, connect, connect_with};
 pub use item::{Item, ItemError, build};
+pub use sink::Sink;
 pub use table::{TableReport, create_table, verify};
 pub use write::WriteOutcome;
 

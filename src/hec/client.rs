@@ -52,6 +52,9 @@ pub enum HecError {
     /// reqwest could not build a client.
     #[error("cannot build the HTTP client: {0}")]
     Build(String),
+    /// A command needs HEC, and the config has no `[hec]`.
+    #[error("[hec] is not configured: add the section (see examples/config.example.toml)")]
+    NotConfigured,
 }
 
 /// Why an ack query failed.

@@ -1314,7 +1314,13 @@ fn internal_events_are_spooled_without_dedup_or_cursor_and_keep_their_sourcetype
     let dir = tempfile::tempdir().unwrap();
     let s = Spool::open(dir.path()).unwrap();
     let body = serde_json::json!({"id": "same", "kind": "heartbeat"});
-    let hb = internal_event(&c.hec, None, HEARTBEAT_SOURCETYPE, 1_000, &body);
+    let hb = internal_event(
+        &c.envelope_settings(),
+        None,
+        HEARTBEAT_SOURCETYPE,
+        1_000,
+        &body,
+    );
     // Twice with one id: both go (no dedup), and no record id is remembered.
     s.enqueue_internal(INTERNAL_ACCOUNT, "heartbeat:1000", hb.clone())
         .unwrap();
@@ -1352,7 +1358,7 @@ fn internal_events_are_spooled_without_dedup_or_cursor_and_keep_their_sourcetype
         }],
     )
     .unwrap();
-    let fallback = Transformer::for_account(&c.hec, INTERNAL_ACCOUNT, None, None);
+    let fallback = Transformer::for_account(&c.envelope_settings(), INTERNAL_ACCOUNT, None, None);
     let moved = s
         .requeue(None, None, &|_, stored| fallback.rerender(stored).unwrap())
         .unwrap();
