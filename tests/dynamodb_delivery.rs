@@ -312,18 +312,8 @@ async fn a_missing_table_pauses_delivery_and_it_resumes_once_the_table_exists() 
 /// The forwarder with fake AWS credentials in its environment (never real ones, no instance
 /// metadata lookups), logging into `log`.
 fn spawn(config: &Path, log: &Path) -> Child {
-    let mut c = common::bin();
-    for (k, _) in std::env::vars() {
-        if k.starts_with("AWS_") {
-            c.env_remove(k);
-        }
-    }
-    c.env("AWS_ACCESS_KEY_ID", "AKIDTESTTESTTESTTEST")
-        .env("AWS_SECRET_ACCESS_KEY", "test-secret-not-a-real-one")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("AWS_CONFIG_FILE", "/dev/null")
-        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
-        .args(["--config"])
+    let mut c = aws_bin();
+    c.args(["--config"])
         .arg(config)
         .arg("run")
         .stdout(Stdio::null())
@@ -513,5 +503,92 @@ async fn sigkills_during_delivery_leave_dynamodb_with_every_record_exactly_once(
     assert_eq!(
         distinct, want,
         "each record exactly once, under its own account"
+    );
+}
+
+/// `bin()` with fake AWS credentials and no AWS files or instance metadata.
+fn aws_bin() -> std::process::Command {
+    let mut c = common::bin();
+    for (k, _) in std::env::vars() {
+        if k.starts_with("AWS_") {
+            c.env_remove(k);
+        }
+    }
+    c.env("AWS_ACCESS_KEY_ID", "AKIDTESTTESTTESTTEST")
+        .env("AWS_SECRET_ACCESS_KEY", "test-secret-not-a-real-one")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null");
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_names_a_missing_table_and_create_table_makes_it_pass() {
+    let Some(db) = Dynalite::start().await else {
+        return;
+    };
+    let w = World::new(1).await;
+    let dir = w.dir.path();
+    let config = dir.join("config.toml");
+    // DynamoDB only: no [hec] at all.
+    let toml = both(&w, &db.url(), "");
+    let start = toml.find("[hec]").unwrap();
+    let end = toml[start..].find("[spool]").unwrap() + start;
+    std::fs::write(&config, format!("{}{}", &toml[..start], &toml[end..])).unwrap();
+    let run = |args: &'static [&'static str]| {
+        let mut c = aws_bin();
+        c.arg("--config").arg(&config).args(args);
+        common::output(c)
+    };
+
+    let before = run(&["check"]).await;
+    let text = common::text(&before);
+    assert_eq!(before.status.code(), Some(78), "{text}");
+    assert!(text.contains("dynamodb table audit"), "{text}");
+    assert!(
+        text.contains("dynamodb create-table"),
+        "the fix is named: {text}"
+    );
+    assert!(!text.contains("HEC "), "no HEC configured: {text}");
+
+    let created = run(&["dynamodb", "create-table"]).await;
+    let text = common::text(&created);
+    assert_eq!(created.status.code(), Some(0), "{text}");
+    assert!(text.contains("created"), "{text}");
+    let again = run(&["dynamodb", "create-table"]).await;
+    let text = common::text(&again);
+    assert_eq!(again.status.code(), Some(0), "a second run is fine: {text}");
+    assert!(text.contains("exists"), "{text}");
+
+    let after = run(&["check"]).await;
+    let text = common::text(&after);
+    assert_eq!(after.status.code(), Some(0), "{text}");
+    assert!(!text.contains("test-secret-not-a-real-one"), "{text}");
+
+    // A table managed elsewhere: the command refuses, as a configuration matter.
+    let managed = std::fs::read_to_string(&config).unwrap() + "create_table = false\n";
+    std::fs::write(&config, managed).unwrap();
+    let refused = run(&["dynamodb", "create-table"]).await;
+    let text = common::text(&refused);
+    assert_eq!(refused.status.code(), Some(78), "{text}");
+    assert!(text.contains("create_table = false"), "{text}");
+}
+
+#[tokio::test]
+async fn a_config_with_no_destination_exits_78_naming_both_sections() {
+    let w = World::new(1).await;
+    let toml = w.toml("", "");
+    let start = toml.find("[hec]").unwrap();
+    let end = toml[start..].find("[spool]").unwrap() + start;
+    let config = w.dir.path().join("config.toml");
+    std::fs::write(&config, format!("{}{}", &toml[..start], &toml[end..])).unwrap();
+    let mut c = aws_bin();
+    c.arg("--config").arg(&config).args(["check", "--offline"]);
+    let out = common::output(c).await;
+    let text = common::text(&out);
+    assert_eq!(out.status.code(), Some(78), "{text}");
+    assert!(
+        text.contains("no destination") && text.contains("[dynamodb]"),
+        "{text}"
     );
 }
