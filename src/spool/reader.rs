@@ -143,7 +143,11 @@ pub(super) fn page_counts(conn: &Connection) -> rusqlite::Result<(i64, i64, u64)
 /// destination).
 pub(super) fn status(conn: &Connection) -> rusqlite::Result<Status> {
     let (pages, free, size) = page_counts(conn)?;
-    let count = |sql: &str| conn.query_row(sql, [], |r| r.get::<_, i64>(0));
+    // Cached: `/metrics` runs these on every scrape.
+    let count = |sql: &str| {
+        conn.prepare_cached(sql)?
+            .query_row([], |r| r.get::<_, i64>(0))
+    };
     let mut st = Status {
         used_bytes: (pages - free).max(0) as u64 * size,
         ..Status::default()
@@ -152,9 +156,12 @@ pub(super) fn status(conn: &Connection) -> rusqlite::Result<Status> {
     for d in Destination::ALL {
         let q = |i: usize| sql(d, STATUS_QUERIES[i]);
         let depth = count(&q(0))?.max(0) as u64;
-        let oldest: Option<i64> = conn.query_row(&q(1), [], |r| r.get(0)).optional()?;
+        let oldest: Option<i64> = conn
+            .prepare_cached(&q(1))?
+            .query_row([], |r| r.get(0))
+            .optional()?;
         let dead = count(&q(2))?.max(0) as u64;
-        let mut stmt = conn.prepare(&q(3))?;
+        let mut stmt = conn.prepare_cached(&q(3))?;
         let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
         for row in rows {
             let (account, n) = row?;
@@ -174,7 +181,8 @@ pub(super) fn status(conn: &Connection) -> rusqlite::Result<Status> {
         });
     }
     st.depth_by_account = by_account.into_iter().collect();
-    let mut stmt = conn.prepare("SELECT account, cursor_ms FROM cursors ORDER BY account")?;
+    let mut stmt =
+        conn.prepare_cached("SELECT account, cursor_ms FROM cursors ORDER BY account")?;
     st.cursors = stmt
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<Result<Vec<_>, _>>()?;
