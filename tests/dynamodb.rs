@@ -2,7 +2,9 @@
 //! (started per test; see tests/common/dynamo.rs), with a fault proxy in front where DynamoDB's
 //! answers under load are needed. No mock of the SDK client.
 
-mod common;
+// Only the DynamoDB harness, not all of tests/common (which every other test binary builds).
+#[path = "common/dynamo.rs"]
+mod dynamo_harness;
 
 use std::collections::BTreeSet;
 
@@ -10,7 +12,7 @@ use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
     ScalarAttributeType, Select,
 };
-use common::dynamo::{Dynalite, Fault, FaultProxy, dynamo, dynamo_config};
+use dynamo_harness::{Dynalite, Fault, FaultProxy, dynamo, dynamo_config};
 use rc_audit_hec::dynamodb::{
     DynamoError, Item, ItemError, WriteOutcome, build, create_table, verify,
 };
