@@ -2,7 +2,9 @@
 //! (started per test; see tests/common/dynamo.rs), with a fault proxy in front where DynamoDB's
 //! answers under load are needed. No mock of the SDK client.
 
-mod common;
+// Only the DynamoDB harness, not all of tests/common (which every other test binary builds).
+#[path = "common/dynamo.rs"]
+mod dynamo_harness;
 
 use std::collections::BTreeSet;
 
@@ -10,7 +12,7 @@ use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
     ScalarAttributeType, Select,
 };
-use common::dynamo::{Dynalite, Fault, FaultProxy, dynamo, dynamo_config};
+use dynamo_harness::{Dynalite, Fault, FaultProxy, dynamo, dynamo_config};
 use rc_audit_hec::dynamodb::{
     DynamoError, Item, ItemError, WriteOutcome, build, create_table, verify,
 };
@@ -356,6 +358,65 @@ async fn a_missing_table_pauses_and_an_unreachable_endpoint_retries() {
         gone.write_batch(&batch).await,
         WriteOutcome::Retry { .. }
     ));
+}
+
+/// A credential chain that finds nothing (no environment, no profile, no role).
+#[derive(Debug)]
+struct NoCredentials;
+
+impl aws_sdk_dynamodb::config::ProvideCredentials for NoCredentials {
+    fn provide_credentials<'a>(
+        &'a self,
+    ) -> aws_credential_types::provider::future::ProvideCredentials<'a>
+    where
+        Self: 'a,
+    {
+        aws_credential_types::provider::future::ProvideCredentials::ready(Err(
+            aws_credential_types::provider::error::CredentialsError::not_loaded(
+                "no providers in chain provided credentials",
+            ),
+        ))
+    }
+}
+
+#[tokio::test]
+async fn no_credentials_and_rejected_credentials_pause() {
+    let Some(db) = Dynalite::start().await else {
+        return;
+    };
+    let _ = table(&db).await;
+    let proxy = FaultProxy::start(&db.url()).await;
+    let cfg = dynamo_config(&proxy.url(), "audit");
+    let batch = items("main", 2);
+    let none = rc_audit_hec::dynamodb::connect_with(&cfg, Some(NoCredentials))
+        .await
+        .unwrap();
+    match none.write_batch(&batch).await {
+        WriteOutcome::Pause { reason } => assert!(reason.contains("credentials"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    // Nothing was sent without credentials.
+    assert!(proxy.seen().is_empty());
+    // Credentials DynamoDB does not know, or expired ones.
+    let d = dynamo(&cfg).await;
+    for code in [
+        "UnrecognizedClientException",
+        "ExpiredTokenException",
+        "AccessDeniedException",
+    ] {
+        proxy.push(
+            "BatchWriteItem",
+            Fault::Error {
+                status: 400,
+                code,
+                message: "The security token included in the request is invalid.",
+            },
+        );
+        match d.write_batch(&batch).await {
+            WriteOutcome::Pause { reason } => assert!(reason.contains(code), "{reason}"),
+            other => panic!("{code}: {other:?}"),
+        }
+    }
 }
 
 #[tokio::test]

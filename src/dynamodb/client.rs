@@ -6,7 +6,7 @@ use std::time::Duration;
 use aws_config::BehaviorVersion;
 use aws_sdk_dynamodb::config::retry::RetryConfig;
 use aws_sdk_dynamodb::config::timeout::TimeoutConfig;
-use aws_sdk_dynamodb::config::{Credentials, Region};
+use aws_sdk_dynamodb::config::{Credentials, ProvideCredentials, Region};
 
 use crate::config::DynamoDbConfig;
 
@@ -50,14 +50,14 @@ impl Dynamo {
 /// Credentials are resolved on the first request, not here, so a missing one shows as a paused
 /// destination (and in `check`), not as a failed start.
 pub async fn connect(cfg: &DynamoDbConfig) -> Result<Dynamo, DynamoError> {
-    connect_with(cfg, None).await
+    connect_with(cfg, None::<Credentials>).await
 }
 
-/// [`connect`] with the given credentials instead of the chain (tests against a local
+/// [`connect`] with the given credentials provider instead of the chain (tests against a local
 /// DynamoDB, which takes any key).
 pub async fn connect_with(
     cfg: &DynamoDbConfig,
-    credentials: Option<Credentials>,
+    credentials: Option<impl ProvideCredentials + 'static>,
 ) -> Result<Dynamo, DynamoError> {
     // The SDK's retries are off: the sink retries with the project's one backoff helper, and
     // counts and reports every attempt; two retry layers would multiply each other's waits and

@@ -5,8 +5,9 @@
 //! | --- | --- |
 //! | success, nothing unprocessed | `Written` |
 //! | success with `UnprocessedItems` | `Unprocessed` (their indexes) |
-//! | `ProvisionedThroughputExceededException`, `ThrottlingException`, `RequestLimitExceeded`, `InternalServerError`, `ServiceUnavailable`, any 5xx or 429, a timeout, a connection failure, an unreadable answer | `Retry` |
+//! | `ProvisionedThroughputExceededException`, `ThrottlingException`, `RequestLimitExceeded`, `InternalServerError`, `ServiceUnavailable`, any 5xx or 429, a timeout, a connection failure, an unreadable 5xx | `Retry` |
 //! | `ValidationException` | `Invalid` (an item is bad) |
+//! | an unreadable 4xx (not 429): a web server or proxy at the endpoint | `Pause` |
 //! | `ResourceNotFoundException` (no table), `AccessDeniedException`, `UnrecognizedClientException`, `ExpiredTokenException`, a bad signature, no credentials, any other 4xx, a request that cannot be built | `Pause` |
 //!
 //! Unknown 4xx codes pause rather than dead-letter: pausing keeps the data and tells the
@@ -261,6 +262,15 @@ pub(crate) fn classify_failure(f: &Failure, table: &str, region: &str) -> WriteO
             "cannot send to DynamoDB in {region}: {d}; check the AWS credentials (environment, \
              profile, web identity or instance role) and dynamodb.region / dynamodb.endpoint_url"
         )),
+        // Not DynamoDB answering a request it refuses (a web server or a proxy at the
+        // endpoint): configuration, like an unknown 4xx below.
+        Failure::Unreadable { status, detail, .. }
+            if (400..500).contains(status) && *status != 429 =>
+        {
+            pause(format!(
+                "the endpoint in {region} answered HTTP {status} with something that is not DynamoDB ({detail}): check dynamodb.endpoint_url and dynamodb.region"
+            ))
+        }
         Failure::Unreadable {
             status,
             detail,
@@ -390,6 +400,23 @@ mod tests {
             WriteOutcome::Retry {
                 reason: outcome(&e).reason().to_owned(),
                 retry_after: Some(Duration::from_secs(7)),
+            }
+        );
+    }
+
+    #[test]
+    fn an_unreadable_4xx_pauses_and_an_unreadable_429_retries() {
+        let e: SdkError<BatchWriteItemError, HttpResponse> =
+            SdkError::response_error("<html>", raw(404, None));
+        assert_eq!(kind(&outcome(&e)), "pause");
+        assert!(outcome(&e).reason().contains("dynamodb.endpoint_url"));
+        let e: SdkError<BatchWriteItemError, HttpResponse> =
+            SdkError::response_error("<html>", raw(429, Some("3")));
+        assert_eq!(
+            outcome(&e),
+            WriteOutcome::Retry {
+                reason: outcome(&e).reason().to_owned(),
+                retry_after: Some(Duration::from_secs(3)),
             }
         );
     }

@@ -2,6 +2,10 @@
 //! memory) started per test, and a fault proxy in front of it that controls every byte of the
 //! answers DynamoDB gives under load (throttling, 500s, partially applied batches), which
 //! dynalite never gives by itself.
+//!
+//! Included by the tests that need it with `#[path = "common/dynamo.rs"] mod dynamo_harness;`
+//! (not from `common/mod.rs`, so the other test binaries do not build it).
+#![allow(dead_code)]
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;

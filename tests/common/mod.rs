@@ -1,8 +1,6 @@
 //! Shared harness: simulators on loopback, a config pointing at them, fast retries.
 #![allow(dead_code)]
 
-pub mod dynamo;
-
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
