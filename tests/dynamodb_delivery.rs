@@ -3,6 +3,8 @@
 //! the real binary with both destinations, one of them down, and killed with SIGKILL.
 
 mod common;
+#[path = "common/dynamo.rs"]
+mod dynamo_harness;
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -11,8 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_dynamodb::types::Select;
-use common::dynamo::{Dynalite, Fault, FaultProxy, dynamo, dynamo_config};
 use common::{World, eventually};
+use dynamo_harness::{Dynalite, Fault, FaultProxy, dynamo, dynamo_config};
 use rc_audit_hec::config::Destination;
 use rc_audit_hec::dynamodb::{Dynamo, Sink, create_table};
 use rc_audit_hec::retry::RetryPolicy;
