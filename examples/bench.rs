@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use chrono::{TimeDelta, Utc};
 use clap::{Parser, Subcommand};
-use rc_audit_hec::config::{Config, Destination, LoadEnv};
+use rc_audit_hec::config::{Config, Destination, DynamoDbConfig, LoadEnv};
 use rc_audit_hec::hec::batch::build_body;
 use rc_audit_hec::ringcentral::model::SearchPage;
 use rc_audit_hec::sim::hec::{HecSim, HecSimConfig};
@@ -91,6 +91,11 @@ enum What {
     Drain,
     /// Drain in plain mode and with `hec.use_ack`, alternating per run: the ratio.
     DrainAck,
+    /// DynamoDB drain: `rc-audit-hec once` writing a spooled backlog of `--records` events into
+    /// dynalite (DynamoDB on Node.js, from `.ci/node` or `$RC_AUDIT_HEC_DYNALITE`; not part of
+    /// `all`): items per second, the forwarder's CPU and peak RSS. dynalite is far slower than
+    /// DynamoDB, so the rate bounds the test setup, and the CPU per item is the forwarder's cost.
+    DrainDynamodb,
     /// Footprint: binary size, time to READY (empty and full spool), idle RSS.
     Footprint,
     /// Many accounts: `rc-audit-hec run` with `--accounts` accounts against the RingCentral
@@ -146,6 +151,9 @@ fn main() -> anyhow::Result<()> {
     }
     if all || what == What::DrainAck {
         rt.block_on(drain_ack(&opts))?;
+    }
+    if what == What::DrainDynamodb {
+        rt.block_on(drain_dynamodb(&opts))?;
     }
     if all || what == What::Accounts {
         rt.block_on(accounts(&opts, &cli))?;
@@ -752,10 +760,25 @@ async fn drain_once(
     avg_event: f64,
 ) -> anyhow::Result<DrainSample> {
     let before = hec.accepted();
+    let mut cmd = Command::new(bin);
+    cmd.arg("--config").arg(cfg);
+    let (secs, cpu_s, peak) = watch_once(cmd).await?;
+    let delivered = hec.accepted() - before;
+    anyhow::ensure!(delivered == records, "delivered {delivered} of {records}");
+    Ok(DrainSample {
+        rate: delivered as f64 / secs,
+        mbps: delivered as f64 * avg_event / secs / 1e6,
+        cpu_s,
+        cpu_us_per_event: cpu_s * 1e6 / delivered as f64,
+        rss_mb: peak as f64 / 1024.0,
+    })
+}
+
+/// Runs `cmd once --max-wait 30m` to its end, which must be a success (nothing left spooled),
+/// sampling its CPU time and peak RSS: (seconds, CPU seconds, peak RSS in KiB).
+async fn watch_once(mut cmd: Command) -> anyhow::Result<(f64, f64, u64)> {
     let start = Instant::now();
-    let mut child = Command::new(bin)
-        .arg("--config")
-        .arg(cfg)
+    let mut child = cmd
         .args(["once", "--max-wait", "30m"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -771,16 +794,119 @@ async fn drain_once(
         cpu_s = proc_cpu(pid).unwrap_or(cpu_s);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let secs = start.elapsed().as_secs_f64();
-    let delivered = hec.accepted() - before;
-    anyhow::ensure!(delivered == records, "delivered {delivered} of {records}");
-    Ok(DrainSample {
-        rate: delivered as f64 / secs,
-        mbps: delivered as f64 * avg_event / secs / 1e6,
-        cpu_s,
-        cpu_us_per_event: cpu_s * 1e6 / delivered as f64,
-        rss_mb: peak as f64 / 1024.0,
+    Ok((start.elapsed().as_secs_f64(), cpu_s, peak))
+}
+
+/// dynalite on a free loopback port, in memory; killed on drop.
+struct Dynalite(std::process::Child, u16);
+
+impl Dynalite {
+    fn start() -> anyhow::Result<Dynalite> {
+        let dir = std::env::var_os("RC_AUDIT_HEC_DYNALITE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".ci/node/node_modules/dynalite")
+            });
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let child = Command::new("node")
+            .arg(dir.join("cli.js"))
+            .args(["--port", &port.to_string(), "--host", "127.0.0.1"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("start dynalite (needs Node.js and `npm ci --prefix .ci/node`)")?;
+        let d = Dynalite(child, port);
+        let until = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            anyhow::ensure!(Instant::now() < until, "dynalite did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(d)
+    }
+}
+
+impl Drop for Dynalite {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `--records` spooled events written into a fresh dynalite table by `rc-audit-hec once`.
+async fn drain_dynamodb(opts: &Opts) -> anyhow::Result<()> {
+    let bin = binary()?;
+    let acct = SimAccount::new("400100001", "Acme Corp");
+    let rc = RcSim::start(RcSimConfig {
+        accounts: vec![acct.clone()],
+        rate_limits: false,
+        ..RcSimConfig::default()
     })
+    .await?;
+    let pool = events(10_000)?;
+    let avg = pool.iter().map(Vec::len).sum::<usize>() as f64 / pool.len() as f64;
+    let mut s = DrainSamples::default();
+    for _ in 0..opts.runs {
+        let db = Dynalite::start()?;
+        let url = format!("http://127.0.0.1:{}", db.1);
+        let table = DynamoDbConfig {
+            table: "bench".into(),
+            region: "us-east-1".into(),
+            endpoint_url: Some(url.clone()),
+            ttl: None,
+            create_table: true,
+        };
+        let creds =
+            aws_sdk_dynamodb::config::Credentials::new("AKIDBENCH", "bench", None, None, "bench");
+        let d = rc_audit_hec::dynamodb::connect_with(&table, Some(creds)).await?;
+        rc_audit_hec::dynamodb::create_table(&d, &table).await?;
+        let dir = bench_dir("drain-dynamodb")?;
+        let spool = Spool::open(&dir.join("state"))?;
+        spool.set_destinations(&[Destination::DynamoDb]);
+        fill(&spool, opts.records, &pool)?;
+        drop(spool);
+        let hec_less = config_toml(&rc.url(), &acct, "http://unused", &dir.join("state"), "");
+        let start = hec_less.find("[hec]").context("config has [hec]")?;
+        let end = hec_less.find("[spool]").context("config has [spool]")?;
+        let cfg = dir.join("config.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "{}{}\n[dynamodb]\ntable = \"bench\"\nregion = \"us-east-1\"\nendpoint_url = \"{url}\"\n",
+                &hec_less[..start],
+                &hec_less[end..]
+            ),
+        )?;
+        let mut cmd = Command::new(&bin);
+        cmd.env("AWS_ACCESS_KEY_ID", "AKIDBENCH")
+            .env("AWS_SECRET_ACCESS_KEY", "bench")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .arg("--config")
+            .arg(&cfg);
+        let (secs, cpu_s, peak) = watch_once(cmd).await?;
+        let n = opts.records as f64;
+        s.push(DrainSample {
+            rate: n / secs,
+            mbps: n * avg / secs / 1e6,
+            cpu_s,
+            cpu_us_per_event: cpu_s * 1e6 / n,
+            rss_mb: peak as f64 / 1024.0,
+        });
+    }
+    let r = opts.records;
+    row(
+        &format!("dynamodb drain {r} events into dynalite"),
+        "items/s",
+        s.rate,
+    );
+    row(
+        "dynamodb drain CPU per item (forwarder)",
+        "us",
+        s.cpu_us_per_event,
+    );
+    row("dynamodb drain peak RSS (forwarder)", "MB", s.rss_mb);
+    Ok(())
 }
 
 /// The drain's batches, gzipped beforehand: the spooled events in spool order (`fill` cycles

@@ -471,6 +471,36 @@ pub fn render_metrics(input: &MetricsInput<'_>) -> String {
             &[],
             age as f64 / 1000.0,
         );
+        // Per destination: each has its own outbox, so one that is down shows here while the
+        // other's figures stay flat.
+        let per_destination: [(&str, &str, fn(&crate::spool::DestinationStatus, i64) -> f64); 3] = [
+            (
+                "destination_depth",
+                "Events waiting for the destination.",
+                |d, _| d.depth as f64,
+            ),
+            (
+                "destination_oldest_record_age_seconds",
+                "Age of the oldest event waiting for the destination (0 when none waits).",
+                |d, now| d.oldest_spooled_ms.map_or(0, |t| (now - t).max(0)) as f64 / 1000.0,
+            ),
+            (
+                "destination_dead_letters",
+                "Dead letters of the destination.",
+                |d, _| d.dead_letters as f64,
+            ),
+        ];
+        for (name, help, value) in per_destination {
+            family(&mut out, name, help, "gauge");
+            for d in &spool.destinations {
+                sample(
+                    &mut out,
+                    name,
+                    &[("destination", d.destination.name())],
+                    value(d, input.now_ms),
+                );
+            }
+        }
         family(
             &mut out,
             "cursor_lag_seconds",
@@ -633,6 +663,20 @@ mod tests {
             dead_letters: 1,
             cursors: vec![("acme".into(), 1_699_999_940_000)],
             depth_by_account: vec![("acme".into(), 3)],
+            destinations: vec![
+                crate::spool::DestinationStatus {
+                    destination: crate::config::Destination::Hec,
+                    depth: 1,
+                    oldest_spooled_ms: Some(1_700_000_030_000),
+                    dead_letters: 1,
+                },
+                crate::spool::DestinationStatus {
+                    destination: crate::config::Destination::DynamoDb,
+                    depth: 2,
+                    oldest_spooled_ms: Some(1_700_000_000_000),
+                    dead_letters: 0,
+                },
+            ],
             ..Status::default()
         };
         let text = render_metrics(&MetricsInput {
@@ -660,6 +704,11 @@ mod tests {
             "rc_audit_hec_spool_bytes 4096",
             "rc_audit_hec_dead_letters 1",
             "rc_audit_hec_spool_oldest_record_age_seconds 60",
+            "rc_audit_hec_destination_depth{destination=\"hec\"} 1",
+            "rc_audit_hec_destination_depth{destination=\"dynamodb\"} 2",
+            "rc_audit_hec_destination_oldest_record_age_seconds{destination=\"hec\"} 30",
+            "rc_audit_hec_destination_oldest_record_age_seconds{destination=\"dynamodb\"} 60",
+            "rc_audit_hec_destination_dead_letters{destination=\"hec\"} 1",
             "rc_audit_hec_cursor_lag_seconds{account=\"acme\"} 120",
             "rc_audit_hec_component_up{component=\"account:acme\"} 0",
             "rc_audit_hec_spool_readable 1",
