@@ -886,6 +886,21 @@ async fn spool_commands_show_and_requeue_per_destination() {
         );
     }
 
+    // HEC's dead letter is "a" (id 1): not DynamoDB's, so nothing moves.
+    let out = run(spool(&[
+        "requeue",
+        "--id",
+        "1",
+        "--destination",
+        "dynamodb",
+    ]))
+    .await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("no dead letter of destination dynamodb with id 1"),
+        "{}",
+        text(&out)
+    );
     let out = run(spool(&["requeue", "--all", "--destination", "dynamodb"])).await;
     assert!(text(&out).contains("requeued 1"), "{}", text(&out));
     let out = run(spool(&["dead-letters", "--json"])).await;

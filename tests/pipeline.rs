@@ -425,9 +425,11 @@ async fn a_full_spool_pauses_polling_without_moving_the_cursor() {
     let w = World::new(1).await;
     w.rc.generate(&w.accounts[0].account_id, 5, hours_ago(2), hours_ago(1), 30);
     let p = w.pipeline("", "");
-    // Fill the spool past a 1 MiB limit with another account's undelivered events.
+    // Fill the spool past a 2 MiB limit with another account's undelivered events (an empty
+    // spool takes 15 pages of 64 KiB, one per table and index: 960 KiB since schema v6 gave
+    // DynamoDB its outbox and marker, so 1 MiB left it room for one page).
     let padding = "x".repeat(4000);
-    let big: Vec<_> = (0..300)
+    let big: Vec<_> = (0..400)
         .map(|i| rc_audit_hec::spool::NewRecord {
             invalid: None,
             event_time_ms: 0,
@@ -437,7 +439,7 @@ async fn a_full_spool_pauses_polling_without_moving_the_cursor() {
         .collect();
     p.spool.enqueue_page("filler", &big, None).unwrap();
     let mut cfg = w.config("", "");
-    cfg.spool.max_bytes = 1 << 20;
+    cfg.spool.max_bytes = 2 << 20;
     drop(p);
     let p = rc_audit_hec::pipeline::Pipeline::open(cfg, common::fast()).unwrap();
     let mut poller = p.pollers(None).remove(0);
@@ -449,7 +451,7 @@ async fn a_full_spool_pauses_polling_without_moving_the_cursor() {
     assert!(w.rc.requests().is_empty(), "nothing polled while full");
     // Delivery continues while polling is paused, and frees the space: polling resumes.
     drain(&p).await;
-    assert_eq!(w.hec.accepted(), 300);
+    assert_eq!(w.hec.accepted(), 400);
     assert!(matches!(
         poller.poll_window().await.unwrap(),
         WindowOutcome::Polled { records: 5, .. }

@@ -460,10 +460,13 @@ pub enum SpoolReport {
         /// How many.
         moved: usize,
     },
-    /// Ids that are not dead letters: nothing was requeued (exit 1).
+    /// Ids that are not dead letters (of `--destination`, when given): nothing was requeued
+    /// (exit 1).
     Missing {
         /// The ids not found.
         ids: Vec<i64>,
+        /// `--destination`, when given.
+        destination: Option<Destination>,
     },
 }
 
@@ -538,7 +541,10 @@ pub async fn command(
             if done.missing.is_empty() {
                 SpoolReport::Requeued { moved: done.moved }
             } else {
-                SpoolReport::Missing { ids: done.missing }
+                SpoolReport::Missing {
+                    ids: done.missing,
+                    destination,
+                }
             }
         }
     })
@@ -567,10 +573,13 @@ impl Report for SpoolReport {
             SpoolReport::Requeued { moved } => println!(
                 "requeued {moved} dead letter(s), rendered again with the current routes, index, sourcetype and host; the service delivers them on its next pass"
             ),
-            SpoolReport::Missing { ids } => {
+            SpoolReport::Missing { ids, destination } => {
                 let list: Vec<String> = ids.iter().map(i64::to_string).collect();
+                let of = destination
+                    .map(|d| format!(" of destination {d}"))
+                    .unwrap_or_default();
                 eprintln!(
-                    "error: no dead letter with id {}: nothing was requeued (ids come from `rc-audit-hec spool dead-letters`)",
+                    "error: no dead letter{of} with id {}: nothing was requeued (ids and their destinations come from `rc-audit-hec spool dead-letters`)",
                     list.join(", ")
                 );
             }
