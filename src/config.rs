@@ -953,8 +953,10 @@ impl Validator<'_> {
             .dir
             .unwrap_or_else(|| self.env.default_state_dir());
         let max_bytes = raw.spool.max_bytes.0;
-        if max_bytes < 1 << 20 {
-            self.flag(self.invalid("spool.max_bytes", "must be at least 1MiB"));
+        // An empty spool takes about 1 MiB (a 64 KiB page per table and index, two outboxes):
+        // less than twice that would leave no room to poll.
+        if max_bytes < 2 << 20 {
+            self.flag(self.invalid("spool.max_bytes", "must be at least 2MiB"));
         }
         let listen = match raw.admin.listen.as_deref() {
             None => Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
