@@ -28,10 +28,17 @@ fn yesterday() -> (DateTime<Utc>, DateTime<Utc>) {
     )
 }
 
-/// `[poll]` extras for a world whose first live window covers yesterday, and reconciliation of
+/// `[poll]` extras for a world whose first live window starts an hour before yesterday (so
+/// yesterday is the oldest closed period it covers whole, at any time of day: a fixed "50h"
+/// made the day before yesterday the due one between midnight and 02:00), and reconciliation of
 /// closed days without waiting two hours.
-const COVER_YESTERDAY: &str =
-    "initial_lookback = \"50h\"\n\n[reconcile]\ndelay = \"0s\"\nlookback = \"3d\"";
+fn cover_yesterday() -> String {
+    let since = Utc::now() - yesterday().0 + chrono::TimeDelta::hours(1);
+    format!(
+        "initial_lookback = \"{}s\"\n\n[reconcile]\ndelay = \"0s\"\nlookback = \"3d\"",
+        since.num_seconds()
+    )
+}
 
 fn reconciliation_events(w: &World) -> Vec<Value> {
     w.hec
@@ -55,7 +62,7 @@ async fn a_period_whose_counts_match_is_complete_and_reported_once() {
     let w = World::new(1).await;
     let (start, end) = yesterday();
     w.rc.generate(&w.accounts[0].account_id, 40, start, end, 120);
-    let p = w.pipeline(COVER_YESTERDAY, "");
+    let p = w.pipeline(&cover_yesterday(), "");
     let mut poller = p.pollers(None).remove(0);
     poller.poll_window().await.unwrap();
     let r = poller
@@ -71,7 +78,7 @@ async fn a_period_whose_counts_match_is_complete_and_reported_once() {
     drop(poller);
     drain(&p).await;
     drop(p);
-    let p = w.pipeline(COVER_YESTERDAY, "");
+    let p = w.pipeline(&cover_yesterday(), "");
     let again = p.pollers(None).remove(0).reconcile_next().await.unwrap();
     assert!(again.is_none(), "{again:?}");
     drain(&p).await;
@@ -110,7 +117,7 @@ async fn a_record_visible_later_than_the_overlap_is_found_and_repaired() {
     let (start, end) = yesterday();
     let account = w.accounts[0].account_id.clone();
     w.rc.generate(&account, 30, start, end, 121);
-    let p = w.pipeline(COVER_YESTERDAY, "");
+    let p = w.pipeline(&cover_yesterday(), "");
     let mut poller = p.pollers(None).remove(0);
     poller.poll_window().await.unwrap();
     let cursor = p.spool.cursor("acct0").unwrap();
@@ -156,7 +163,7 @@ async fn records_ringcentral_counts_but_never_returns_make_the_period_short_with
     let w = World::new(1).await;
     let (start, end) = yesterday();
     w.rc.generate(&w.accounts[0].account_id, 20, start, end, 122);
-    let p = w.pipeline(COVER_YESTERDAY, "");
+    let p = w.pipeline(&cover_yesterday(), "");
     let mut poller = p.pollers(None).remove(0);
     poller.poll_window().await.unwrap();
     w.rc.update_faults(|f| f.total_found_extra = 2);
@@ -171,7 +178,7 @@ async fn a_period_with_a_dead_lettered_record_is_short_not_complete() {
     let w = World::new(1).await;
     let (start, end) = yesterday();
     w.rc.generate(&w.accounts[0].account_id, 20, start, end, 123);
-    let p = w.pipeline(COVER_YESTERDAY, "");
+    let p = w.pipeline(&cover_yesterday(), "");
     let mut poller = p.pollers(None).remove(0);
     poller.poll_window().await.unwrap();
     // HEC refuses one of the period's records for good: the sink's own settle of that answer.
@@ -206,7 +213,7 @@ async fn a_repair_cut_short_by_a_stop_still_reports_everything_it_recovered() {
     let w = World::new(1).await;
     let (start, end) = yesterday();
     let account = w.accounts[0].account_id.clone();
-    let p = w.pipeline(COVER_YESTERDAY, "");
+    let p = w.pipeline(&cover_yesterday(), "");
     let mut poller = p.pollers(None).remove(0);
     poller.poll_window().await.unwrap();
     // Three records of yesterday show up only now, far behind the live overlap; RingCentral
@@ -253,7 +260,7 @@ async fn a_period_above_the_10000_record_limit_is_counted_in_pieces() {
     w.rc.generate(&w.accounts[0].account_id, 25_000, start, end, 123);
     // RingCentral's count stops at the API's limit.
     w.rc.update_faults(|f| f.total_found_cap = Some(10_000));
-    let p = w.pipeline(COVER_YESTERDAY, "");
+    let p = w.pipeline(&cover_yesterday(), "");
     let mut poller = p.pollers(None).remove(0);
     poller.poll_window().await.unwrap();
     let before = w.rc.requests().len();
@@ -409,7 +416,7 @@ async fn the_ledger_command_shows_windows_and_reconciliations_while_the_service_
     let (start, end) = yesterday();
     w.rc.generate(&w.accounts[0].account_id, 25, start, end, 124);
     let cfg = w.dir.path().join("config.toml");
-    std::fs::write(&cfg, w.toml(COVER_YESTERDAY, "")).unwrap();
+    std::fs::write(&cfg, w.toml(&cover_yesterday(), "")).unwrap();
     let mut child = bin()
         .arg("--config")
         .arg(&cfg)
