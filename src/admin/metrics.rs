@@ -217,6 +217,13 @@ const COUNTERS: &[Counter] = &[
     ),
 ];
 
+/// A per-destination gauge: (metric name, help, value from the destination's status and now).
+type DestinationGauge = (
+    &'static str,
+    &'static str,
+    fn(&crate::spool::DestinationStatus, i64) -> f64,
+);
+
 /// Per-account counters: (metric name, help, accessor).
 type AccountCounter = (&'static str, &'static str, fn(&AccountStats) -> &AtomicU64);
 
@@ -473,7 +480,7 @@ pub fn render_metrics(input: &MetricsInput<'_>) -> String {
         );
         // Per destination: each has its own outbox, so one that is down shows here while the
         // other's figures stay flat.
-        let per_destination: [(&str, &str, fn(&crate::spool::DestinationStatus, i64) -> f64); 3] = [
+        let per_destination: [DestinationGauge; 3] = [
             (
                 "destination_depth",
                 "Events waiting for the destination.",
