@@ -684,7 +684,6 @@ mod tests {
                     dead_letters: 0,
                 },
             ],
-            ..Status::default()
         };
         let text = render_metrics(&MetricsInput {
             stats: &stats,
