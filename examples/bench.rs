@@ -92,7 +92,7 @@ enum What {
     /// Drain in plain mode and with `hec.use_ack`, alternating per run: the ratio.
     DrainAck,
     /// DynamoDB drain: `rc-audit-hec once` writing a spooled backlog of `--records` events into
-    /// dynalite (DynamoDB on Node.js, from `.ci/node` or `$RC_AUDIT_HEC_DYNALITE`; not part of
+    /// dynalite (DynamoDB on Node.js, from `.ci/node` or `$DYNALITE_DIR`; not part of
     /// `all`): items per second, the forwarder's CPU and peak RSS. dynalite is far slower than
     /// DynamoDB, so the rate bounds the test setup, and the CPU per item is the forwarder's cost.
     DrainDynamodb,
@@ -802,7 +802,7 @@ struct Dynalite(std::process::Child, u16);
 
 impl Dynalite {
     fn start() -> anyhow::Result<Dynalite> {
-        let dir = std::env::var_os("RC_AUDIT_HEC_DYNALITE")
+        let dir = std::env::var_os("DYNALITE_DIR")
             .map(PathBuf::from)
             .unwrap_or_else(|| {
                 PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".ci/node/node_modules/dynalite")

@@ -362,7 +362,25 @@ impl Pipeline {
         report.dead_lettered = Stats::get(&self.stats.events_dead_lettered);
         report.dynamodb_written = Stats::get(&self.stats.dynamodb_items_written);
         report.dynamodb_dead_lettered = Stats::get(&self.stats.dynamodb_dead_lettered);
-        report.remaining = self.spool.run(|s| s.depth()).await?;
+        // What waits for the configured destinations; rows kept for one no longer configured
+        // are no reason to run again (they are named in the log and `spool status`).
+        let status = self.spool.run(|s| s.status()).await?;
+        let configured = self.config.destinations();
+        for d in status.destinations.iter() {
+            if !configured.contains(&d.destination) && d.depth > 0 {
+                warn!(
+                    destination = %d.destination,
+                    waiting = d.depth,
+                    "events wait for a destination that is no longer configured: add its section back to deliver them (see `spool status`)"
+                );
+            }
+        }
+        report.remaining = status
+            .destinations
+            .iter()
+            .filter(|d| configured.contains(&d.destination))
+            .map(|d| d.depth)
+            .sum();
         if report.remaining > 0 {
             report.dynamodb_config_error = self
                 .health

@@ -256,7 +256,6 @@ impl Service {
         self.pipeline
             .spool
             .set_min_free_bytes(new.spool.min_free_bytes);
-        self.pipeline.spool.set_destinations(&new.destinations());
         let old_config = std::mem::replace(&mut self.pipeline.config, new);
         // Build the new sink before stopping the old one: a new HEC setting that does not work
         // (an unreadable CA file) must not leave the service without delivery. It starts only
@@ -296,6 +295,8 @@ impl Service {
         } else {
             None
         };
+        // Only now, with both sinks settled (a refused new setting reverted): records are
+        // spooled for exactly the destinations that have a loop.
         self.pipeline
             .spool
             .set_destinations(&self.pipeline.config.destinations());
@@ -306,18 +307,28 @@ impl Service {
         });
         let pollers = std::mem::replace(&mut self.pollers, Loops::new(&self.shutdown));
         pollers.stop(grace).await;
+        let health = self.pipeline.health.clone();
         if let Some(new_sink) = sink {
             let old_sink = std::mem::replace(&mut self.sink, Loops::new(&self.shutdown));
             old_sink.stop(grace).await;
-            if let Some(new_sink) = new_sink {
-                self.sink = self.spawn_sink(new_sink);
+            match new_sink {
+                Some(new_sink) => self.sink = self.spawn_sink(new_sink),
+                // HEC removed: its health no longer says anything about this service.
+                None => {
+                    for (c, _) in health.components() {
+                        if matches!(c, Component::Hec | Component::HecUrl(_)) {
+                            health.remove(&c);
+                        }
+                    }
+                }
             }
         }
         if let Some(new_sink) = dynamodb {
             let old_sink = std::mem::replace(&mut self.dynamodb, Loops::new(&self.shutdown));
             old_sink.stop(grace).await;
-            if let Some(new_sink) = new_sink {
-                self.dynamodb = self.spawn_dynamodb(new_sink);
+            match new_sink {
+                Some(new_sink) => self.dynamodb = self.spawn_dynamodb(new_sink),
+                None => health.remove(&Component::DynamoDb),
             }
         }
         for gone in old_names.iter().filter(|n| !new_names.contains(n)) {

@@ -178,7 +178,7 @@ async fn a_backlog_is_written_once_and_an_oversized_record_is_dead_lettered_not_
     assert_eq!(Stats::get(&stats.dynamodb_items_written), 1_030);
     assert_eq!(Stats::get(&stats.dynamodb_dead_lettered), 1);
 
-    // Sent again from the start (a crash before the settle): the same items, no more.
+    // The same records sent again, as after a crash before the settle: the same items, no more.
     let again = spool_with(tempfile::tempdir().unwrap().path(), 1_030);
     let mut s = sink(&d, &again, &stats, &health);
     s.drain(&CancellationToken::new()).await.unwrap();
@@ -213,8 +213,10 @@ async fn throttling_500s_and_unprocessed_items_are_retried_until_every_item_is_w
     assert_eq!(count(&d).await, 120);
     assert_eq!(depth(&spool, Destination::DynamoDb), 0);
     assert!(spool.dead_letters().unwrap().is_empty());
+    // Which request meets which fault depends on four concurrent requests' timing; the first
+    // partial answer applies 10 of 25 items, the second 1 of at least 4.
     assert!(
-        Stats::get(&stats.dynamodb_unprocessed) >= 15 + 24,
+        Stats::get(&stats.dynamodb_unprocessed) >= 15 + 3,
         "two partial batches: {}",
         Stats::get(&stats.dynamodb_unprocessed)
     );
@@ -247,7 +249,8 @@ async fn a_refused_item_is_dead_lettered_and_the_rest_of_its_request_written() {
         message: "One or more parameter values were invalid: item too wide",
     };
     proxy.push("BatchWriteItem", validation());
-    // The first item of the request, written alone, is the one refused.
+    // The first item of the refused request, written alone, is the one refused (which of the
+    // two concurrent requests meets the fault is timing).
     proxy.push("PutItem", validation());
     let dir = tempfile::tempdir().unwrap();
     let spool = spool_with(dir.path(), 40);
@@ -258,7 +261,11 @@ async fn a_refused_item_is_dead_lettered_and_the_rest_of_its_request_written() {
     assert_eq!(count(&d).await, 39);
     let dead = spool.dead_letters().unwrap();
     assert_eq!(dead.len(), 1, "{dead:?}");
-    assert_eq!(dead[0].record_id, "r00000");
+    assert!(
+        ["r00000", "r00025"].contains(&dead[0].record_id.as_str()),
+        "{}",
+        dead[0].record_id
+    );
     assert_eq!(dead[0].destination, Destination::DynamoDb);
     assert!(
         dead[0].reason.contains("item too wide"),
@@ -266,6 +273,89 @@ async fn a_refused_item_is_dead_lettered_and_the_rest_of_its_request_written() {
         dead[0].reason
     );
     assert_eq!(depth(&spool, Destination::DynamoDb), 0);
+}
+
+#[tokio::test]
+async fn a_table_with_other_keys_pauses_delivery_instead_of_dead_lettering_the_backlog() {
+    use aws_sdk_dynamodb::types::{
+        AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+    };
+    let Some(db) = Dynalite::start().await else {
+        return;
+    };
+    let cfg = dynamo_config(&db.url(), "audit");
+    let d = dynamo(&cfg).await;
+    // A table managed elsewhere (create_table = false), keyed differently: DynamoDB would
+    // refuse every item with a ValidationException.
+    d.sdk()
+        .create_table()
+        .table_name("audit")
+        .billing_mode(BillingMode::PayPerRequest)
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name("pk")
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .unwrap(),
+        )
+        .key_schema(
+            KeySchemaElement::builder()
+                .attribute_name("pk")
+                .key_type(KeyType::Hash)
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    // Until it is ACTIVE, dynalite answers "not found"; the point is a table that takes writes.
+    let mut active = false;
+    for _ in 0..100 {
+        let desc = d
+            .sdk()
+            .describe_table()
+            .table_name("audit")
+            .send()
+            .await
+            .unwrap();
+        if desc
+            .table()
+            .and_then(|t| t.table_status())
+            .map(|s| s.as_str())
+            == Some("ACTIVE")
+        {
+            active = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(active);
+    let dir = tempfile::tempdir().unwrap();
+    let spool = spool_with(dir.path(), 60);
+    let (stats, health) = (Arc::new(Stats::default()), Arc::new(Health::default()));
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(sink(&d, &spool, &stats, &health).run(stop.clone()));
+    let paused = eventually(Duration::from_secs(20), || {
+        health
+            .components()
+            .get(&Component::DynamoDb)
+            .is_some_and(|h| h.state == State::Failing)
+    })
+    .await;
+    assert!(paused, "a table with other keys pauses DynamoDB's delivery");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let reason = health.components()[&Component::DynamoDb].reason.clone();
+    assert!(
+        reason.as_deref().is_some_and(|r| r.contains("key")),
+        "the reason says what is wrong: {reason:?}"
+    );
+    assert!(
+        spool.dead_letters().unwrap().is_empty(),
+        "nothing dead-lettered"
+    );
+    assert_eq!(depth(&spool, Destination::DynamoDb), 60, "nothing settled");
+    stop.cancel();
+    task.await.unwrap();
 }
 
 #[tokio::test]
@@ -462,13 +552,19 @@ async fn sigkills_during_delivery_leave_dynamodb_with_every_record_exactly_once(
     let config = w.dir.path().join("config.toml");
     std::fs::write(&config, both(&w, &db.url(), "")).unwrap();
     let log = w.dir.path().join("run.log");
-    for round in 0..6 {
+    let mut at_kills = Vec::new();
+    for _ in 0..6 {
         let mut child = spawn(&config, &log);
         tokio::time::sleep(Duration::from_millis(300 + fastrand::u64(0..500))).await;
         child.kill().unwrap();
         child.wait().unwrap();
-        eprintln!("kill {round}: {} items in DynamoDB", count(&d).await);
+        at_kills.push(count(&d).await);
     }
+    eprintln!("items in DynamoDB after each kill: {at_kills:?}");
+    assert!(
+        at_kills.iter().any(|&n| n > 0 && n < 3_000),
+        "at least one kill landed while DynamoDB was being written: {at_kills:?}"
+    );
     let child = spawn(&config, &log);
     let want: BTreeSet<(String, String)> = [0, 1]
         .iter()

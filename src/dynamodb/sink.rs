@@ -14,6 +14,10 @@
 //! | `ValidationException` | each item of the request alone (`PutItem`); the one refused is dead-lettered |
 //! | missing table, access denied, bad credentials | paused: health `failing` with the reason, retried slowly, resumed when fixed |
 //!
+//! Before its first write, and before it dead-letters an item DynamoDB refused, the loop checks
+//! the table's keys and index (`DescribeTable`): a table laid out differently refuses every
+//! item, and that pauses delivery rather than dead-lettering the backlog.
+//!
 //! # Why resends are harmless here
 //! An item's key is the account and `eventTime#id`, so a resend (after a crash, a shutdown, a
 //! lost answer) overwrites the same item with the same content: DynamoDB holds each record
@@ -70,6 +74,9 @@ pub enum Step {
 /// Delivers DynamoDB's outbox.
 pub struct Sink {
     dynamo: Dynamo,
+    /// The table was found with the keys and index the items need (checked before the first
+    /// write; until then nothing is sent).
+    verified: bool,
     ttl: Option<Duration>,
     spool: Spool,
     retry: RetryPolicy,
@@ -97,6 +104,7 @@ impl Sink {
     ) -> Self {
         Sink {
             dynamo,
+            verified: false,
             ttl: cfg.ttl,
             spool,
             retry,
@@ -158,6 +166,24 @@ impl Sink {
             return Ok(Step::Idle);
         };
         let range = (first.seq, last.seq);
+        if !self.verified {
+            // A table laid out differently refuses every item (a ValidationException each):
+            // without this check the backlog would be dead-lettered item by item.
+            let mut backoff = self.retry.backoff();
+            loop {
+                match self.check_table(shutdown).await {
+                    None => return Ok(Step::Stopped),
+                    Some(Ok(())) => break,
+                    Some(Err(problem)) => {
+                        self.ctx().trouble(State::Failing, &problem);
+                        if sleep_or_stop(backoff.next_delay(None), shutdown).await {
+                            return Ok(Step::Stopped);
+                        }
+                    }
+                }
+            }
+            self.verified = true;
+        }
         let mut dead = Vec::new();
         let mut items = Vec::with_capacity(rows.len());
         for row in &rows {
@@ -176,12 +202,7 @@ impl Sink {
         }
         drop(rows);
         let mut written = items.len() as u64;
-        let ctx = Ctx {
-            dynamo: self.dynamo.clone(),
-            retry: self.retry,
-            stats: self.stats.clone(),
-            health: self.health.clone(),
-        };
+        let ctx = self.ctx();
         // Concurrent in this task (not spawned): the watchdog follows every request and sleep.
         let mut chunks = items.chunks(MAX_BATCH_ITEMS);
         let mut running = FuturesUnordered::new();
@@ -212,6 +233,20 @@ impl Sink {
             .dynamodb_last_delivery_ms
             .store(now_ms(), std::sync::atomic::Ordering::Relaxed);
         Ok(Step::Progress)
+    }
+
+    fn ctx(&self) -> Ctx {
+        Ctx {
+            dynamo: self.dynamo.clone(),
+            retry: self.retry,
+            stats: self.stats.clone(),
+            health: self.health.clone(),
+        }
+    }
+
+    /// `DescribeTable`: the table's keys and index; `None` when shutdown came first.
+    async fn check_table(&self, shutdown: &CancellationToken) -> Option<Result<(), String>> {
+        self.ctx().check_table(shutdown).await
     }
 
     /// Records the range as delivered (and the refused rows as dead letters), retrying until
@@ -289,23 +324,44 @@ async fn deliver_chunk(
                     "DynamoDB refused a request ({reason}): writing its {} items one at a time to find the refused one",
                     items.len()
                 );
+                let mut refused = Vec::new();
                 for (seq, item) in std::mem::take(&mut items) {
                     if let Some(refusal) = put_alone(ctx, shutdown, &item).await? {
-                        dead.push(DeadLetter {
+                        refused.push((seq, item, refusal));
+                    }
+                }
+                if refused.is_empty() {
+                    return Some(dead);
+                }
+                // Before anything is dead-lettered: is it the items, or the table (keys or an
+                // index changed under us)? The table's fault pauses and keeps them all.
+                match ctx.check_table(shutdown).await? {
+                    Ok(()) => {
+                        dead.extend(refused.into_iter().map(|(seq, _, refusal)| DeadLetter {
                             seq,
                             reason: format!("dynamodb refused the item: {refusal}"),
                             hec_code: None,
-                        });
+                        }));
+                        return Some(dead);
+                    }
+                    Err(problem) => {
+                        ctx.trouble(State::Failing, &problem);
+                        items = refused
+                            .into_iter()
+                            .map(|(seq, item, _)| (seq, item))
+                            .collect();
+                        if sleep_or_stop(backoff.next_delay(None), shutdown).await {
+                            return None;
+                        }
                     }
                 }
-                return Some(dead);
             }
             WriteOutcome::Retry {
                 reason,
                 retry_after,
             } => {
                 ctx.trouble(State::Degraded, &reason);
-                let hint = retry_after.map(|d| cap_retry_after(d, "DynamoDB"));
+                let hint = retry_after.map(|d| ctx.hint(d));
                 if sleep_or_stop(backoff.next_delay(hint), shutdown).await {
                     return None;
                 }
@@ -337,7 +393,7 @@ async fn put_alone(ctx: &Ctx, shutdown: &CancellationToken, item: &Item) -> Opti
                 retry_after,
             } => {
                 ctx.trouble(State::Degraded, &reason);
-                let hint = retry_after.map(|d| cap_retry_after(d, "DynamoDB"));
+                let hint = retry_after.map(|d| ctx.hint(d));
                 if sleep_or_stop(backoff.next_delay(hint), shutdown).await {
                     return None;
                 }
@@ -370,6 +426,24 @@ async fn request(
 }
 
 impl Ctx {
+    /// A server's `Retry-After` (DynamoDB sends none; a proxy may), capped at the backoff's
+    /// longest step: four requests share the loop's one watchdog deadline, and a long sleep in
+    /// one would be cut short by another's progress and read as a stall.
+    fn hint(&self, d: Duration) -> Duration {
+        cap_retry_after(d, "DynamoDB").min(self.retry.max)
+    }
+
+    /// `DescribeTable`: `Ok` when the table has the keys and index the items need, else what is
+    /// wrong and how to fix it; `None` when shutdown came first.
+    async fn check_table(&self, shutdown: &CancellationToken) -> Option<Result<(), String>> {
+        Stats::add(&self.stats.dynamodb_requests, 1);
+        let checked = tokio::select! {
+            r = crate::watchdog::within(REQUEST_BOUND, super::table::verify_keys(&self.dynamo)) => r,
+            _ = shutdown.cancelled() => return None,
+        };
+        Some(checked.map_err(|e| e.to_string()))
+    }
+
     /// DynamoDB took items: health ok (logged when it changes).
     fn accepting(&self) {
         if self.health.set(&Component::DynamoDb, State::Ok, None) {

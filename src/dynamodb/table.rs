@@ -136,6 +136,20 @@ pub async fn verify(d: &Dynamo, cfg: &DynamoDbConfig) -> Result<TableReport, Dyn
     verify_description(d, cfg, &desc).await
 }
 
+/// The table exists with the keys and index the forwarder writes (`DescribeTable` only; TTL is
+/// not the sink's concern). The sink asks this before its first write and before it
+/// dead-letters an item DynamoDB refused, so a table laid out differently (every item refused)
+/// pauses delivery instead of dead-lettering the backlog.
+pub async fn verify_keys(d: &Dynamo) -> Result<(), DynamoError> {
+    let desc = describe(d)
+        .await?
+        .ok_or_else(|| DynamoError::TableMissing {
+            table: d.table.clone(),
+            region: d.region.clone(),
+        })?;
+    check_schema(d, &desc)
+}
+
 async fn verify_description(
     d: &Dynamo,
     cfg: &DynamoDbConfig,

@@ -21,9 +21,9 @@ use rc_audit_hec::config::DynamoDbConfig;
 use rc_audit_hec::dynamodb::{Dynamo, connect_with};
 use serde_json::{Value, json};
 
-/// Where dynalite is: `RC_AUDIT_HEC_DYNALITE` (set by `.ci/run`), else `.ci/node/node_modules/dynalite`.
+/// Where dynalite is: `DYNALITE_DIR` (set by `.ci/run`), else `.ci/node/node_modules/dynalite`.
 pub fn dynalite_dir() -> PathBuf {
-    std::env::var_os("RC_AUDIT_HEC_DYNALITE")
+    std::env::var_os("DYNALITE_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
             PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".ci/node/node_modules/dynalite")
@@ -46,7 +46,7 @@ impl Dynalite {
         let missing = match (&node, cli.exists()) {
             (Ok(o), true) if o.status.success() => None,
             (Ok(o), _) if o.status.success() => Some(format!(
-                "dynalite is not at {} (run .ci/run, or `npm ci --prefix .ci/node`, or set RC_AUDIT_HEC_DYNALITE)",
+                "dynalite is not at {} (run .ci/run, or `npm ci --prefix .ci/node`, or set DYNALITE_DIR)",
                 cli.display()
             )),
             _ => Some("Node.js (`node`) is not on PATH (apt-get install nodejs npm)".to_owned()),
