@@ -20,6 +20,25 @@ import sys
 
 TARGET = "x86_64-unknown-linux-gnu"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The MIT licence (SPDX "MIT"), for a crate offering it that ships no licence file: the holders
+# are its Cargo.toml authors, or, when it names none, its authors at its repository (what
+# cargo-about does: the standard text of the licence the crate declares).
+MIT_TEXT = """Copyright (c) {holders}
+
+Permission is hereby granted, free of charge, to any person obtaining a copy of this software
+and associated documentation files (the "Software"), to deal in the Software without
+restriction, including without limitation the rights to use, copy, modify, merge, publish,
+distribute, sublicense, and/or sell copies of the Software, and to permit persons to whom the
+Software is furnished to do so, subject to the following conditions:
+
+The above copyright notice and this permission notice shall be included in all copies or
+substantial portions of the Software.
+
+THE SOFTWARE IS PROVIDED "AS IS", WITHOUT WARRANTY OF ANY KIND, EXPRESS OR IMPLIED, INCLUDING
+BUT NOT LIMITED TO THE WARRANTIES OF MERCHANTABILITY, FITNESS FOR A PARTICULAR PURPOSE AND
+NONINFRINGEMENT. IN NO EVENT SHALL THE AUTHORS OR COPYRIGHT HOLDERS BE LIABLE FOR ANY CLAIM,
+DAMAGES OR OTHER LIABILITY, WHETHER IN AN ACTION OF CONTRACT, TORT OR OTHERWISE, ARISING FROM,
+OUT OF OR IN CONNECTION WITH THE SOFTWARE OR THE USE OR OTHER DEALINGS IN THE SOFTWARE."""
 LICENCE_FILE = re.compile(r"^(licen[cs]e|copying|notice|copyright|unlicense)([-._].*)?$", re.I)
 
 
@@ -76,6 +95,19 @@ def main():
             # Like cargo-about: a crate without a licence file, offering Apache-2.0, gets the
             # standard Apache-2.0 text (this repository's LICENSE is that text, unmodified).
             files = [os.path.join(REPO, "LICENSE")]
+        elif not files and re.fullmatch(r"(.+ OR )?MIT( OR .+)?", expression or ""):
+            # The same for MIT (the SIMD base64 crates the AWS SDK uses ship none and name no
+            # authors): the standard text, the holders as the crate names them.
+            holders = ", ".join(package.get("authors") or []) or (
+                f'the authors of {package["name"]} ({package.get("repository") or "crates.io"})'
+            )
+            text = MIT_TEXT.format(holders=holders)
+            digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+            texts.setdefault(digest, (text, []))[1].append(
+                f"{label} (no licence file shipped; the standard text of the MIT licence it declares)"
+            )
+            crates.append((label, expression, package.get("repository") or "", [digest]))
+            continue
         elif not files:
             problems.append(f"{label}: ships no licence file")
         for path in files:
